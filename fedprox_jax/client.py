@@ -1,0 +1,145 @@
+"""The client update: minibatch SGD on cross-entropy + mu/2 * ||w - w_global||^2.
+
+Everything here is a pure function of arrays, so it can be jitted, vmapped and looped alike.
+The dataset lives on the device once (``FederatedData``); a client is an (offset, size)
+range of it and a minibatch is a gather by indices computed inside the step.
+
+Data order: each epoch visits the client's own examples once in a fresh random order; the last
+batch of an epoch may be partial and its loss is the mean over its real examples only (as a
+PyTorch DataLoader with drop_last=False does). Client k runs ``epochs_k * ceil(n_k / B)`` steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Params = Any
+ApplyFn = Callable[[Params, jax.Array], jax.Array]
+
+
+class FederatedData(NamedTuple):
+  """All training examples on the device once; client c owns x[offsets[c] : offsets[c] + sizes[c]]."""
+  x: jax.Array        # [N, ...] float32 model inputs
+  y: jax.Array        # [N] int32 labels
+  offsets: jax.Array  # [num_clients] int32
+  sizes: jax.Array    # [num_clients] int32, every size >= 1
+
+
+class LocalHParams(NamedTuple):
+  """Traced (not static) hyper-parameters of the local solver, so sweeps need no recompile."""
+  lr: jax.Array
+  mu: jax.Array
+
+
+class ProximalState(NamedTuple):
+  anchor: Params  # w_global: the parameters the optimizer was initialised with
+
+
+def proximal(mu) -> optax.GradientTransformation:
+  """Adds mu * (w - w_anchor), the gradient of mu/2 * ||w - w_anchor||^2 (the squared norm).
+
+  The anchor is the parameters passed to ``init``: a client initialises its optimizer with the
+  global model, which is exactly the FedProx anchor. With mu = 0 the updates pass unchanged.
+  """
+
+  def init_fn(params):
+    return ProximalState(anchor=params)
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("proximal() needs the current params: call tx.update(grads, state, params)")
+    updates = jax.tree_util.tree_map(
+        lambda g, w, a: g + mu * (w - a), updates, params, state.anchor)
+    return updates, state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def local_optimizer(hp: LocalHParams) -> optax.GradientTransformation:
+  """FedProx's local solver: the proximal term, then plain SGD."""
+  return optax.chain(proximal(hp.mu), optax.sgd(hp.lr))
+
+
+def cdiv(a, b):
+  return (a + b - 1) // b
+
+
+def num_local_steps(sizes, epochs, batch_size: int):
+  """Steps a client runs: epochs * ceil(n / B)."""
+  return epochs * cdiv(sizes, batch_size)
+
+
+def epoch_permutations(key: jax.Array, size, max_size: int, num_epochs: int) -> jax.Array:
+  """[num_epochs, max_size] int32: row e starts with a uniform permutation of 0..size-1.
+
+  Random keys for ``max_size`` slots, slots >= size pushed to the end, argsort: a fresh
+  shuffle of a variable-length client with static shapes and no host work.
+  """
+  slots = jnp.arange(max_size)
+
+  def one_epoch(k):
+    r = jax.random.uniform(k, (max_size,))
+    return jnp.argsort(jnp.where(slots < size, r, 2.0)).astype(jnp.int32)
+
+  return jax.vmap(one_epoch)(jax.random.split(key, num_epochs))
+
+
+def minibatch(data: FederatedData, offset, size, perms: jax.Array, local_step, batch_size: int):
+  """(x, y, valid) of a client's minibatch number ``local_step`` (epochs run back to back)."""
+  batches_per_epoch = cdiv(size, batch_size)
+  epoch = jnp.minimum(local_step // batches_per_epoch, perms.shape[0] - 1)
+  pos = (local_step % batches_per_epoch) * batch_size + jnp.arange(batch_size)
+  valid = pos < size
+  idx = offset + perms[epoch, jnp.minimum(pos, size - 1)]
+  return data.x[idx], data.y[idx], valid
+
+
+def masked_cross_entropy(logits, labels, valid):
+  """Mean cross-entropy over the real (valid) examples of a possibly partial batch."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return jnp.sum(jnp.where(valid, ce, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def sgd_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, params, opt_state, x, y, valid):
+  """One local step; returns (params, opt_state, minibatch loss before the step)."""
+
+  def loss_fn(p):
+    return masked_cross_entropy(apply_fn(p, x), y, valid)
+
+  loss, grads = jax.value_and_grad(loss_fn)(params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, loss
+
+
+class ClientMetrics(NamedTuple):
+  loss: jax.Array       # mean minibatch loss over the local steps (0 when no step ran)
+  num_steps: jax.Array  # steps run
+
+
+def client_update(apply_fn: ApplyFn, global_params, data: FederatedData, offset, size, epochs,
+                  key: jax.Array, hp: LocalHParams, *, batch_size: int, max_size: int,
+                  max_epochs: int, num_steps=None):
+  """One client's local training from the global model -> (params, ClientMetrics).
+
+  ``max_size``/``max_epochs`` fix the shape of the shuffles (the largest client, the largest
+  epoch count), so every client shares one compiled program; the loop's trip count is dynamic.
+  ``num_steps`` overrides epochs * ceil(size / B) (e.g. to stop after k steps).
+  """
+  perms = epoch_permutations(key, size, max_size, max_epochs)
+  if num_steps is None:
+    num_steps = num_local_steps(size, epochs, batch_size)
+  tx = local_optimizer(hp)
+
+  def body(step, carry):
+    params, opt_state, loss_sum = carry
+    x, y, valid = minibatch(data, offset, size, perms, step, batch_size)
+    params, opt_state, loss = sgd_step(apply_fn, tx, params, opt_state, x, y, valid)
+    return params, opt_state, loss_sum + loss
+
+  params, _, loss_sum = jax.lax.fori_loop(
+      0, num_steps, body, (global_params, tx.init(global_params), jnp.zeros((), jnp.float32)))
+  return params, ClientMetrics(loss_sum / jnp.maximum(num_steps, 1), jnp.asarray(num_steps))

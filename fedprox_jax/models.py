@@ -1,0 +1,139 @@
+"""Models of the FedProx MNIST experiments, used purely: ``model.apply(params, x)``.
+
+* ``CNN``: the seed baseline's network (Conv5x5/32 -> pool -> Conv5x5/64 -> pool -> FC512 -> FC10).
+* ``LogisticRegression``: multinomial logistic regression 784 -> 10 (the paper's MNIST model).
+
+Initialisation follows PyTorch's defaults (weights and biases ~ U(+-1/sqrt(fan_in))) so that
+training dynamics at the seed's learning rate (0.03) match the PyTorch baseline.
+
+The convolution has two interchangeable implementations with the same parameters
+(``kernel`` HWIO, ``bias``) as ``flax.linen.Conv``:
+
+* ``"xla"``: ``lax.conv_general_dilated``. Fastest for one model, but when it is vmapped over
+  clients with per-client kernels XLA lowers it to a grouped convolution, which XLA:CPU runs
+  3-9x slower than a Python loop over the clients.
+* ``"im2col"``: k*k static slices of the padded input concatenated on the channel axis and one
+  matmul with the reshaped kernel. Vmapped, that is a batched matmul, which every backend runs
+  well. It is the default on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+CONV_IMPLS = ("im2col", "xla")
+MODEL_NAMES = ("cnn", "mlr")
+
+
+def default_conv_impl(backend: str | None = None) -> str:
+  """The convolution implementation to use on ``backend`` (default: JAX's default backend)."""
+  backend = backend or jax.default_backend()
+  return "im2col" if backend == "cpu" else "xla"
+
+
+def torch_uniform(fan_in: int):
+  """PyTorch's default init for Linear/Conv weights and biases: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def conv2d_im2col(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+  """Stride-1 2D convolution (NHWC input, HWIO kernel) as im2col + one matmul."""
+  kh, kw, cin, cout = kernel.shape
+  x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  out_h, out_w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+  # Patch feature order (i, j, c) matches kernel.reshape(kh * kw * cin, cout).
+  patches = jnp.concatenate(
+      [x[:, i:i + out_h, j:j + out_w, :] for i in range(kh) for j in range(kw)], axis=-1)
+  return patches @ kernel.reshape(kh * kw * cin, cout)
+
+
+def conv2d_xla(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+  return jax.lax.conv_general_dilated(
+      x, kernel, window_strides=(1, 1), padding=((padding, padding), (padding, padding)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class Conv2D(nn.Module):
+  """Stride-1 square convolution with the parameter layout of ``flax.linen.Conv``."""
+  features: int
+  kernel_size: int
+  padding: int
+  impl: str = "im2col"
+
+  @nn.compact
+  def __call__(self, x):
+    if self.impl not in CONV_IMPLS:
+      raise ValueError(f"conv impl {self.impl!r} is not one of {CONV_IMPLS}")
+    cin = x.shape[-1]
+    fan_in = self.kernel_size * self.kernel_size * cin
+    kernel = self.param("kernel", torch_uniform(fan_in),
+                        (self.kernel_size, self.kernel_size, cin, self.features))
+    bias = self.param("bias", torch_uniform(fan_in), (self.features,))
+    conv = conv2d_im2col if self.impl == "im2col" else conv2d_xla
+    return conv(x, kernel, self.padding) + bias
+
+
+class Dense(nn.Module):
+  """``flax.linen.Dense`` with PyTorch's default initialisation."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    fan_in = x.shape[-1]
+    kernel = self.param("kernel", torch_uniform(fan_in), (fan_in, self.features))
+    bias = self.param("bias", torch_uniform(fan_in), (self.features,))
+    return x @ kernel + bias
+
+
+def max_pool_2x2_pad1(x: jax.Array) -> jax.Array:
+  """PyTorch's MaxPool2d(kernel 2, stride 2, padding 1): padded cells never win (-inf)."""
+  return nn.max_pool(x, (2, 2), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+class CNN(nn.Module):
+  """The seed's CNN. 28x28 -> conv(pad 1) 26 -> pool(pad 1) 14 -> conv 12 -> pool 7 -> 7*7*64."""
+  num_classes: int = 10
+  conv_impl: str = "im2col"
+
+  @nn.compact
+  def __call__(self, x):
+    x = max_pool_2x2_pad1(nn.relu(Conv2D(32, 5, 1, self.conv_impl)(x)))
+    x = max_pool_2x2_pad1(nn.relu(Conv2D(64, 5, 1, self.conv_impl)(x)))
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(Dense(512)(x))
+    return Dense(self.num_classes)(x)
+
+
+class LogisticRegression(nn.Module):
+  """Multinomial logistic regression on the flattened image."""
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x):
+    return Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+def make_model(name: str, conv_impl: str = "auto", num_classes: int = 10) -> nn.Module:
+  """Builds a model by name: ``cnn`` or ``mlr``; ``conv_impl`` 'auto' picks per backend."""
+  if name == "cnn":
+    impl = default_conv_impl() if conv_impl == "auto" else conv_impl
+    if impl not in CONV_IMPLS:
+      raise ValueError(f"conv_impl={conv_impl!r} is not one of {('auto',) + CONV_IMPLS}")
+    return CNN(num_classes=num_classes, conv_impl=impl)
+  if name == "mlr":
+    return LogisticRegression(num_classes=num_classes)
+  raise ValueError(f"model={name!r} is not one of {MODEL_NAMES}")
+
+
+def init_params(model: nn.Module, key: jax.Array, input_shape=(28, 28, 1)):
+  """Initial parameters for one example of ``input_shape`` (no batch axis)."""
+  return model.init(key, jnp.zeros((1,) + tuple(input_shape), jnp.float32))

@@ -1,0 +1,190 @@
+"""The vectorized round against the looped reference, and the server's rules."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedprox_jax import client, models, server
+from fedprox_jax.lanes import pack_lanes
+from helpers import HETERO_SIZES, tree_max_abs_diff
+
+K = len(HETERO_SIZES)
+
+
+def _spec(num_lanes=2, **overrides):
+  fields = dict(clients_per_round=K, local_epochs=3, batch_size=4,
+                max_client_size=max(HETERO_SIZES), num_lanes=num_lanes)
+  return server.RoundSpec(**{**fields, **overrides})
+
+
+@pytest.mark.parametrize("model_name,num_lanes,drop", [
+    ("mlr", 1, False), ("mlr", 2, False), ("mlr", K, True), ("cnn", 2, False), ("cnn", K, True),
+])
+def test_vmapped_round_equals_looped_round(hetero_data, model_name, num_lanes, drop):
+  model = models.make_model(model_name)
+  params = models.init_params(model, jax.random.key(0))
+  spec = _spec(num_lanes)
+  hp = server.HParams.create(lr=0.05, mu=1.0, stragglers_fraction=0.5, drop_stragglers=drop)
+  key = jax.random.key(3)
+  vmapped, m_vec = server.make_round_fn(model.apply, spec)(params, hetero_data, hp, key)
+  looped, m_loop = server.looped_round(model.apply, spec, params, hetero_data, hp, key)
+  assert int(m_vec.num_stragglers) == 3  # 5 - round(2.5) = 5 - 2 (round half to even)
+  assert tree_max_abs_diff(vmapped, params) > 1e-3  # the round did train
+  assert tree_max_abs_diff(vmapped, looped) < 2e-5
+  np.testing.assert_allclose(m_vec.train_loss, m_loop.train_loss, rtol=1e-5)
+  assert int(m_vec.lanes.useful_steps) == int(m_loop.lanes.useful_steps)
+
+
+def test_fedavg_drop_equals_aggregating_only_non_stragglers(hetero_data):
+  spec = _spec(2)
+  hp = server.HParams.create(lr=0.05, mu=0.0, stragglers_fraction=0.5, drop_stragglers=True)
+  model = models.LogisticRegression()
+  params = models.init_params(model, jax.random.key(0))
+  key = jax.random.key(11)
+  new_params, metrics = server.make_round_fn(model.apply, spec)(params, hetero_data, hp, key)
+  plan = server.plan_round(key, hetero_data, hp, spec)
+  keep = ~np.asarray(plan.is_straggler)
+  assert keep.sum() == 2 and int(metrics.num_aggregated) == 2
+  trained, sizes = [], []
+  for i in np.flatnonzero(keep):
+    p, _ = client.client_update(model.apply, params, hetero_data, plan.offsets[i], plan.sizes[i],
+                                spec.local_epochs, plan.keys[i], hp.local,
+                                batch_size=spec.batch_size, max_size=spec.max_client_size,
+                                max_epochs=spec.local_epochs)
+    trained.append(p)
+    sizes.append(float(plan.sizes[i]))
+  expected = server.weighted_average(trained, jnp.array(sizes) / sum(sizes))
+  assert tree_max_abs_diff(new_params, expected) < 2e-5
+  # Dropped stragglers do no work at all.
+  assert np.all(np.asarray(plan.epochs)[~keep] == 0)
+
+
+def test_fedavg_is_fedprox_with_mu_zero_and_stragglers_dropped(hetero_data):
+  """With no stragglers, FedProx(mu=0) and FedAvg are the same program and the same numbers."""
+  model = models.LogisticRegression()
+  params = models.init_params(model, jax.random.key(0))
+  round_fn = server.make_round_fn(model.apply, _spec(2))
+  key = jax.random.key(4)
+  fedavg, _ = round_fn(params, hetero_data, server.HParams.create(0.05, 0.0, 0.0, True), key)
+  prox0, _ = round_fn(params, hetero_data, server.HParams.create(0.05, 0.0, 0.0, False), key)
+  for a, b in zip(jax.tree_util.tree_leaves(fedavg), jax.tree_util.tree_leaves(prox0)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("weighting", server.WEIGHTINGS)
+def test_aggregation_weights(weighting):
+  sizes = jnp.array([1, 7, 10, 23, 95])
+  kept = jnp.array([True, False, True, True, False])
+  w, all_dropped = server.aggregation_weights(sizes, kept, weighting)
+  assert not bool(all_dropped)
+  np.testing.assert_allclose(float(w.sum()), 1.0, rtol=1e-6)
+  assert np.all(np.asarray(w)[~np.asarray(kept)] == 0)
+  raw = np.where(kept, sizes if weighting == "samples" else 1, 0)
+  np.testing.assert_allclose(w, raw / raw.sum(), rtol=1e-6)
+  w, all_dropped = server.aggregation_weights(sizes, jnp.zeros(5, bool), weighting)
+  assert bool(all_dropped) and float(w.sum()) == 0.0
+
+
+def test_all_stragglers_dropped_keeps_global_model_and_says_so(hetero_data):
+  model = models.LogisticRegression()
+  params = models.init_params(model, jax.random.key(0))
+  hp = server.HParams.create(lr=0.05, mu=0.0, stragglers_fraction=1.0, drop_stragglers=True)
+  new_params, metrics = server.make_round_fn(model.apply, _spec(2))(
+      params, hetero_data, hp, jax.random.key(0))
+  assert bool(metrics.all_dropped) and int(metrics.num_aggregated) == 0
+  assert int(metrics.lanes.useful_steps) == 0
+  for a, b in zip(jax.tree_util.tree_leaves(new_params), jax.tree_util.tree_leaves(params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_round_compiles_once_across_rounds(hetero_data):
+  model = models.LogisticRegression()
+  spec = _spec(2, clients_per_round=3)
+  traces = []
+
+  def counting_round(params, data, hp, key):
+    traces.append(1)  # runs only while tracing
+    return server.run_round(model.apply, spec, params, data, hp, key)
+
+  round_fn = jax.jit(counting_round)
+  params = models.init_params(model, jax.random.key(0))
+  seen = set()
+  for t in range(4):
+    hp = server.HParams.create(0.05, 0.1 * t, 0.5, t % 2 == 0)  # hyper-parameters change too
+    params, metrics = round_fn(params, hetero_data, hp, jax.random.fold_in(jax.random.key(1), t))
+    seen.add(tuple(np.asarray(metrics.client_ids)))
+  assert len(seen) > 1, "rounds sampled the same clients; the test would prove nothing"
+  assert len(traces) == 1
+
+
+def test_uniform_sampling_is_without_replacement():
+  sizes = jnp.arange(1, 51)
+  for seed in range(20):
+    ids = np.asarray(server.sample_clients(jax.random.key(seed), sizes, 10, "uniform"))
+    assert len(set(ids)) == 10 and ids.min() >= 0 and ids.max() < 50
+    ids = np.asarray(server.sample_clients(jax.random.key(seed), sizes, 10, "weighted"))
+    assert len(set(ids)) == 10
+
+
+def test_weighted_sampling_prefers_large_clients():
+  sizes = jnp.array([1] * 90 + [1000] * 10)
+  picks = np.concatenate([np.asarray(server.sample_clients(jax.random.key(s), sizes, 5, "weighted"))
+                          for s in range(40)])
+  assert np.mean(picks >= 90) > 0.8
+
+
+@pytest.mark.parametrize("fraction,k,expected", [(0.9, 10, 9), (0.5, 10, 5), (0.0, 10, 0),
+                                                 (1.0, 10, 10), (0.5, 5, 3), (0.3, 7, 2)])
+def test_exact_straggler_count_is_the_authors_rule(fraction, k, expected):
+  assert expected == k - round(k * (1 - fraction))
+  for seed in range(5):
+    s = server.draw_stragglers(jax.random.key(seed), k, jnp.float32(fraction), "exact")
+    assert int(s.sum()) == expected
+
+
+def test_bernoulli_stragglers_vary_in_count():
+  counts = {int(server.draw_stragglers(jax.random.key(s), 10, jnp.float32(0.5), "bernoulli").sum())
+            for s in range(30)}
+  assert len(counts) > 2
+
+
+@pytest.mark.parametrize("local_epochs", [1, 2, 10])
+def test_straggler_epochs_are_one_to_e_minus_one(hetero_data, local_epochs):
+  spec = _spec(2, local_epochs=local_epochs)
+  hp = server.HParams.create(0.05, 1.0, 0.9, False)
+  epochs_seen = set()
+  for seed in range(30):
+    plan = server.plan_round(jax.random.key(seed), hetero_data, hp, spec)
+    straggler = np.asarray(plan.is_straggler)
+    epochs = np.asarray(plan.epochs)
+    assert np.all(epochs[~straggler] == local_epochs)
+    epochs_seen |= set(epochs[straggler].tolist())
+  allowed = set(range(1, local_epochs)) or {1}
+  assert epochs_seen <= allowed and len(epochs_seen) == len(allowed)
+
+
+def test_pack_lanes_places_every_working_client_once():
+  steps = jnp.array([50, 3, 0, 20, 20, 7, 1, 0, 44])
+  queue, load = pack_lanes(steps, 3)
+  q = np.asarray(queue)
+  placed = q[q >= 0]
+  assert sorted(placed.tolist()) == [0, 1, 3, 4, 5, 6, 8]
+  for lane in range(3):
+    assert int(load[lane]) == int(np.asarray(steps)[q[lane][q[lane] >= 0]].sum())
+  # Longest first onto the least loaded lane: the biggest client is alone on its lane.
+  assert int(load.max()) == 50
+  queue, load = pack_lanes(steps, 9)
+  assert int(load.max()) == 50 and np.all((np.asarray(queue) >= 0).sum(axis=1) <= 1)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("sampling", "random", "sampling='random' is not one of"),
+    ("straggler_rule", "coin", "straggler_rule='coin' is not one of"),
+    ("weighting", "equal", "weighting='equal' is not one of"),
+    ("num_lanes", 0, "num_lanes must be >= 1"),
+    ("batch_size", 0, "batch_size must be >= 1"),
+])
+def test_round_spec_rejects_bad_values(field, value, match):
+  with pytest.raises(ValueError, match=match):
+    _spec(**{field: value})
