@@ -74,48 +74,64 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
   perms = jax.vmap(epoch_permutations, in_axes=(0, 0, None, None))(
       plan.keys, plan.sizes, max_size, max_epochs)
   tx = local_optimizer(hp)
-  fresh_opt_state = tx.init(global_params)
+  # Proximal SGD keeps no state but its anchor, the global model, which all lanes share: so
+  # the lanes carry no optimizer state (the looped reference carries it; the equality tests
+  # would catch a stateful local optimizer).
+  opt_state = tx.init(global_params)
   num_clients = steps.shape[0]
 
-  def lane_step(params, opt_state, pos, local_step, lane_queue):
-    """One step of one lane: advance its current client, or do nothing (masked)."""
+  def lane_step(params, pos, local_step, lane_queue):
+    """One step of one lane: advance its current client, or do nothing (a masked step)."""
     c = lane_queue[jnp.minimum(pos, num_clients - 1)]
     active = (pos < num_clients) & (c >= 0)
     c = jnp.maximum(c, 0)
     x, y, valid = minibatch(data, plan.offsets[c], plan.sizes[c], perms[c], local_step, batch_size)
-    new_params, new_opt_state, loss = sgd_step(apply_fn, tx, params, opt_state, x, y, valid)
-    keep_new = lambda new, old: jnp.where(active, new, old)
-    params = jax.tree_util.tree_map(keep_new, new_params, params)
-    opt_state = jax.tree_util.tree_map(keep_new, new_opt_state, opt_state)
+    params, _, loss = sgd_step(apply_fn, tx, params, opt_state, x, y, valid, active)
     finished = active & (local_step + 1 == steps[c])
-    contribution = jnp.where(finished, plan.weights[c], 0.0)
-    return params, opt_state, finished, c, jnp.where(active, loss, 0.0), contribution
+    return params, finished, c, jnp.where(active, loss, 0.0)
 
-  def body(carry):
-    s, params, opt_state, pos, local_step, aggregate, loss_sum = carry
-    params, opt_state, finished, c, loss, contribution = jax.vmap(lane_step)(
-        params, opt_state, pos, local_step, queue)
+  if num_lanes == 1:
+    # vmap over a single lane would turn every matmul into a batched dot of batch 1, which
+    # XLA:CPU runs markedly slower than the plain dot; call the lane step directly instead.
+    def vmapped_lane_step(*lanes):
+      out = lane_step(*jax.tree_util.tree_map(lambda a: a[0], lanes))
+      return jax.tree_util.tree_map(lambda a: a[None], out)
+  else:
+    vmapped_lane_step = jax.vmap(lane_step)
+
+  def select_lanes(mask, new, old):
+    return jax.tree_util.tree_map(
+        lambda a, b: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
+
+  def finish_clients(params, aggregate, finished, c):
+    """Adds finished clients' weighted params to the aggregate; their lanes restart from global."""
+    contribution = jnp.where(finished, plan.weights[c], 0.0)
     aggregate = jax.tree_util.tree_map(
         lambda acc, p: acc + jnp.tensordot(contribution, p, axes=1), aggregate, params)
-    # A lane whose client finished restarts from the global model with its next client.
-    restart = lambda fresh, cur: jnp.where(
-        finished.reshape((-1,) + (1,) * (cur.ndim - 1)), fresh[None], cur)
-    params = jax.tree_util.tree_map(restart, global_params, params)
-    opt_state = jax.tree_util.tree_map(restart, fresh_opt_state, opt_state)
+    fresh = jax.tree_util.tree_map(lambda g, p: jnp.broadcast_to(g, p.shape), global_params, params)
+    return select_lanes(finished, fresh, params), aggregate
+
+  def body(carry):
+    s, params, pos, local_step, aggregate, loss_sum = carry
+    params, finished, c, loss = vmapped_lane_step(params, pos, local_step, queue)
+    # A real branch (its predicate is not per lane): the rare client boundary costs nothing on
+    # the other steps.
+    params, aggregate = jax.lax.cond(jnp.any(finished), finish_clients,
+                                     lambda p, a, f, c: (p, a), params, aggregate, finished, c)
     loss_sum = loss_sum.at[c].add(loss)
     pos = pos + finished
     local_step = jnp.where(finished, 0, local_step + 1)
-    return s + 1, params, opt_state, pos, local_step, aggregate, loss_sum
+    return s + 1, params, pos, local_step, aggregate, loss_sum
 
   loop_steps = jnp.max(load)
-  broadcast = lambda t: jax.tree_util.tree_map(
-      lambda a: jnp.broadcast_to(a, (num_lanes,) + a.shape), t)
   zeros_lanes = jnp.zeros(num_lanes, jnp.int32)
-  init = (jnp.zeros((), jnp.int32), broadcast(global_params), broadcast(fresh_opt_state),
+  init = (jnp.zeros((), jnp.int32),
+          jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (num_lanes,) + a.shape),
+                                 global_params),
           zeros_lanes, zeros_lanes, jax.tree_util.tree_map(jnp.zeros_like, global_params),
           jnp.zeros(num_clients, jnp.float32))
   carry = jax.lax.while_loop(lambda carry: carry[0] < loop_steps, body, init)
-  aggregate, loss_sum = carry[5], carry[6]
+  aggregate, loss_sum = carry[4], carry[5]
   client_loss = loss_sum / jnp.maximum(steps, 1)
   stats = LaneStats(useful_steps=jnp.sum(steps), executed_steps=loop_steps * num_lanes,
                     critical_path=jnp.max(steps), loop_steps=loop_steps)

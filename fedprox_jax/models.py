@@ -95,8 +95,17 @@ class Dense(nn.Module):
 
 
 def max_pool_2x2_pad1(x: jax.Array) -> jax.Array:
-  """PyTorch's MaxPool2d(kernel 2, stride 2, padding 1): padded cells never win (-inf)."""
-  return nn.max_pool(x, (2, 2), strides=(2, 2), padding=((1, 1), (1, 1)))
+  """PyTorch's MaxPool2d(kernel 2, stride 2, padding 1) on even sizes: padded cells never win.
+
+  Written as pad + reshape + max rather than ``nn.max_pool``: same values, and its gradient is
+  ~3x cheaper on CPU than reduce_window's select-and-scatter (it splits ties evenly where
+  PyTorch picks one cell, which only matters for exactly equal positive activations).
+  """
+  n, h, w, c = x.shape
+  if h % 2 or w % 2:
+    raise ValueError(f"max_pool_2x2_pad1 needs even height and width, got {h}x{w}")
+  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  return x.reshape(n, h // 2 + 1, 2, w // 2 + 1, 2, c).max(axis=(2, 4))
 
 
 class CNN(nn.Module):

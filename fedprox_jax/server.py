@@ -44,6 +44,13 @@ class RoundSpec:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
+def default_num_lanes(clients_per_round: int, backend: str | None = None) -> int:
+  """One lane on CPU (a wide vmapped CNN step spills its im2col patches out of cache, and the
+  clients packed into one lane do exactly the useful work); one per client on accelerators."""
+  backend = backend or jax.default_backend()
+  return 1 if backend == "cpu" else clients_per_round
+
+
 class HParams(NamedTuple):
   """Traced hyper-parameters: changing them never recompiles, and sweeps can vmap over them."""
   lr: jax.Array

@@ -62,6 +62,9 @@ def test_max_pool_padding_matches_pytorch_semantics():
   out = models.max_pool_2x2_pad1(x)[0, :, :, 0]
   expected = np.array([[-1, -2, -4], [-5, -6, -8], [-13, -14, -16]], np.float32)
   np.testing.assert_array_equal(out, expected)
+  y = jax.random.normal(jax.random.key(0), (2, 26, 26, 3))
+  flax_pool = nn.max_pool(y, (2, 2), strides=(2, 2), padding=((1, 1), (1, 1)))
+  np.testing.assert_array_equal(models.max_pool_2x2_pad1(y), flax_pool)
 
 
 def test_mlr_is_one_dense_layer():
