@@ -1,0 +1,108 @@
+"""Splitting a labelled training set over clients: the seed's power-law non-IID rule, or IID.
+
+A partition is an ``order`` over the training examples in which every client's examples are
+contiguous, plus per-client ``offsets``/``sizes`` into it: the engine's (offset, size) ranges.
+Examples no client holds (the power-law rule leaves a remainder) are not in ``order``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+NUM_CLASSES = 10
+
+
+class Partition(NamedTuple):
+  order: np.ndarray    # [total] indices into the training set, client after client
+  offsets: np.ndarray  # [num_clients] int32
+  sizes: np.ndarray    # [num_clients] int32
+
+
+def _from_client_lists(client_indices: list) -> Partition:
+  sizes = np.array([len(c) for c in client_indices], np.int32)
+  offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32)
+  order = np.concatenate(client_indices).astype(np.int64)
+  return Partition(order=order, offsets=offsets, sizes=sizes)
+
+
+def power_law_partition(labels: np.ndarray, num_clients: int, labels_per_client: int = 2,
+                        min_per_client: int = 10, sigma: float = 2.0,
+                        seed: int = 42) -> Partition:
+  """The seed baseline's (Flower fedprox) non-IID split.
+
+  Sort by label; client u holds labels (u + j) mod 10 for j < labels_per_client. Each client
+  first gets min_per_client // labels_per_client examples of each of its labels; the rest of
+  each class is split over the (client, label-slot) pairs holding it with log-normal(0, sigma)
+  weights, truncated to whole examples. Examples are taken in order from each class's pool.
+  """
+  labels = np.asarray(labels)
+  num_classes = NUM_CLASSES
+  if not 1 <= labels_per_client <= num_classes:
+    raise ValueError(f"labels_per_client={labels_per_client} must be between 1 and {num_classes}")
+  if num_clients < 1 or num_clients % num_classes:
+    raise ValueError(f"num_clients={num_clients} must be a positive multiple of {num_classes} "
+                     "for the power-law split (each label is held by equally many clients); "
+                     "use iid=True for other counts")
+  per_label = min_per_client // labels_per_client
+  if per_label < 1:
+    raise ValueError(f"min_per_client={min_per_client} must be >= labels_per_client="
+                     f"{labels_per_client} (each client needs at least one example per label)")
+  by_label = np.argsort(labels, kind="stable")
+  counts = np.bincount(labels, minlength=num_classes)
+  holders = num_clients * labels_per_client // num_classes  # (client, slot) pairs per class
+  needed = holders * per_label
+  if np.any(counts < needed):
+    raise ValueError(
+        f"the power-law split needs {needed} examples of every label for its minimum "
+        f"({num_clients} clients x {per_label} per label); the smallest label has "
+        f"{counts.min()}. Lower num_clients or min_per_client.")
+  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+  cursor = starts.copy()
+  clients = [[] for _ in range(num_clients)]
+  for u in range(num_clients):
+    for j in range(labels_per_client):
+      c = (u + j) % num_classes
+      clients[u].append(by_label[cursor[c]:cursor[c] + per_label])
+      cursor[c] += per_label
+  rng = np.random.RandomState(seed)
+  weights = rng.lognormal(0.0, sigma, (num_classes, num_clients // num_classes, labels_per_client))
+  remaining = (counts - needed).reshape(-1, 1, 1)
+  shares = remaining * weights / weights.sum(axis=(1, 2), keepdims=True)
+  for u in range(num_clients):
+    for j in range(labels_per_client):
+      c = (u + j) % num_classes
+      take = int(shares[c, u // num_classes, j])
+      clients[u].append(by_label[cursor[c]:cursor[c] + take])
+      cursor[c] += take
+  return _from_client_lists([np.concatenate(c) for c in clients])
+
+
+def iid_partition(num_examples: int, num_clients: int, seed: int = 42) -> Partition:
+  """A random split into equal parts (the first num_examples % num_clients clients get one more)."""
+  if not 1 <= num_clients <= num_examples:
+    raise ValueError(f"num_clients={num_clients} must be between 1 and the number of training "
+                     f"examples ({num_examples})")
+  perm = np.random.RandomState(seed).permutation(num_examples)
+  return _from_client_lists(np.array_split(perm, num_clients))
+
+
+def partition_stats(partition: Partition, labels: np.ndarray) -> dict:
+  """The statistics the paper tabulates, plus how many labels each client holds."""
+  sizes = partition.sizes
+  labels_held = [len(np.unique(labels[partition.order[o:o + n]]))
+                 for o, n in zip(partition.offsets, sizes)]
+  return {
+      "clients": int(len(sizes)), "examples": int(sizes.sum()), "mean": float(sizes.mean()),
+      "std": float(sizes.std()), "min": int(sizes.min()), "median": float(np.median(sizes)),
+      "max": int(sizes.max()), "labels_per_client_min": int(min(labels_held)),
+      "labels_per_client_max": int(max(labels_held)),
+  }
+
+
+def format_stats(stats: dict) -> str:
+  return (f"{stats['clients']} clients, {stats['examples']} examples; per client mean "
+          f"{stats['mean']:.1f}, std {stats['std']:.1f}, min {stats['min']}, median "
+          f"{stats['median']:.0f}, max {stats['max']}; labels per client "
+          f"{stats['labels_per_client_min']}-{stats['labels_per_client_max']}")

@@ -1,0 +1,197 @@
+"""The run loop of one experiment: data, partition, rounds, evaluation, outputs.
+
+``run(config, workdir)`` is what ``launch.py`` calls; it is just as usable from a notebook.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from fedprox_jax import data as data_lib
+from fedprox_jax import models, outputs, partition, server
+from fedprox_jax.client import FederatedData
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field, the value and the fix."""
+
+
+def _require(ok: bool, field: str, value, what: str):
+  if not ok:
+    raise ConfigError(f"config.{field}={value!r}: {what}")
+
+
+def validate_config(c: ml_collections.ConfigDict) -> None:
+  """Checks every field before any work is done."""
+  _require(c.model in models.MODEL_NAMES, "model", c.model, f"use one of {models.MODEL_NAMES}")
+  _require(c.conv_impl in ("auto",) + models.CONV_IMPLS, "conv_impl", c.conv_impl,
+           f"use one of {('auto',) + models.CONV_IMPLS}")
+  _require(c.data_source in data_lib.SOURCES, "data_source", c.data_source,
+           f"use one of {data_lib.SOURCES}")
+  for field in ("num_clients", "clients_per_round", "num_rounds", "local_epochs", "batch_size",
+                "eval_every", "eval_batch_size", "labels_per_client", "min_per_client"):
+    _require(isinstance(c[field], int) and c[field] >= 1, field, c[field],
+             "must be an integer >= 1")
+  _require(c.clients_per_round <= c.num_clients, "clients_per_round", c.clients_per_round,
+           f"cannot exceed num_clients={c.num_clients}")
+  _require(c.lr > 0 and math.isfinite(c.lr), "lr", c.lr, "must be a finite number > 0")
+  _require(c.mu >= 0 and math.isfinite(c.mu), "mu", c.mu, "must be a finite number >= 0")
+  _require(0 <= c.stragglers_fraction <= 1, "stragglers_fraction", c.stragglers_fraction,
+           "must be between 0 and 1")
+  _require(c.lognormal_sigma > 0, "lognormal_sigma", c.lognormal_sigma, "must be > 0")
+  _require(c.num_lanes >= 0, "num_lanes", c.num_lanes, "must be >= 0 (0 = backend default)")
+  _require(c.train_subset >= 0, "train_subset", c.train_subset, "must be >= 0 (0 = all)")
+  _require(c.straggler_rule in server.STRAGGLER_RULES, "straggler_rule", c.straggler_rule,
+           f"use one of {server.STRAGGLER_RULES}")
+  _require(c.sampling in server.SAMPLINGS, "sampling", c.sampling,
+           f"use one of {server.SAMPLINGS}")
+  _require(c.weighting in server.WEIGHTINGS, "weighting", c.weighting,
+           f"use one of {server.WEIGHTINGS}")
+
+
+class Experiment(NamedTuple):
+  train: FederatedData
+  test_x: jax.Array
+  test_y: jax.Array
+  stats: dict
+
+
+def prepare_experiment(c: ml_collections.ConfigDict, mnist: data_lib.Mnist) -> Experiment:
+  """Partitions the training set and puts train and test data on the device once."""
+  train_images, train_labels = mnist.train_images, mnist.train_labels
+  if c.train_subset:
+    train_images, train_labels = train_images[:c.train_subset], train_labels[:c.train_subset]
+  try:
+    if c.iid:
+      split = partition.iid_partition(len(train_labels), c.num_clients, c.partition_seed)
+    else:
+      split = partition.power_law_partition(
+          train_labels, c.num_clients, c.labels_per_client, c.min_per_client,
+          c.lognormal_sigma, c.partition_seed)
+  except ValueError as e:
+    raise ConfigError(f"cannot partition {len(train_labels)} training examples: {e}") from e
+  stats = partition.partition_stats(split, train_labels)
+  # Clients become contiguous ranges of one array, which lives on the device once.
+  train = FederatedData(
+      x=jnp.asarray(data_lib.normalize(train_images[split.order])),
+      y=jnp.asarray(train_labels[split.order].astype(np.int32)),
+      offsets=jnp.asarray(split.offsets), sizes=jnp.asarray(split.sizes))
+  return Experiment(train, jnp.asarray(data_lib.normalize(mnist.test_images)),
+                    jnp.asarray(mnist.test_labels.astype(np.int32)), stats)
+
+
+def make_evaluate_fn(apply_fn, batch_size: int):
+  """Jitted (params, x, y) -> (accuracy, mean loss), in batches of ``batch_size``."""
+
+  @jax.jit
+  def evaluate(params, x, y):
+    n = x.shape[0]
+    pad = -n % batch_size
+    xb = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)).reshape((-1, batch_size) + x.shape[1:])
+    yb = jnp.pad(y, (0, pad)).reshape(-1, batch_size)
+    valid = (jnp.arange(n + pad) < n).reshape(-1, batch_size)
+
+    def batch_sums(batch):
+      bx, by, bv = batch
+      logits = apply_fn(params, bx)
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, by)
+      correct = jnp.argmax(logits, -1) == by
+      return jnp.sum(jnp.where(bv, correct, 0)), jnp.sum(jnp.where(bv, loss, 0.0))
+
+    correct, loss = jax.lax.map(batch_sums, (xb, yb, valid))
+    return jnp.sum(correct) / n, jnp.sum(loss) / n
+
+  return evaluate
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 \
+      else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None = None) -> dict:
+  """Runs the experiment of config ``c``, writing everything into ``workdir``; returns the summary.
+
+  ``mnist`` may be passed in (already loaded) to skip loading it from ``c.data_source``.
+  """
+  validate_config(c)
+  os.makedirs(workdir, exist_ok=True)
+  if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    raise ConfigError(f"workdir {workdir!r} already holds a run (metrics.jsonl): pass a new "
+                      "--workdir, or delete the old one")
+  outputs.write_json(workdir, "config.json", c.to_dict())
+  outputs.write_json(workdir, "environment.json", outputs.environment())
+  start = time.perf_counter()
+
+  if mnist is None:
+    mnist = data_lib.load_mnist(c.data_source, c.data_dir, c.download)
+  exp = prepare_experiment(c, mnist)
+  outputs.write_json(workdir, "partition_stats.json", exp.stats)
+  logging.info("partition: %s", partition.format_stats(exp.stats))
+
+  model = models.make_model(c.model, c.conv_impl)
+  init_key, rounds_key = jax.random.split(jax.random.key(c.seed))
+  params = models.init_params(model, init_key)
+  spec = server.RoundSpec(
+      clients_per_round=c.clients_per_round, local_epochs=c.local_epochs,
+      batch_size=c.batch_size, max_client_size=exp.stats["max"],
+      num_lanes=c.num_lanes or server.default_num_lanes(c.clients_per_round),
+      sampling=c.sampling, straggler_rule=c.straggler_rule, weighting=c.weighting)
+  hp = server.HParams.create(c.lr, c.mu, c.stragglers_fraction, c.drop_stragglers)
+  round_fn = server.make_round_fn(model.apply, spec)
+  evaluate = make_evaluate_fn(model.apply, min(c.eval_batch_size, len(exp.test_y)))
+  logging.info("model %s, %d lanes, backend %s; setup took %.1fs", c.model, spec.num_lanes,
+               jax.default_backend(), time.perf_counter() - start)
+
+  rows, loop_start = [], time.perf_counter()
+  for t in range(1, c.num_rounds + 1):
+    params, m = round_fn(params, exp.train, hp, jax.random.fold_in(rounds_key, t))
+    if t % c.eval_every and t != c.num_rounds:
+      continue
+    accuracy, test_loss = evaluate(params, exp.test_x, exp.test_y)
+    m, accuracy, test_loss = jax.device_get((m, accuracy, test_loss))
+    elapsed = time.perf_counter() - loop_start
+    row = {
+        "round": t, "test_accuracy": float(accuracy), "test_loss": float(test_loss),
+        "train_loss": float(m.train_loss), "num_stragglers": int(m.num_stragglers),
+        "num_aggregated": int(m.num_aggregated), "all_dropped": bool(m.all_dropped),
+        "useful_steps": int(m.lanes.useful_steps), "executed_steps": int(m.lanes.executed_steps),
+        "step_efficiency": float(m.lanes.useful_steps / max(m.lanes.executed_steps, 1)),
+        "wall_time": elapsed,
+    }
+    outputs.append_jsonl(workdir, "metrics.jsonl", row)
+    rows.append(row)
+    rate = t / elapsed
+    logging.info("round %d/%d  acc %.4f  test loss %.4f  train loss %.4f  stragglers %d%s  "
+                 "%.2f rounds/s  ETA %s", t, c.num_rounds, row["test_accuracy"],
+                 row["test_loss"], row["train_loss"], row["num_stragglers"],
+                 "  (all dropped: global model kept)" if row["all_dropped"] else "", rate,
+                 _format_duration((c.num_rounds - t) / rate))
+
+  total = time.perf_counter() - start
+  summary = {
+      "final_round": rows[-1]["round"], "final_test_accuracy": rows[-1]["test_accuracy"],
+      "final_test_loss": rows[-1]["test_loss"],
+      "best_test_accuracy": max(r["test_accuracy"] for r in rows),
+      "rounds_loop_seconds": rows[-1]["wall_time"],
+      "seconds_per_round": rows[-1]["wall_time"] / c.num_rounds,
+      "total_seconds": total, "seed": c.seed, "partition": exp.stats,
+  }
+  outputs.write_json(workdir, "summary.json", summary)
+  outputs.plot_metrics(rows, os.path.join(workdir, "metrics.png"),
+                       f"{c.variant}: {c.model}, mu={c.mu}, stragglers={c.stragglers_fraction}")
+  logging.info("done: final accuracy %.4f after %d rounds, %.1fs in all (%.3f s/round); "
+               "outputs in %s", summary["final_test_accuracy"], c.num_rounds, total,
+               summary["seconds_per_round"], workdir)
+  return summary

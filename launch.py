@@ -1,0 +1,39 @@
+"""Runs one FedProx/FedAvg experiment.
+
+  python launch.py --config=configs/mnist.py:fedprox [--config.mu=0.5 ...] [--workdir=DIR]
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TFDS imports TensorFlow: keep it quiet
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from fedprox_jax import data, outputs, simulate  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config, e.g. configs/mnist.py:fedprox (variants: fedprox, "
+    "fedavg, fedprox_mu0). Override fields with --config.FIELD=VALUE.", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Where the run's outputs go (default: outputs/YYYY-MM-DD/HH-MM-SS).")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  workdir = _WORKDIR.value or outputs.default_workdir()
+  logging.info("workdir: %s", workdir)
+  try:
+    simulate.run(_CONFIG.value, workdir)
+  except (simulate.ConfigError, data.DataError) as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  logging.set_verbosity(logging.INFO)
+  app.run(main)
