@@ -52,7 +52,7 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.num_lanes = 0             # vmap lanes the clients are packed into (0 = backend default)
   # Evaluation and bookkeeping.
   c.eval_every = 1
-  c.eval_batch_size = 1000
+  c.eval_batch_size = 0       # test-set batch (0 = backend default: 10 on CPU, 1000 otherwise)
   c.seed = 0
   c.update(VARIANTS[variant])
   return c

@@ -1,0 +1,126 @@
+"""configs/mnist.py variants and overrides, config validation, and launch.py end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from ml_collections import config_flags  # noqa: F401  (the launcher's flag machinery)
+
+from fedprox_jax import simulate
+from helpers import write_idx_dir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from configs import mnist as mnist_config  # noqa: E402
+
+
+def test_variants():
+  fedprox, fedavg, mu0 = (mnist_config.get_config(v) for v in ("fedprox", "fedavg", "fedprox_mu0"))
+  assert (fedprox.mu, fedprox.stragglers_fraction, fedprox.drop_stragglers) == (1.0, 0.9, False)
+  assert (fedavg.mu, fedavg.stragglers_fraction, fedavg.drop_stragglers) == (0.0, 0.9, True)
+  assert (mu0.mu, mu0.drop_stragglers) == (0.0, False)
+  for c in (fedprox, fedavg, mu0):  # the seed's defaults
+    assert (c.num_clients, c.clients_per_round, c.num_rounds, c.local_epochs, c.batch_size,
+            c.lr, c.model) == (1000, 10, 100, 10, 10, 0.03, "cnn")
+    simulate.validate_config(c)
+
+
+def test_unknown_variant_lists_valid_ones():
+  with pytest.raises(ValueError, match="fedprox, fedavg, fedprox_mu0"):
+    mnist_config.get_config("scaffold")
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("mu", -0.1, "config.mu=-0.1: must be a finite number >= 0"),
+    ("lr", 0.0, "config.lr=0.0: must be a finite number > 0"),
+    ("stragglers_fraction", 1.5, "config.stragglers_fraction=1.5: must be between 0 and 1"),
+    ("clients_per_round", 2000, "config.clients_per_round=2000: cannot exceed num_clients=1000"),
+    ("batch_size", 0, "config.batch_size=0: must be an integer >= 1"),
+    ("local_epochs", 0, "config.local_epochs=0: must be an integer >= 1"),
+    ("eval_every", 0, "config.eval_every=0: must be an integer >= 1"),
+    ("model", "resnet", "config.model='resnet': use one of"),
+    ("conv_impl", "fft", "config.conv_impl='fft': use one of"),
+    ("data_source", "csv", "config.data_source='csv': use one of"),
+    ("sampling", "random", "config.sampling='random': use one of"),
+    ("straggler_rule", "coin", "config.straggler_rule='coin': use one of"),
+    ("weighting", "equal", "config.weighting='equal': use one of"),
+    ("num_lanes", -1, "config.num_lanes=-1: must be >= 0"),
+])
+def test_validate_config_names_field_value_and_fix(field, value, match):
+  c = mnist_config.get_config("fedprox")
+  c[field] = value
+  with pytest.raises(simulate.ConfigError, match=match):
+    simulate.validate_config(c)
+
+
+def _launch(*args, cwd=ROOT):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=cwd,
+                        env=env, capture_output=True, text=True, timeout=300)
+
+
+def _tiny_args(data_dir, workdir, *extra):
+  return ["--config=" + os.path.join(ROOT, "configs", "mnist.py") + ":fedprox",
+          "--config.data_source=idx", f"--config.data_dir={data_dir}", "--config.model=mlr",
+          "--config.num_clients=20", "--config.clients_per_round=5", "--config.num_rounds=3",
+          "--config.local_epochs=2", "--config.mu=0.5", f"--workdir={workdir}", *extra]
+
+
+def test_launch_tiny_run_writes_complete_workdir(tmp_path):
+  write_idx_dir(tmp_path / "idx", num_train=2000, num_test=300)
+  workdir = tmp_path / "run"
+  result = _launch(*_tiny_args(tmp_path / "idx", workdir, "--config.eval_every=2"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  for name in ("config.json", "environment.json", "partition_stats.json", "metrics.jsonl",
+               "summary.json", "metrics.png"):
+    assert (workdir / name).exists(), name
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["mu"] == 0.5 and config["num_clients"] == 20 and config["model"] == "mlr"
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["round"] for r in rows] == [2, 3]  # every 2nd round, and always the last
+  for r in rows:
+    assert 0.0 <= r["test_accuracy"] <= 1.0 and r["test_loss"] > 0 and r["num_stragglers"] == 4
+    assert r["useful_steps"] > 0 and 0 < r["step_efficiency"] <= 1
+  stats = json.loads((workdir / "partition_stats.json").read_text())
+  assert stats["clients"] == 20 and stats["labels_per_client_max"] == 2
+  env = json.loads((workdir / "environment.json").read_text())
+  assert env["backend"] == "cpu" and "jax" in env["packages"]
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["final_round"] == 3 and summary["seed"] == 0
+  assert "round 3/3" in result.stderr and "rounds/s" in result.stderr and "ETA" in result.stderr
+
+  # Same config and seed, same metrics (the wall time aside).
+  again = _launch(*_tiny_args(tmp_path / "idx", tmp_path / "run2", "--config.eval_every=2"))
+  assert again.returncode == 0, again.stderr[-3000:]
+  rows2 = [json.loads(line) for line in (tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()]
+  strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_time"} for r in rs]
+  assert strip(rows) == strip(rows2)
+
+  # A finished workdir is not overwritten.
+  third = _launch(*_tiny_args(tmp_path / "idx", workdir))
+  assert third.returncode == 2 and "already holds a run" in third.stderr
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--config.mu=-1"], "config.mu=-1.0: must be a finite number >= 0"),
+    (["--config.num_clients=25", "--config.clients_per_round=5"],
+     "must be a positive multiple of 10"),
+    (["--config.data_dir=/nonexistent/mnist"], "is not a directory"),
+])
+def test_launch_bad_inputs_exit_with_one_clear_message(tmp_path, extra, match):
+  write_idx_dir(tmp_path / "idx", num_train=200, num_test=20)
+  result = _launch(*_tiny_args(tmp_path / "idx", tmp_path / "run", *extra))
+  assert result.returncode == 2
+  assert match in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_launch_rejects_unknown_field_and_variant(tmp_path):
+  result = _launch("--config=" + os.path.join(ROOT, "configs", "mnist.py") + ":fedprox",
+                   "--config.not_a_field=1", f"--workdir={tmp_path}")
+  assert result.returncode != 0 and "not_a_field" in result.stderr
+  result = _launch("--config=" + os.path.join(ROOT, "configs", "mnist.py") + ":scaffold",
+                   f"--workdir={tmp_path}")
+  assert result.returncode != 0 and "fedprox, fedavg, fedprox_mu0" in result.stderr
