@@ -1,0 +1,30 @@
+"""Shared set-up for the benchmarks: the default experiment's data on the device."""
+
+import os
+import sys
+import time
+
+import jax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import mnist as mnist_config  # noqa: E402
+from fedprox_jax import data as data_lib  # noqa: E402
+from fedprox_jax import simulate  # noqa: E402
+
+DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "..", "shared", "data", "mnist")
+
+
+def default_experiment(variant="fedprox", data_dir=DEFAULT_DATA_DIR, **overrides):
+  """(config, Experiment) of configs/mnist.py:VARIANT with overrides, MNIST from IDX files."""
+  c = mnist_config.get_config(variant)
+  c.update(overrides)
+  mnist = data_lib.load_mnist("idx", data_dir)
+  return c, simulate.prepare_experiment(c, mnist)
+
+
+def header():
+  return (f"command: python {' '.join(sys.argv)}\n"
+          f"backend={jax.default_backend()} device={jax.devices()[0].device_kind} "
+          f"jax={jax.__version__} date={time.strftime('%Y-%m-%d')}")
