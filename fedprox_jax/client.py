@@ -73,19 +73,41 @@ def num_local_steps(sizes, epochs, batch_size: int):
   return epochs * cdiv(sizes, batch_size)
 
 
+def shuffle_buckets(max_size: int) -> tuple:
+  """Shuffle widths: powers of 4 from 16 below max_size, and max_size itself."""
+  widths, w = [], 16
+  while w < max_size:
+    widths.append(w)
+    w *= 4
+  return tuple(widths) + (max_size,)
+
+
 def epoch_permutations(key: jax.Array, size, max_size: int, num_epochs: int) -> jax.Array:
   """[num_epochs, max_size] int32: row e starts with a uniform permutation of 0..size-1.
 
-  Random keys for ``max_size`` slots, slots >= size pushed to the end, argsort: a fresh
-  shuffle of a variable-length client with static shapes and no host work.
+  Random keys for the slots, slots >= size pushed to the end, argsort: a fresh shuffle of a
+  variable-length client with static shapes and no host work. The sort runs over the smallest
+  bucket width >= size (``lax.switch``), not over max_size: with power-law sizes that is ~10x
+  cheaper. Call it unbatched (a loop or ``lax.map`` over clients): under vmap the switch would
+  evaluate every bucket.
   """
-  slots = jnp.arange(max_size)
+  widths = shuffle_buckets(max_size)
 
-  def one_epoch(k):
-    r = jax.random.uniform(k, (max_size,))
-    return jnp.argsort(jnp.where(slots < size, r, 2.0)).astype(jnp.int32)
+  def shuffle_in(width):
+    def shuffle(keys, size):
+      slots = jnp.arange(width)
 
-  return jax.vmap(one_epoch)(jax.random.split(key, num_epochs))
+      def one_epoch(k):
+        r = jnp.where(slots < size, jax.random.uniform(k, (width,)), 2.0)
+        head = jnp.argsort(r).astype(jnp.int32)
+        return jnp.concatenate([head, jnp.arange(width, max_size, dtype=jnp.int32)])
+
+      return jax.vmap(one_epoch)(keys)
+    return shuffle
+
+  bucket = jnp.searchsorted(jnp.array(widths), size)  # first width >= size
+  return jax.lax.switch(bucket, [shuffle_in(w) for w in widths],
+                        jax.random.split(key, num_epochs), size)
 
 
 def minibatch(data: FederatedData, offset, size, perms: jax.Array, local_step, batch_size: int):

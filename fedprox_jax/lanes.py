@@ -71,8 +71,9 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
   """Runs all clients of ``plan`` -> (sum_k weights_k * params_k, per-client mean loss, LaneStats)."""
   steps = num_local_steps(plan.sizes, plan.epochs, batch_size).astype(jnp.int32)
   queue, load = pack_lanes(steps, num_lanes)
-  perms = jax.vmap(epoch_permutations, in_axes=(0, 0, None, None))(
-      plan.keys, plan.sizes, max_size, max_epochs)
+  # A loop, not a vmap, over clients: each client's shuffle sorts only its own size bucket.
+  perms = jax.lax.map(lambda a: epoch_permutations(a[0], a[1], max_size, max_epochs),
+                      (plan.keys, plan.sizes))
   tx = local_optimizer(hp)
   # Proximal SGD keeps no state but its anchor, the global model, which all lanes share: so
   # the lanes carry no optimizer state (the looped reference carries it; the equality tests

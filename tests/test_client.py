@@ -59,7 +59,7 @@ def test_mu_zero_is_plain_sgd_exactly():
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("size,max_size", [(1, 1), (7, 95), (23, 23), (95, 95)])
+@pytest.mark.parametrize("size,max_size", [(1, 1), (7, 95), (16, 95), (17, 95), (23, 23), (64, 300), (95, 95)])
 def test_each_epoch_visits_every_example_once(size, max_size):
   perms = client.epoch_permutations(jax.random.key(3), size, max_size, num_epochs=4)
   for row in np.asarray(perms):
