@@ -196,6 +196,8 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
       "rounds_loop_seconds": rows[-1]["wall_time"],
       "seconds_per_round": rows[-1]["wall_time"] / c.num_rounds,
       "total_seconds": total, "seed": c.seed, "partition": exp.stats,
+      # 1 = the round compiled once for the whole run (JAX's jit cache entries).
+      "round_compilations": round_fn._cache_size(),
   }
   outputs.write_json(workdir, "summary.json", summary)
   outputs.plot_metrics(rows, os.path.join(workdir, "metrics.png"),

@@ -89,6 +89,7 @@ def test_launch_tiny_run_writes_complete_workdir(tmp_path):
   assert env["backend"] == "cpu" and "jax" in env["packages"]
   summary = json.loads((workdir / "summary.json").read_text())
   assert summary["final_round"] == 3 and summary["seed"] == 0
+  assert summary["round_compilations"] == 1
   assert "round 3/3" in result.stderr and "rounds/s" in result.stderr and "ETA" in result.stderr
 
   # Same config and seed, same metrics (the wall time aside).
