@@ -11,11 +11,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TFDS imports TensorFlow: k
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from fedprox_jax import data, outputs, simulate  # noqa: E402
+from fedprox_jax import data, outputs, simulate, sweep  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config, e.g. configs/mnist.py:fedprox (variants: fedprox, "
-    "fedavg, fedprox_mu0). Override fields with --config.FIELD=VALUE.", lock_config=True)
+    "fedavg, fedprox_mu0; sweeps: figure1, figure1_paper). Override fields with --config.FIELD=VALUE.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where the run's outputs go (default: outputs/YYYY-MM-DD/HH-MM-SS).")
 flags.mark_flags_as_required(["config"])
@@ -27,7 +27,11 @@ def main(argv):
   workdir = _WORKDIR.value or outputs.default_workdir()
   logging.info("workdir: %s", workdir)
   try:
-    simulate.run(_CONFIG.value, workdir)
+    config = _CONFIG.value
+    if config.mode == "sweep":
+      sweep.run_sweep(config, workdir)
+    else:
+      simulate.run(config, workdir)
   except (simulate.ConfigError, data.DataError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)

@@ -65,7 +65,7 @@ def main(argv):
     per_example = flops_per_example(model, params)
     hp = server.HParams.create(c.lr, c.mu, F.stragglers, False)
     base = dict(clients_per_round=k, local_epochs=c.local_epochs, batch_size=c.batch_size,
-                max_client_size=exp.stats["max"])
+                max_client_size=exp.stats["max_train"])
     keys = [jax.random.fold_in(jax.random.key(c.seed), t) for t in range(F.rounds + 1)]
     # Useful work of the timed rounds (identical for every path: same plans).
     spec = server.RoundSpec(num_lanes=1, **base)

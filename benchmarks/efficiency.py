@@ -36,7 +36,7 @@ def main(argv):
   for fraction in map(float, F.stragglers):
     for lanes in map(int, F.lanes):
       spec = server.RoundSpec(clients_per_round=c.clients_per_round, local_epochs=c.local_epochs,
-                              batch_size=c.batch_size, max_client_size=exp.stats["max"],
+                              batch_size=c.batch_size, max_client_size=exp.stats["max_train"],
                               num_lanes=lanes)
       hp = server.HParams.create(c.lr, c.mu, fraction, False)
 

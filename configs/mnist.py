@@ -4,7 +4,12 @@ Variants (defaults follow the seed baseline, Flower's fedprox):
   fedprox      mu = 1.0, 90 % stragglers, stragglers' partial work kept
   fedavg       mu = 0,   90 % stragglers, stragglers dropped
   fedprox_mu0  mu = 0,   90 % stragglers, stragglers' partial work kept
+Sweeps (the paper's Figure 1 grid: FedAvg, FedProx mu=0, FedProx mu>0 x stragglers 0, 0.5,
+0.9 x seeds, run as vmapped programs):
+  figure1        the seed protocol with the CNN
+  figure1_paper  the authors' protocol with logistic regression, 20 local epochs
 Every field can be overridden: --config.mu=0.5 --config.num_rounds=200 --config.model=mlr
+--config.sweep.seeds=3 --config.sweep.stragglers=0,0.9
 """
 
 import ml_collections
@@ -13,6 +18,8 @@ VARIANTS = {
     "fedprox": dict(mu=1.0, stragglers_fraction=0.9, drop_stragglers=False),
     "fedavg": dict(mu=0.0, stragglers_fraction=0.9, drop_stragglers=True),
     "fedprox_mu0": dict(mu=0.0, stragglers_fraction=0.9, drop_stragglers=False),
+    "figure1": dict(mode="sweep", protocol="seed", model="cnn", eval_every=5),
+    "figure1_paper": dict(mode="sweep", protocol="paper", model="mlr", local_epochs=20),
 }
 
 
@@ -22,7 +29,9 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
                      f"{', '.join(VARIANTS)}")
   c = ml_collections.ConfigDict()
   c.variant = variant
+  c.mode = "single"          # single | sweep (the grid of c.sweep)
   # Data.
+  c.protocol = "seed"        # seed (Flower: 60k partitioned, 10k central test) | paper (authors)
   c.data_source = "tfds"     # tfds | idx (a directory of the four raw IDX files)
   c.data_dir = ""            # tfds: a TFDS data dir ('' = $TFDS_DATA_DIR or TFDS's default)
   c.download = True          # tfds: download MNIST when it is not in the data dir
@@ -53,6 +62,14 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   # Evaluation and bookkeeping.
   c.eval_every = 1
   c.eval_batch_size = 0       # test-set batch (0 = backend default: 10 on CPU, 1000 otherwise)
-  c.seed = 0
+  c.seed = 0                 # a sweep runs seeds seed .. seed + sweep.seeds - 1
+  # Sweeps (mode='sweep').
+  c.sweep = ml_collections.ConfigDict()
+  c.sweep.algorithms = "fedavg,fedprox_mu0,fedprox"  # fedprox uses sweep.mu
+  c.sweep.stragglers = "0,0.5,0.9"
+  c.sweep.seeds = 5
+  c.sweep.mu = 1.0
+  c.sweep.dissimilarity = True        # log mean_k ||grad f_k - grad f||^2 at each evaluation
+  c.sweep.experiments_per_program = 0  # experiments vmapped together (0 = backend default)
   c.update(VARIANTS[variant])
   return c
