@@ -11,13 +11,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TFDS imports TensorFlow: k
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from fedprox_jax import data, outputs, simulate, sweep  # noqa: E402
+from fedprox_jax import checkpoints, data, outputs, simulate, sweep  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config, e.g. configs/mnist.py:fedprox (variants: fedprox, "
     "fedavg, fedprox_mu0; sweeps: figure1, figure1_paper). Override fields with --config.FIELD=VALUE.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Where the run's outputs go (default: outputs/YYYY-MM-DD/HH-MM-SS).")
+    "workdir", None, "Where the run's outputs go (default: outputs/YYYY-MM-DD/HH-MM-SS). "
+    "Passing the workdir of an interrupted run resumes it.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -32,7 +33,8 @@ def main(argv):
       sweep.run_sweep(config, workdir)
     else:
       simulate.run(config, workdir)
-  except (simulate.ConfigError, data.DataError) as e:
+  except (simulate.ConfigError, data.DataError, simulate.DivergenceError,
+          checkpoints.CheckpointError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -62,6 +62,8 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   # Evaluation and bookkeeping.
   c.eval_every = 1
   c.eval_batch_size = 0       # test-set batch (0 = backend default: 10 on CPU, 1000 otherwise)
+  c.checkpoint_every = 10    # rounds between checkpoints (and at the end); resume = same --workdir
+  c.tensorboard = True       # TensorBoard event files in WORKDIR/tensorboard
   c.seed = 0                 # a sweep runs seeds seed .. seed + sweep.seeds - 1
   # Sweeps (mode='sweep').
   c.sweep = ml_collections.ConfigDict()

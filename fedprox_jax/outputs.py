@@ -46,6 +46,36 @@ def append_jsonl(workdir: str, name: str, row: dict) -> None:
     f.write(json.dumps(row, sort_keys=True) + "\n")
 
 
+def truncate_jsonl(workdir: str, name: str, last_round: int) -> list:
+  """Keeps the rows of rounds <= last_round (a resumed run redoes the later ones)."""
+  path = os.path.join(workdir, name)
+  if not os.path.exists(path):
+    return []
+  rows = [r for r in read_jsonl(path) if r["round"] <= last_round]
+  with open(path + ".tmp", "w") as f:
+    f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+  os.replace(path + ".tmp", path)
+  return rows
+
+
+class TensorBoard:
+  """Scalars per round as TensorBoard event files (tensorboardX: no TensorFlow import needed
+  in the training process, so TF never touches the accelerator)."""
+
+  def __init__(self, logdir: str):
+    from tensorboardX import SummaryWriter
+    self._writer = SummaryWriter(logdir)
+
+  def write(self, step: int, row: dict) -> None:
+    for key, value in row.items():
+      if key != "round" and isinstance(value, (int, float)):
+        self._writer.add_scalar(key, float(value), step)
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+
 def read_jsonl(path: str) -> list:
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]

@@ -75,6 +75,7 @@ class RoundMetrics(NamedTuple):
   all_dropped: jax.Array     # bool: nothing to aggregate, the global model was kept
   train_loss: jax.Array      # n_k-weighted mean of the trained clients' mean minibatch loss
   lanes: LaneStats
+  finite: jax.Array          # bool: the new global model and the train loss are finite
 
 
 def sample_clients(key, sizes, k: int, sampling: str):
@@ -122,6 +123,10 @@ def plan_round(round_key, data: FederatedData, hp: HParams, spec: RoundSpec) -> 
                     weights=weights, is_straggler=is_straggler, keys=keys)
 
 
+def all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]))
+
+
 def _finish_round(global_params, aggregate, plan: ClientPlan, client_loss, stats: LaneStats):
   all_dropped = jnp.sum(plan.weights) == 0
   new_params = jax.tree_util.tree_map(
@@ -131,7 +136,8 @@ def _finish_round(global_params, aggregate, plan: ClientPlan, client_loss, stats
   train_loss = jnp.sum(loss_w * client_loss) / jnp.maximum(jnp.sum(loss_w), 1.0)
   metrics = RoundMetrics(client_ids=plan.ids, num_stragglers=jnp.sum(plan.is_straggler),
                          num_aggregated=jnp.sum(plan.weights > 0), all_dropped=all_dropped,
-                         train_loss=train_loss, lanes=stats)
+                         train_loss=train_loss, lanes=stats,
+                         finite=jnp.isfinite(train_loss) & all_finite(new_params))
   return new_params, metrics
 
 

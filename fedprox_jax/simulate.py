@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import time
@@ -17,6 +18,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from fedprox_jax import checkpoints as checkpoints_lib
 from fedprox_jax import data as data_lib
 from fedprox_jax import metrics, models, outputs, partition, server
 from fedprox_jax.client import FederatedData
@@ -46,9 +48,11 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   _require(c.data_source in data_lib.SOURCES, "data_source", c.data_source,
            f"use one of {data_lib.SOURCES}")
   for field in ("num_clients", "clients_per_round", "num_rounds", "local_epochs", "batch_size",
-                "eval_every", "labels_per_client", "min_per_client"):
+                "eval_every", "labels_per_client", "min_per_client", "checkpoint_every"):
     _require(isinstance(c[field], int) and c[field] >= 1, field, c[field],
              "must be an integer >= 1")
+  _require(c.labels_per_client <= partition.NUM_CLASSES, "labels_per_client",
+           c.labels_per_client, f"must be between 1 and {partition.NUM_CLASSES}")
   _require(c.clients_per_round <= c.num_clients, "clients_per_round", c.clients_per_round,
            f"cannot exceed num_clients={c.num_clients}")
   _require(c.lr > 0 and math.isfinite(c.lr), "lr", c.lr, "must be a finite number > 0")
@@ -157,17 +161,49 @@ def _format_duration(seconds: float) -> str:
       else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None = None) -> dict:
+class DivergenceError(Exception):
+  """Training produced a non-finite loss or parameters."""
+
+
+def _open_workdir(c: ml_collections.ConfigDict, workdir: str) -> bool:
+  """Creates or checks ``workdir``; True when it holds an unfinished run of the same config."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_test")
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"workdir {workdir!r} cannot be written ({e.strerror or e}): pass a "
+                      "--workdir in a writable place") from e
+  if os.path.exists(os.path.join(workdir, "summary.json")):
+    raise ConfigError(f"workdir {workdir!r} holds a finished run: pass a new --workdir, or "
+                      "delete the old one")
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(config_path):
+    outputs.write_json(workdir, "config.json", c.to_dict())
+    return False
+  with open(config_path) as f:
+    saved = json.load(f)
+  now = json.loads(json.dumps(c.to_dict()))
+  changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+  if changed:
+    details = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+    raise ConfigError(f"workdir {workdir!r} holds an unfinished run with a different config "
+                      f"({details}). Resume it with its own config, or pass a new --workdir.")
+  return True
+
+
+def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None = None,
+        on_round=None) -> dict:
   """Runs the experiment of config ``c``, writing everything into ``workdir``; returns the summary.
 
-  ``mnist`` may be passed in (already loaded) to skip loading it from ``c.data_source``.
+  A ``workdir`` holding an unfinished run of the same config is resumed from its last good
+  checkpoint and gives exactly the metrics of an uninterrupted run. ``mnist`` may be passed in
+  (already loaded); ``on_round(round, row)`` is called after each evaluated round.
   """
   validate_config(c)
-  os.makedirs(workdir, exist_ok=True)
-  if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-    raise ConfigError(f"workdir {workdir!r} already holds a run (metrics.jsonl): pass a new "
-                      "--workdir, or delete the old one")
-  outputs.write_json(workdir, "config.json", c.to_dict())
+  resuming = _open_workdir(c, workdir)
   outputs.write_json(workdir, "environment.json", outputs.environment())
   start = time.perf_counter()
 
@@ -176,10 +212,20 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
   exp = prepare_experiment(c, mnist)
   outputs.write_json(workdir, "partition_stats.json", exp.stats)
   logging.info("partition: %s", partition.format_stats(exp.stats))
+  if c.protocol == "paper":
+    logging.info("the paper's table: %s", PAPER_STATS)
 
   model = models.make_model(c.model, c.conv_impl)
   init_key, rounds_key = jax.random.split(jax.random.key(c.seed))
   params = models.init_params(model, init_key)
+  checkpoints = checkpoints_lib.Checkpoints(os.path.join(workdir, "checkpoints"))
+  first_round = 1
+  restored = checkpoints.restore_latest(params) if resuming else None
+  if restored is not None:
+    done, params = restored
+    first_round = done + 1
+    logging.info("resuming %s after round %d", workdir, done)
+  rows = outputs.truncate_jsonl(workdir, "metrics.jsonl", first_round - 1)
   spec = server.RoundSpec(
       clients_per_round=c.clients_per_round, local_epochs=c.local_epochs,
       batch_size=c.batch_size, max_client_size=exp.stats["max_train"],
@@ -189,42 +235,65 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
   round_fn = server.make_round_fn(model.apply, spec)
   evaluate = make_evaluate_fn(
       model.apply, min(c.eval_batch_size or default_eval_batch_size(), len(exp.test_y)))
+  writer = outputs.TensorBoard(os.path.join(workdir, "tensorboard")) if c.tensorboard else None
   logging.info("model %s, %d lanes, backend %s; setup took %.1fs", c.model, spec.num_lanes,
                jax.default_backend(), time.perf_counter() - start)
 
-  rows, loop_start = [], time.perf_counter()
-  for t in range(1, c.num_rounds + 1):
-    params, m = round_fn(params, exp.train, hp, jax.random.fold_in(rounds_key, t))
-    if t % c.eval_every and t != c.num_rounds:
-      continue
-    accuracy, test_loss = evaluate(params, exp.test_x, exp.test_y)
-    m, accuracy, test_loss = jax.device_get((m, accuracy, test_loss))
-    elapsed = time.perf_counter() - loop_start
-    row = {
-        "round": t, "test_accuracy": float(accuracy), "test_loss": float(test_loss),
-        "train_loss": float(m.train_loss), "num_stragglers": int(m.num_stragglers),
-        "num_aggregated": int(m.num_aggregated), "all_dropped": bool(m.all_dropped),
-        "useful_steps": int(m.lanes.useful_steps), "executed_steps": int(m.lanes.executed_steps),
-        "step_efficiency": float(m.lanes.useful_steps / max(m.lanes.executed_steps, 1)),
-        "wall_time": elapsed,
-    }
-    outputs.append_jsonl(workdir, "metrics.jsonl", row)
-    rows.append(row)
-    rate = t / elapsed
-    logging.info("round %d/%d  acc %.4f  test loss %.4f  train loss %.4f  stragglers %d%s  "
-                 "%.2f rounds/s  ETA %s", t, c.num_rounds, row["test_accuracy"],
-                 row["test_loss"], row["train_loss"], row["num_stragglers"],
-                 "  (all dropped: global model kept)" if row["all_dropped"] else "", rate,
-                 _format_duration((c.num_rounds - t) / rate))
+  loop_start = time.perf_counter()
+  try:
+    for t in range(first_round, c.num_rounds + 1):
+      params, m = round_fn(params, exp.train, hp, jax.random.fold_in(rounds_key, t))
+      if not bool(m.finite):
+        last = checkpoints.steps()
+        raise DivergenceError(
+            f"training diverged at round {t}: the train loss or the parameters are not finite "
+            f"(lr={c.lr}, mu={c.mu}). "
+            + (f"The last good checkpoint is round {last[-1]} in {checkpoints.directory}. "
+               if last else "No checkpoint was saved yet. ")
+            + "Lower --config.lr (or raise --config.mu) and start a new --workdir.")
+      if t % c.checkpoint_every == 0 or t == c.num_rounds:
+        checkpoints.save(t, params)
+      if t % c.eval_every and t != c.num_rounds:
+        continue
+      accuracy, test_loss = evaluate(params, exp.test_x, exp.test_y)
+      m, accuracy, test_loss = jax.device_get((m, accuracy, test_loss))
+      elapsed = time.perf_counter() - loop_start
+      row = {
+          "round": t, "test_accuracy": float(accuracy), "test_loss": float(test_loss),
+          "train_loss": float(m.train_loss), "num_stragglers": int(m.num_stragglers),
+          "num_aggregated": int(m.num_aggregated), "all_dropped": bool(m.all_dropped),
+          "useful_steps": int(m.lanes.useful_steps),
+          "executed_steps": int(m.lanes.executed_steps),
+          "step_efficiency": float(m.lanes.useful_steps / max(m.lanes.executed_steps, 1)),
+          "wall_time": elapsed,
+      }
+      outputs.append_jsonl(workdir, "metrics.jsonl", row)
+      rows.append(row)
+      if writer:
+        writer.write(t, row)
+      rate = (t - first_round + 1) / elapsed
+      logging.info("round %d/%d  acc %.4f  test loss %.4f  train loss %.4f  stragglers %d%s  "
+                   "%.2f rounds/s  ETA %s", t, c.num_rounds, row["test_accuracy"],
+                   row["test_loss"], row["train_loss"], row["num_stragglers"],
+                   "  (all dropped: global model kept)" if row["all_dropped"] else "", rate,
+                   _format_duration((c.num_rounds - t) / rate))
+      if on_round:
+        on_round(t, row)
+  finally:
+    checkpoints.close()
+    if writer:
+      writer.close()
 
   total = time.perf_counter() - start
+  rounds_run = c.num_rounds - first_round + 1
   summary = {
       "final_round": rows[-1]["round"], "final_test_accuracy": rows[-1]["test_accuracy"],
       "final_test_loss": rows[-1]["test_loss"],
       "best_test_accuracy": max(r["test_accuracy"] for r in rows),
       "rounds_loop_seconds": rows[-1]["wall_time"],
-      "seconds_per_round": rows[-1]["wall_time"] / c.num_rounds,
+      "seconds_per_round": rows[-1]["wall_time"] / max(rounds_run, 1),
       "total_seconds": total, "seed": c.seed, "partition": exp.stats,
+      "resumed_after_round": first_round - 1 if first_round > 1 else None,
       # 1 = the round compiled once for the whole run (JAX's jit cache entries).
       "round_compilations": round_fn._cache_size(),
   }

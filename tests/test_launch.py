@@ -47,12 +47,32 @@ def test_unknown_variant_lists_valid_ones():
     ("straggler_rule", "coin", "config.straggler_rule='coin': use one of"),
     ("weighting", "equal", "config.weighting='equal': use one of"),
     ("num_lanes", -1, "config.num_lanes=-1: must be >= 0"),
+    ("num_rounds", 0, "config.num_rounds=0: must be an integer >= 1"),
+    ("num_clients", 0, "config.num_clients=0: must be an integer >= 1"),
+    ("clients_per_round", 0, "config.clients_per_round=0: must be an integer >= 1"),
+    ("checkpoint_every", 0, "config.checkpoint_every=0: must be an integer >= 1"),
+    ("min_per_client", 0, "config.min_per_client=0: must be an integer >= 1"),
+    ("labels_per_client", 11, "config.labels_per_client=11: must be between 1 and 10"),
+    ("lognormal_sigma", 0.0, "config.lognormal_sigma=0.0: must be > 0"),
+    ("eval_batch_size", -1, "config.eval_batch_size=-1: must be >= 0"),
+    ("train_subset", -5, "config.train_subset=-5: must be >= 0"),
+    ("mode", "grid", "config.mode='grid': use 'single' or 'sweep'"),
+    ("protocol", "flower", "config.protocol='flower': use one of"),
+    ("mu", float("nan"), "config.mu=nan: must be a finite number >= 0"),
+    ("lr", float("inf"), "config.lr=inf: must be a finite number > 0"),
 ])
 def test_validate_config_names_field_value_and_fix(field, value, match):
   c = mnist_config.get_config("fedprox")
   c[field] = value
   with pytest.raises(simulate.ConfigError, match=match):
     simulate.validate_config(c)
+
+
+def test_unwritable_workdir_is_a_clear_error(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  with pytest.raises(simulate.ConfigError, match="cannot be written.*writable place"):
+    simulate.run(mnist_config.get_config("fedprox"), str(blocker / "run"))
 
 
 def _launch(*args, cwd=ROOT):
@@ -101,7 +121,7 @@ def test_launch_tiny_run_writes_complete_workdir(tmp_path):
 
   # A finished workdir is not overwritten.
   third = _launch(*_tiny_args(tmp_path / "idx", workdir))
-  assert third.returncode == 2 and "already holds a run" in third.stderr
+  assert third.returncode == 2 and "holds a finished run" in third.stderr
 
 
 @pytest.mark.parametrize("extra,match", [
