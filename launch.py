@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TFDS imports TensorFlow: k
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from fedprox_jax import checkpoints, data, outputs, simulate, sweep  # noqa: E402
+from fedprox_jax import checkpoints, data, distributed, outputs, simulate, sweep  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config, e.g. configs/mnist.py:fedprox (variants: fedprox, "
@@ -25,6 +25,7 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  distributed.maybe_initialize()
   workdir = _WORKDIR.value or outputs.default_workdir()
   logging.info("workdir: %s", workdir)
   try:

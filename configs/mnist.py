@@ -59,6 +59,7 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.sampling = "uniform"      # uniform | weighted (probability ∝ client size)
   c.weighting = "samples"     # samples (∝ n_k) | uniform
   c.num_lanes = 0             # vmap lanes the clients are packed into (0 = backend default)
+  c.num_devices = 0           # devices to spread lanes / a sweep's experiments over (0 = all)
   # Evaluation and bookkeeping.
   c.eval_every = 1
   c.eval_batch_size = 0       # test-set batch (0 = backend default: 10 on CPU, 1000 otherwise)

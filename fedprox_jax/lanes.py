@@ -67,8 +67,13 @@ def pack_lanes(steps: jax.Array, num_lanes: int):
 
 def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: ClientPlan,
               hp: LocalHParams, *, batch_size: int, max_size: int, max_epochs: int,
-              num_lanes: int):
-  """Runs all clients of ``plan`` -> (sum_k weights_k * params_k, per-client mean loss, LaneStats)."""
+              num_lanes: int, lane_sharding=None):
+  """Runs all clients of ``plan`` -> (sum_k weights_k * params_k, per-client mean loss, LaneStats).
+
+  ``lane_sharding`` (a ``jax.sharding.Sharding`` of a lane-axis vector, e.g.
+  ``NamedSharding(mesh, P("devices"))``) spreads the lanes over devices: each device runs its
+  lanes' steps, and the aggregate's sum over lanes becomes a cross-device reduction.
+  """
   steps = num_local_steps(plan.sizes, plan.epochs, batch_size).astype(jnp.int32)
   queue, load = pack_lanes(steps, num_lanes)
   # A loop, not a vmap, over clients: each client's shuffle sorts only its own size bucket.
@@ -112,8 +117,18 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
     fresh = jax.tree_util.tree_map(lambda g, p: jnp.broadcast_to(g, p.shape), global_params, params)
     return select_lanes(finished, fresh, params), aggregate
 
+  def shard_lanes(tree):
+    if lane_sharding is None:
+      return tree
+    return jax.tree_util.tree_map(
+        lambda a: jax.lax.with_sharding_constraint(a, lane_sharding.update(
+            spec=lane_sharding.spec + (None,) * (a.ndim - 1))), tree)
+
+  queue = shard_lanes(queue)
+
   def body(carry):
     s, params, pos, local_step, aggregate, loss_sum = carry
+    params, pos, local_step = shard_lanes((params, pos, local_step))
     params, finished, c, loss = vmapped_lane_step(params, pos, local_step, queue)
     # A real branch (its predicate is not per lane): the rare client boundary costs nothing on
     # the other steps.
@@ -127,9 +142,9 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
   loop_steps = jnp.max(load)
   zeros_lanes = jnp.zeros(num_lanes, jnp.int32)
   init = (jnp.zeros((), jnp.int32),
-          jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (num_lanes,) + a.shape),
-                                 global_params),
-          zeros_lanes, zeros_lanes, jax.tree_util.tree_map(jnp.zeros_like, global_params),
+          shard_lanes(jax.tree_util.tree_map(
+              lambda a: jnp.broadcast_to(a, (num_lanes,) + a.shape), global_params)),
+          shard_lanes(zeros_lanes), shard_lanes(zeros_lanes), jax.tree_util.tree_map(jnp.zeros_like, global_params),
           jnp.zeros(num_clients, jnp.float32))
   carry = jax.lax.while_loop(lambda carry: carry[0] < loop_steps, body, init)
   aggregate, loss_sum = carry[4], carry[5]

@@ -32,6 +32,14 @@ class RoundSpec:
   sampling: str = "uniform"
   straggler_rule: str = "exact"
   weighting: str = "samples"
+  # Devices the lanes are spread over (a 1-D jax.sharding.Mesh); None = the default device.
+  mesh: jax.sharding.Mesh | None = None
+
+  @property
+  def lane_sharding(self):
+    if self.mesh is None or self.mesh.size == 1:
+      return None
+    return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(self.mesh.axis_names[0]))
 
   def __post_init__(self):
     for name, value, allowed in (("sampling", self.sampling, SAMPLINGS),
@@ -39,6 +47,9 @@ class RoundSpec:
                                  ("weighting", self.weighting, WEIGHTINGS)):
       if value not in allowed:
         raise ValueError(f"{name}={value!r} is not one of {allowed}")
+    if self.mesh is not None and self.num_lanes % self.mesh.size:
+      raise ValueError(f"num_lanes={self.num_lanes} must be a multiple of the {self.mesh.size} "
+                       "devices it is spread over (see distributed.lanes_for_devices)")
     for name in ("clients_per_round", "local_epochs", "batch_size", "max_client_size", "num_lanes"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -147,7 +158,8 @@ def run_round(apply_fn: ApplyFn, spec: RoundSpec, global_params, data: Federated
   plan = plan_round(round_key, data, hp, spec)
   aggregate, client_loss, stats = run_lanes(
       apply_fn, global_params, data, plan, hp.local, batch_size=spec.batch_size,
-      max_size=spec.max_client_size, max_epochs=spec.local_epochs, num_lanes=spec.num_lanes)
+      max_size=spec.max_client_size, max_epochs=spec.local_epochs, num_lanes=spec.num_lanes,
+      lane_sharding=spec.lane_sharding)
   return _finish_round(global_params, aggregate, plan, client_loss, stats)
 
 

@@ -20,7 +20,7 @@ from absl import logging
 
 from fedprox_jax import checkpoints as checkpoints_lib
 from fedprox_jax import data as data_lib
-from fedprox_jax import metrics, models, outputs, partition, server
+from fedprox_jax import distributed, metrics, models, outputs, partition, server
 from fedprox_jax.client import FederatedData
 
 
@@ -63,6 +63,7 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   _require(c.num_lanes >= 0, "num_lanes", c.num_lanes, "must be >= 0 (0 = backend default)")
   _require(c.eval_batch_size >= 0, "eval_batch_size", c.eval_batch_size,
            "must be >= 0 (0 = backend default)")
+  _require(c.num_devices >= 0, "num_devices", c.num_devices, "must be >= 0 (0 = all devices)")
   _require(c.train_subset >= 0, "train_subset", c.train_subset, "must be >= 0 (0 = all)")
   _require(c.straggler_rule in server.STRAGGLER_RULES, "straggler_rule", c.straggler_rule,
            f"use one of {server.STRAGGLER_RULES}")
@@ -161,6 +162,18 @@ def _format_duration(seconds: float) -> str:
       else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def round_spec(c: ml_collections.ConfigDict, max_client_size: int,
+               mesh: jax.sharding.Mesh | None = None) -> server.RoundSpec:
+  """The static round settings of config ``c``; lanes rounded up to fill the mesh's devices."""
+  lanes = c.num_lanes or server.default_num_lanes(c.clients_per_round)
+  if mesh is not None:
+    lanes = distributed.round_up(lanes, mesh)
+  return server.RoundSpec(
+      clients_per_round=c.clients_per_round, local_epochs=c.local_epochs,
+      batch_size=c.batch_size, max_client_size=max_client_size, num_lanes=lanes,
+      sampling=c.sampling, straggler_rule=c.straggler_rule, weighting=c.weighting, mesh=mesh)
+
+
 class DivergenceError(Exception):
   """Training produced a non-finite loss or parameters."""
 
@@ -226,18 +239,14 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
     first_round = done + 1
     logging.info("resuming %s after round %d", workdir, done)
   rows = outputs.truncate_jsonl(workdir, "metrics.jsonl", first_round - 1)
-  spec = server.RoundSpec(
-      clients_per_round=c.clients_per_round, local_epochs=c.local_epochs,
-      batch_size=c.batch_size, max_client_size=exp.stats["max_train"],
-      num_lanes=c.num_lanes or server.default_num_lanes(c.clients_per_round),
-      sampling=c.sampling, straggler_rule=c.straggler_rule, weighting=c.weighting)
+  spec = round_spec(c, exp.stats["max_train"], distributed.make_mesh(c.num_devices))
   hp = server.HParams.create(c.lr, c.mu, c.stragglers_fraction, c.drop_stragglers)
   round_fn = server.make_round_fn(model.apply, spec)
   evaluate = make_evaluate_fn(
       model.apply, min(c.eval_batch_size or default_eval_batch_size(), len(exp.test_y)))
   writer = outputs.TensorBoard(os.path.join(workdir, "tensorboard")) if c.tensorboard else None
-  logging.info("model %s, %d lanes, backend %s; setup took %.1fs", c.model, spec.num_lanes,
-               jax.default_backend(), time.perf_counter() - start)
+  logging.info("model %s, %d lanes on %d device(s), backend %s; setup took %.1fs", c.model,
+               spec.num_lanes, spec.mesh.size, jax.default_backend(), time.perf_counter() - start)
 
   loop_start = time.perf_counter()
   try:

@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 
 from fedprox_jax import data as data_lib
-from fedprox_jax import metrics, models, outputs, partition, plots, server, simulate
+from fedprox_jax import distributed, metrics, models, outputs, partition, plots, server, simulate
 
 ALGORITHMS = {  # name -> (mu, drop_stragglers); mu None = the sweep's mu
     "fedavg": (0.0, True),
@@ -122,14 +122,18 @@ def make_sweep_fns(apply_fn, spec: server.RoundSpec, size: int, eval_batch_size:
   return round_fn, evaluate_fn
 
 
-def run_experiments(c, exp: simulate.Experiment, specs: list, model, eval_rounds: list):
-  """Runs ``specs`` as one vmapped program; returns {name: [row per evaluated round]}."""
+def run_experiments(c, exp: simulate.Experiment, specs: list, model, eval_rounds: list,
+                    mesh: jax.sharding.Mesh | None = None):
+  """Runs ``specs`` as one vmapped program; returns {name: [row per evaluated round]}.
+
+  With a ``mesh`` of several devices the experiment axis is spread over them (padded with
+  copies of the last experiment, whose results are dropped); the data is replicated.
+  """
+  real = len(specs)
+  if mesh is not None and mesh.size > 1:
+    specs = specs + [specs[-1]] * (distributed.round_up(real, mesh) - real)
   size = len(specs)
-  round_spec = server.RoundSpec(
-      clients_per_round=c.clients_per_round, local_epochs=c.local_epochs,
-      batch_size=c.batch_size, max_client_size=exp.stats["max_train"],
-      num_lanes=c.num_lanes or server.default_num_lanes(c.clients_per_round),
-      sampling=c.sampling, straggler_rule=c.straggler_rule, weighting=c.weighting)
+  round_spec = simulate.round_spec(c, exp.stats["max_train"])  # lanes stay on each device
   eval_batch = min(c.eval_batch_size or simulate.default_eval_batch_size(), len(exp.test_y))
   round_fn, evaluate_fn = make_sweep_fns(model.apply, round_spec, size, eval_batch,
                                          c.sweep.dissimilarity)
@@ -140,14 +144,24 @@ def run_experiments(c, exp: simulate.Experiment, specs: list, model, eval_rounds
       *[models.init_params(model, init_key) for init_key, _ in seed_keys])
   rounds_keys = [rounds_key for _, rounds_key in seed_keys]
   hp = _stack_hparams(c, specs)
+  train, test_x, test_y = exp.train, exp.test_x, exp.test_y
+  shard = lambda tree: tree
+  if mesh is not None and mesh.size > 1:
+    P = jax.sharding.PartitionSpec
+    by_experiment = jax.sharding.NamedSharding(mesh, P(distributed.AXIS))
+    shard = lambda tree: jax.device_put(tree, by_experiment)
+    train, test_x, test_y = jax.device_put((train, test_x, test_y),
+                                           jax.sharding.NamedSharding(mesh, P()))
+    params, hp = shard(params), shard(hp)
+  specs = specs[:real]
   rows = {s.name: [] for s in specs}
   start = time.perf_counter()
   for t in range(1, c.num_rounds + 1):
-    keys = jnp.stack([jax.random.fold_in(k, t) for k in rounds_keys])
-    params, m = round_fn(params, exp.train, hp, keys)
+    keys = shard(jnp.stack([jax.random.fold_in(k, t) for k in rounds_keys]))
+    params, m = round_fn(params, train, hp, keys)
     if t not in eval_rounds:
       continue
-    ev = jax.device_get(evaluate_fn(params, exp.train, exp.test_x, exp.test_y))
+    ev = jax.device_get(evaluate_fn(params, train, test_x, test_y))
     m = jax.device_get(m)
     for i, s in enumerate(specs):
       row = {"round": t, **{k: float(v[i]) for k, v in ev.items()},
@@ -155,7 +169,7 @@ def run_experiments(c, exp: simulate.Experiment, specs: list, model, eval_rounds
              "wall_time": time.perf_counter() - start}
       rows[s.name].append(row)
     logging.info("round %d/%d: accuracy %s", t, c.num_rounds,
-                 " ".join(f"{ev['test_accuracy'][i]:.3f}" for i in range(size)))
+                 " ".join(f"{ev['test_accuracy'][i]:.3f}" for i in range(real)))
   return rows
 
 
@@ -180,13 +194,14 @@ def run_sweep(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist 
   if c.protocol == "paper":
     logging.info("the paper's table: %s", simulate.PAPER_STATS)
   model = models.make_model(c.model, c.conv_impl)
+  mesh = distributed.make_mesh(c.num_devices)
   eval_rounds = set(range(c.eval_every, c.num_rounds + 1, c.eval_every)) | {c.num_rounds}
   results = {}
   for first in range(0, len(specs), per_program):
     chunk = specs[first:first + per_program]
     logging.info("experiments %d-%d of %d: %s", first + 1, first + len(chunk), len(specs),
                  ", ".join(s.name for s in chunk))
-    results.update(run_experiments(c, exp, chunk, model, eval_rounds))
+    results.update(run_experiments(c, exp, chunk, model, eval_rounds, mesh))
   seconds = time.perf_counter() - start
   table = plots.write_sweep_outputs(workdir, specs, results,
                                     title=f"{c.model}, protocol={c.protocol}, mu={c.sweep.mu}")

@@ -1,0 +1,54 @@
+"""Devices and hosts: the device mesh the lanes (and a sweep's experiments) are spread over.
+
+One process per host; ``maybe_initialize`` starts JAX's distributed runtime when the usual
+environment is present, so that ``jax.devices()`` lists every device of every host.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+AXIS = "devices"
+
+
+def maybe_initialize() -> None:
+  """``jax.distributed.initialize`` for multi-process launches, a no-op for a single process.
+
+  Recognised: JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID (any launcher),
+  SLURM with more than one task, and Cloud TPU pod slices (JAX detects both by itself).
+  """
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    try:
+      jax.distributed.initialize(
+          coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+          num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+          process_id=int(os.environ["JAX_PROCESS_ID"]))
+    except KeyError as e:
+      raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {e.args[0]} is not: set "
+                       "JAX_NUM_PROCESSES and JAX_PROCESS_ID too") from e
+  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or \
+      len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1:
+    jax.distributed.initialize()
+  else:
+    return
+  logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
+  """A 1-D mesh over the first ``num_devices`` devices (0 = all of them)."""
+  available = jax.device_count()
+  n = num_devices or available
+  if not 1 <= n <= available:
+    raise ValueError(f"num_devices={num_devices}: this process sees {available} device(s) "
+                     f"({jax.devices()[0].platform}); use 0 (all) or a number up to {available}")
+  return jax.sharding.Mesh(np.array(jax.devices()[:n]), (AXIS,))
+
+
+def round_up(count: int, mesh: jax.sharding.Mesh) -> int:
+  """The smallest multiple of the mesh size >= count (empty lanes / dummy experiments pad)."""
+  return -(-count // mesh.size) * mesh.size
