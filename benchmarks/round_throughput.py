@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+import common  # noqa: F401  (puts the project on sys.path)
 from fedprox_jax import models, server
 from fedprox_jax.client import FederatedData
 

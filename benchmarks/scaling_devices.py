@@ -10,7 +10,6 @@ weak:   clients per round and lanes both grow with N (clients/N per device, 1 la
 """
 
 import os
-import sys
 
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +

@@ -16,7 +16,6 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 
 from fedprox_jax import data as data_lib

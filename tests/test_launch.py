@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-from ml_collections import config_flags  # noqa: F401  (the launcher's flag machinery)
 
 from fedprox_jax import simulate
 from helpers import write_idx_dir
