@@ -3,6 +3,7 @@
   python launch.py --config=configs/mnist.py:fedprox [--config.mu=0.5 ...] [--workdir=DIR]
 """
 
+import logging as std_logging
 import os
 import sys
 
@@ -22,9 +23,17 @@ _WORKDIR = flags.DEFINE_string(
 flags.mark_flags_as_required(["config"])
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Drops orbax's per-save INFO chatter (its warnings and errors still show)."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   distributed.maybe_initialize()
   workdir = _WORKDIR.value or outputs.default_workdir()
   logging.info("workdir: %s", workdir)
