@@ -72,7 +72,8 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
 
   ``lane_sharding`` (a ``jax.sharding.Sharding`` of a lane-axis vector, e.g.
   ``NamedSharding(mesh, P("devices"))``) spreads the lanes over devices: each device runs its
-  lanes' steps, and the aggregate's sum over lanes becomes a cross-device reduction.
+  lanes (shard_map: its own loop and trip count, no per-step communication), and the
+  aggregate is summed across devices once at the end.
   """
   steps = num_local_steps(plan.sizes, plan.epochs, batch_size).astype(jnp.int32)
   queue, load = pack_lanes(steps, num_lanes)
@@ -83,10 +84,9 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
   # Proximal SGD keeps no state but its anchor, the global model, which all lanes share: so
   # the lanes carry no optimizer state (the looped reference carries it; the equality tests
   # would catch a stateful local optimizer).
-  opt_state = tx.init(global_params)
   num_clients = steps.shape[0]
 
-  def lane_step(params, pos, local_step, lane_queue):
+  def lane_step(opt_state, params, pos, local_step, lane_queue):
     """One step of one lane: advance its current client, or do nothing (a masked step)."""
     c = lane_queue[jnp.minimum(pos, num_clients - 1)]
     active = (pos < num_clients) & (c >= 0)
@@ -96,59 +96,78 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
     finished = active & (local_step + 1 == steps[c])
     return params, finished, c, jnp.where(active, loss, 0.0)
 
-  if num_lanes == 1:
-    # vmap over a single lane would turn every matmul into a batched dot of batch 1, which
-    # XLA:CPU runs markedly slower than the plain dot; call the lane step directly instead.
-    def vmapped_lane_step(*lanes):
-      out = lane_step(*jax.tree_util.tree_map(lambda a: a[0], lanes))
-      return jax.tree_util.tree_map(lambda a: a[None], out)
-  else:
-    vmapped_lane_step = jax.vmap(lane_step)
-
   def select_lanes(mask, new, old):
     return jax.tree_util.tree_map(
         lambda a, b: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
 
-  def finish_clients(params, aggregate, finished, c):
-    """Adds finished clients' weighted params to the aggregate; their lanes restart from global."""
-    contribution = jnp.where(finished, plan.weights[c], 0.0)
-    aggregate = jax.tree_util.tree_map(
-        lambda acc, p: acc + jnp.tensordot(contribution, p, axes=1), aggregate, params)
-    fresh = jax.tree_util.tree_map(lambda g, p: jnp.broadcast_to(g, p.shape), global_params, params)
-    return select_lanes(finished, fresh, params), aggregate
+  def run_group(queue, load, global_params):
+    """Runs a group of lanes (all of them, or one device's) -> (aggregate, per-client loss sums).
 
-  def shard_lanes(tree):
-    if lane_sharding is None:
-      return tree
-    return jax.tree_util.tree_map(
-        lambda a: jax.lax.with_sharding_constraint(a, lane_sharding.update(
-            spec=lane_sharding.spec + (None,) * (a.ndim - 1))), tree)
+    The global params come in as an argument (not a closure) so that, inside shard_map, they
+    are this device's replicated copy.
+    """
+    lanes = queue.shape[0]
+    opt_state = tx.init(global_params)
 
-  queue = shard_lanes(queue)
+    def finish_clients(params, aggregate, finished, c):
+      """Adds finished clients' weighted params to the aggregate; their lanes restart from global."""
+      contribution = jnp.where(finished, plan.weights[c], 0.0)
+      aggregate = jax.tree_util.tree_map(
+          lambda acc, p: acc + jnp.tensordot(contribution, p, axes=1), aggregate, params)
+      fresh = jax.tree_util.tree_map(lambda g, p: jnp.broadcast_to(g, p.shape), global_params,
+                                     params)
+      return select_lanes(finished, fresh, params), aggregate
 
-  def body(carry):
-    s, params, pos, local_step, aggregate, loss_sum = carry
-    params, pos, local_step = shard_lanes((params, pos, local_step))
-    params, finished, c, loss = vmapped_lane_step(params, pos, local_step, queue)
-    # A real branch (its predicate is not per lane): the rare client boundary costs nothing on
-    # the other steps.
-    params, aggregate = jax.lax.cond(jnp.any(finished), finish_clients,
-                                     lambda p, a, f, c: (p, a), params, aggregate, finished, c)
-    loss_sum = loss_sum.at[c].add(loss)
-    pos = pos + finished
-    local_step = jnp.where(finished, 0, local_step + 1)
-    return s + 1, params, pos, local_step, aggregate, loss_sum
+    if lanes == 1:
+      # vmap over a single lane would turn every matmul into a batched dot of batch 1, which
+      # XLA:CPU runs markedly slower than the plain dot; call the lane step directly instead.
+      def vmapped_lane_step(*args):
+        out = lane_step(opt_state, *jax.tree_util.tree_map(lambda a: a[0], args))
+        return jax.tree_util.tree_map(lambda a: a[None], out)
+    else:
+      vmapped_lane_step = jax.vmap(lambda *args: lane_step(opt_state, *args))
 
-  loop_steps = jnp.max(load)
-  zeros_lanes = jnp.zeros(num_lanes, jnp.int32)
-  init = (jnp.zeros((), jnp.int32),
-          shard_lanes(jax.tree_util.tree_map(
-              lambda a: jnp.broadcast_to(a, (num_lanes,) + a.shape), global_params)),
-          shard_lanes(zeros_lanes), shard_lanes(zeros_lanes), jax.tree_util.tree_map(jnp.zeros_like, global_params),
-          jnp.zeros(num_clients, jnp.float32))
-  carry = jax.lax.while_loop(lambda carry: carry[0] < loop_steps, body, init)
-  aggregate, loss_sum = carry[4], carry[5]
+    def body(carry):
+      s, params, pos, local_step, aggregate, loss_sum = carry
+      params, finished, c, loss = vmapped_lane_step(params, pos, local_step, queue)
+      # A real branch (its predicate is not per lane): the rare client boundary costs nothing
+      # on the other steps.
+      params, aggregate = jax.lax.cond(jnp.any(finished), finish_clients,
+                                       lambda p, a, f, c: (p, a), params, aggregate, finished, c)
+      loss_sum = loss_sum.at[c].add(loss)
+      pos = pos + finished
+      local_step = jnp.where(finished, 0, local_step + 1)
+      return s + 1, params, pos, local_step, aggregate, loss_sum
+
+    zeros_lanes = jnp.zeros(lanes, jnp.int32)
+    init = (jnp.zeros((), jnp.int32),
+            jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (lanes,) + a.shape),
+                                   global_params),
+            zeros_lanes, zeros_lanes, jax.tree_util.tree_map(jnp.zeros_like, global_params),
+            jnp.zeros(num_clients, jnp.float32))
+    loop_steps = jnp.max(load)
+    carry = jax.lax.while_loop(lambda carry: carry[0] < loop_steps, body, init)
+    return carry[4], carry[5]
+
+  if lane_sharding is None:
+    groups = 1
+    aggregate, loss_sum = run_group(queue, load, global_params)
+  else:
+    # Each device runs its own lanes with its own trip count; one all-reduce at the end.
+    mesh, axis = lane_sharding.mesh, lane_sharding.spec[0]
+    groups = mesh.size
+    spec = jax.sharding.PartitionSpec(axis)
+
+    def on_device(queue, load, global_params):
+      return jax.lax.psum(run_group(queue, load, global_params), axis)
+
+    replicated = jax.sharding.PartitionSpec()
+    aggregate, loss_sum = jax.shard_map(
+        on_device, mesh=mesh, in_specs=(spec, spec, replicated),
+        out_specs=(replicated, replicated), check_vma=False)(queue, load, global_params)
   client_loss = loss_sum / jnp.maximum(steps, 1)
-  stats = LaneStats(useful_steps=jnp.sum(steps), executed_steps=loop_steps * num_lanes,
-                    critical_path=jnp.max(steps), loop_steps=loop_steps)
+  group_trips = jnp.max(load.reshape(groups, -1), axis=1)
+  stats = LaneStats(useful_steps=jnp.sum(steps),
+                    executed_steps=jnp.sum(group_trips) * (num_lanes // groups),
+                    critical_path=jnp.max(steps), loop_steps=jnp.max(group_trips))
   return aggregate, client_loss, stats
