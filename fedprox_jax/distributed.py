@@ -22,6 +22,8 @@ def maybe_initialize() -> None:
   SLURM with more than one task, and Cloud TPU pod slices (JAX detects both by itself).
   """
   if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    if os.environ.get("JAX_PLATFORMS", "").startswith("cpu"):
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only hosts
     try:
       jax.distributed.initialize(
           coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
@@ -52,3 +54,29 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
 def round_up(count: int, mesh: jax.sharding.Mesh) -> int:
   """The smallest multiple of the mesh size >= count (empty lanes / dummy experiments pad)."""
   return -(-count // mesh.size) * mesh.size
+
+
+def barrier(name: str) -> None:
+  """Waits for every process (a no-op with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def replicator(mesh: jax.sharding.Mesh):
+  """A function placing a pytree replicated on every device of ``mesh`` (identity for one
+  device). Every process must pass the same values: they are derived from the same config."""
+  if mesh.size == 1:
+    return lambda tree: tree
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  if jax.process_count() == 1:
+    return lambda tree: jax.device_put(tree, sharding)
+
+  def put(leaf):
+    # Across processes device_put takes host values: each process gives its (equal) copy.
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(put(jax.random.key_data(leaf)),
+                                      impl=jax.random.key_impl(leaf))
+    return jax.device_put(np.asarray(leaf), sharding)
+
+  return lambda tree: jax.tree_util.tree_map(put, tree)

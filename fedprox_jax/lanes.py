@@ -80,34 +80,36 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
   # A loop, not a vmap, over clients: each client's shuffle sorts only its own size bucket.
   perms = jax.lax.map(lambda a: epoch_permutations(a[0], a[1], max_size, max_epochs),
                       (plan.keys, plan.sizes))
-  tx = local_optimizer(hp)
-  # Proximal SGD keeps no state but its anchor, the global model, which all lanes share: so
-  # the lanes carry no optimizer state (the looped reference carries it; the equality tests
-  # would catch a stateful local optimizer).
   num_clients = steps.shape[0]
-
-  def lane_step(opt_state, params, pos, local_step, lane_queue):
-    """One step of one lane: advance its current client, or do nothing (a masked step)."""
-    c = lane_queue[jnp.minimum(pos, num_clients - 1)]
-    active = (pos < num_clients) & (c >= 0)
-    c = jnp.maximum(c, 0)
-    x, y, valid = minibatch(data, plan.offsets[c], plan.sizes[c], perms[c], local_step, batch_size)
-    params, _, loss = sgd_step(apply_fn, tx, params, opt_state, x, y, valid, active)
-    finished = active & (local_step + 1 == steps[c])
-    return params, finished, c, jnp.where(active, loss, 0.0)
 
   def select_lanes(mask, new, old):
     return jax.tree_util.tree_map(
         lambda a, b: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
 
-  def run_group(queue, load, global_params):
+  def run_group(queue, load, shared):
     """Runs a group of lanes (all of them, or one device's) -> (aggregate, per-client loss sums).
 
-    The global params come in as an argument (not a closure) so that, inside shard_map, they
-    are this device's replicated copy.
+    Everything else the lanes read comes in as ``shared`` (not as closures), so that inside
+    shard_map each device works on its own replicated copy.
     """
+    global_params, data, plan, perms, steps, hp = shared
     lanes = queue.shape[0]
+    tx = local_optimizer(hp)
+    # Proximal SGD keeps no state but its anchor, the global model, which all lanes share: so
+    # the lanes carry no optimizer state (the looped reference carries it; the equality tests
+    # would catch a stateful local optimizer).
     opt_state = tx.init(global_params)
+
+    def lane_step(params, pos, local_step, lane_queue):
+      """One step of one lane: advance its current client, or do nothing (a masked step)."""
+      c = lane_queue[jnp.minimum(pos, num_clients - 1)]
+      active = (pos < num_clients) & (c >= 0)
+      c = jnp.maximum(c, 0)
+      x, y, valid = minibatch(data, plan.offsets[c], plan.sizes[c], perms[c], local_step,
+                              batch_size)
+      params, _, loss = sgd_step(apply_fn, tx, params, opt_state, x, y, valid, active)
+      finished = active & (local_step + 1 == steps[c])
+      return params, finished, c, jnp.where(active, loss, 0.0)
 
     def finish_clients(params, aggregate, finished, c):
       """Adds finished clients' weighted params to the aggregate; their lanes restart from global."""
@@ -122,10 +124,10 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
       # vmap over a single lane would turn every matmul into a batched dot of batch 1, which
       # XLA:CPU runs markedly slower than the plain dot; call the lane step directly instead.
       def vmapped_lane_step(*args):
-        out = lane_step(opt_state, *jax.tree_util.tree_map(lambda a: a[0], args))
+        out = lane_step(*jax.tree_util.tree_map(lambda a: a[0], args))
         return jax.tree_util.tree_map(lambda a: a[None], out)
     else:
-      vmapped_lane_step = jax.vmap(lambda *args: lane_step(opt_state, *args))
+      vmapped_lane_step = jax.vmap(lane_step)
 
     def body(carry):
       s, params, pos, local_step, aggregate, loss_sum = carry
@@ -149,22 +151,22 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
     carry = jax.lax.while_loop(lambda carry: carry[0] < loop_steps, body, init)
     return carry[4], carry[5]
 
+  shared = (global_params, data, plan, perms, steps, hp)
   if lane_sharding is None:
     groups = 1
-    aggregate, loss_sum = run_group(queue, load, global_params)
+    aggregate, loss_sum = run_group(queue, load, shared)
   else:
     # Each device runs its own lanes with its own trip count; one all-reduce at the end.
     mesh, axis = lane_sharding.mesh, lane_sharding.spec[0]
     groups = mesh.size
-    spec = jax.sharding.PartitionSpec(axis)
+    by_lane, replicated = jax.sharding.PartitionSpec(axis), jax.sharding.PartitionSpec()
 
-    def on_device(queue, load, global_params):
-      return jax.lax.psum(run_group(queue, load, global_params), axis)
+    def on_device(queue, load, shared):
+      return jax.lax.psum(run_group(queue, load, shared), axis)
 
-    replicated = jax.sharding.PartitionSpec()
     aggregate, loss_sum = jax.shard_map(
-        on_device, mesh=mesh, in_specs=(spec, spec, replicated),
-        out_specs=(replicated, replicated), check_vma=False)(queue, load, global_params)
+        on_device, mesh=mesh, in_specs=(by_lane, by_lane, replicated),
+        out_specs=(replicated, replicated), check_vma=False)(queue, load, shared)
   client_loss = loss_sum / jnp.maximum(steps, 1)
   group_trips = jnp.max(load.reshape(groups, -1), axis=1)
   stats = LaneStats(useful_steps=jnp.sum(steps),

@@ -216,14 +216,25 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
   (already loaded); ``on_round(round, row)`` is called after each evaluated round.
   """
   validate_config(c)
-  resuming = _open_workdir(c, workdir)
-  outputs.write_json(workdir, "environment.json", outputs.environment())
+  # With several processes (hosts), process 0 writes the workdir, which must be shared.
+  primary = jax.process_index() == 0
+  if primary:
+    resuming = _open_workdir(c, workdir)
+    outputs.write_json(workdir, "environment.json", outputs.environment())
+  distributed.barrier("workdir ready")
+  if not primary:
+    resuming = os.path.exists(os.path.join(workdir, "config.json"))
   start = time.perf_counter()
 
   if mnist is None:
     mnist = data_lib.load_mnist(c.data_source, c.data_dir, c.download)
+  mesh = distributed.make_mesh(c.num_devices)
+  replicate = distributed.replicator(mesh)
   exp = prepare_experiment(c, mnist)
-  outputs.write_json(workdir, "partition_stats.json", exp.stats)
+  exp = exp._replace(train=replicate(exp.train), test_x=replicate(exp.test_x),
+                     test_y=replicate(exp.test_y))
+  if primary:
+    outputs.write_json(workdir, "partition_stats.json", exp.stats)
   logging.info("partition: %s", partition.format_stats(exp.stats))
   if c.protocol == "paper":
     logging.info("the paper's table: %s", PAPER_STATS)
@@ -238,20 +249,23 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
     done, params = restored
     first_round = done + 1
     logging.info("resuming %s after round %d", workdir, done)
-  rows = outputs.truncate_jsonl(workdir, "metrics.jsonl", first_round - 1)
-  spec = round_spec(c, exp.stats["max_train"], distributed.make_mesh(c.num_devices))
-  hp = server.HParams.create(c.lr, c.mu, c.stragglers_fraction, c.drop_stragglers)
+  params = replicate(params)
+  rows = outputs.truncate_jsonl(workdir, "metrics.jsonl", first_round - 1) if primary else []
+  spec = round_spec(c, exp.stats["max_train"], mesh)
+  hp = replicate(server.HParams.create(c.lr, c.mu, c.stragglers_fraction, c.drop_stragglers))
   round_fn = server.make_round_fn(model.apply, spec)
   evaluate = make_evaluate_fn(
       model.apply, min(c.eval_batch_size or default_eval_batch_size(), len(exp.test_y)))
-  writer = outputs.TensorBoard(os.path.join(workdir, "tensorboard")) if c.tensorboard else None
+  writer = (outputs.TensorBoard(os.path.join(workdir, "tensorboard"))
+            if c.tensorboard and primary else None)
   logging.info("model %s, %d lanes on %d device(s), backend %s; setup took %.1fs", c.model,
                spec.num_lanes, spec.mesh.size, jax.default_backend(), time.perf_counter() - start)
 
   loop_start = time.perf_counter()
   try:
     for t in range(first_round, c.num_rounds + 1):
-      params, m = round_fn(params, exp.train, hp, jax.random.fold_in(rounds_key, t))
+      params, m = round_fn(params, exp.train, hp,
+                           replicate(jax.random.fold_in(rounds_key, t)))
       if not bool(m.finite):
         last = checkpoints.steps()
         raise DivergenceError(
@@ -276,7 +290,8 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
           "step_efficiency": float(m.lanes.useful_steps / max(m.lanes.executed_steps, 1)),
           "wall_time": elapsed,
       }
-      outputs.append_jsonl(workdir, "metrics.jsonl", row)
+      if primary:
+        outputs.append_jsonl(workdir, "metrics.jsonl", row)
       rows.append(row)
       if writer:
         writer.write(t, row)
@@ -306,9 +321,10 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
       # 1 = the round compiled once for the whole run (JAX's jit cache entries).
       "round_compilations": round_fn._cache_size(),
   }
-  outputs.write_json(workdir, "summary.json", summary)
-  outputs.plot_metrics(rows, os.path.join(workdir, "metrics.png"),
-                       f"{c.variant}: {c.model}, mu={c.mu}, stragglers={c.stragglers_fraction}")
+  if primary:
+    outputs.write_json(workdir, "summary.json", summary)
+    outputs.plot_metrics(rows, os.path.join(workdir, "metrics.png"),
+                         f"{c.variant}: {c.model}, mu={c.mu}, stragglers={c.stragglers_fraction}")
   logging.info("done: final accuracy %.4f after %d rounds, %.1fs in all (%.3f s/round); "
                "outputs in %s", summary["final_test_accuracy"], c.num_rounds, total,
                summary["seconds_per_round"], workdir)

@@ -3,6 +3,7 @@
 Each check runs in a fresh process, because the device count is fixed when JAX starts.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -96,3 +97,44 @@ def test_launch_uses_all_devices_and_matches_one_device(tmp_path):
     print("lanes", rows[8][0]["executed_steps"] // max(1, rows[1][0]["executed_steps"]))
   """)
   assert "lanes" in out
+
+
+def test_two_processes_on_localhost_match_one_process(tmp_path):
+  """Multi-host path: 2 processes x 2 CPU devices (gloo collectives) == 1 process, 1 device."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  script = tmp_path / "worker.py"
+  script.write_text(textwrap.dedent(f"""
+    import json, sys
+    from fedprox_jax import distributed, simulate
+    distributed.maybe_initialize()
+    import jax
+    from test_sweep import _tiny_mnist
+    from configs import mnist as mnist_config
+    c = mnist_config.get_config("fedprox")
+    c.update(dict(model="mlr", num_clients=20, clients_per_round=5, num_rounds=3,
+                  local_epochs=2, tensorboard=False, num_devices=int(sys.argv[1])))
+    simulate.run(c, sys.argv[2], mnist=_tiny_mnist())
+    print("devices", jax.device_count(), "process", jax.process_index())
+  """))
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
+  single = subprocess.run([sys.executable, str(script), "1", str(tmp_path / "single")], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+  assert single.returncode == 0, single.stderr[-3000:]
+  multi_env = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                   JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2")
+  procs = [subprocess.Popen([sys.executable, str(script), "0", str(tmp_path / "multi")], cwd=ROOT,
+                            env=dict(multi_env, JAX_PROCESS_ID=str(i)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+    assert "devices 4" in out
+  read = lambda d: [json.loads(l) for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+  for a, b in zip(read("single"), read("multi")):
+    assert a["round"] == b["round"]
+    assert abs(a["test_accuracy"] - b["test_accuracy"]) < 1e-6
+    assert abs(a["train_loss"] - b["train_loss"]) < 1e-5
