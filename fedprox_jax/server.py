@@ -49,7 +49,7 @@ class RoundSpec:
         raise ValueError(f"{name}={value!r} is not one of {allowed}")
     if self.mesh is not None and self.num_lanes % self.mesh.size:
       raise ValueError(f"num_lanes={self.num_lanes} must be a multiple of the {self.mesh.size} "
-                       "devices it is spread over (see distributed.lanes_for_devices)")
+                       "devices it is spread over (see distributed.round_up)")
     for name in ("clients_per_round", "local_epochs", "batch_size", "max_client_size", "num_lanes"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
