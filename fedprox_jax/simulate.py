@@ -263,18 +263,25 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
 
   loop_start = time.perf_counter()
   try:
+    # The first non-finite round, tracked on the device: rounds between checkpoints and
+    # evaluations are dispatched without waiting for the host.
+    diverged_at = jnp.int32(0)
     for t in range(first_round, c.num_rounds + 1):
       params, m = round_fn(params, exp.train, hp,
                            replicate(jax.random.fold_in(rounds_key, t)))
-      if not bool(m.finite):
+      diverged_at = jnp.where((diverged_at == 0) & ~m.finite, t, diverged_at)
+      save = t % c.checkpoint_every == 0 or t == c.num_rounds
+      if not save and t % c.eval_every and t != c.num_rounds:
+        continue
+      if int(diverged_at):
         last = checkpoints.steps()
         raise DivergenceError(
-            f"training diverged at round {t}: the train loss or the parameters are not finite "
-            f"(lr={c.lr}, mu={c.mu}). "
+            f"training diverged at round {int(diverged_at)}: the train loss or the parameters "
+            f"are not finite (lr={c.lr}, mu={c.mu}). "
             + (f"The last good checkpoint is round {last[-1]} in {checkpoints.directory}. "
                if last else "No checkpoint was saved yet. ")
             + "Lower --config.lr (or raise --config.mu) and start a new --workdir.")
-      if t % c.checkpoint_every == 0 or t == c.num_rounds:
+      if save:
         checkpoints.save(t, params)
       if t % c.eval_every and t != c.num_rounds:
         continue

@@ -117,6 +117,27 @@ def test_nan_injection_stops_with_round_and_keeps_last_checkpoint(tmp_path, monk
   assert [r["round"] for r in _metrics(str(tmp_path))] == [1, 2, 3, 4]
 
 
+def test_divergence_between_evaluations_names_its_round(tmp_path, monkeypatch):
+  """With eval_every = checkpoint_every = 3 the host looks at rounds 3 and 6 only; the
+  round that diverged (5) is still the one named, and no non-finite model is checkpointed."""
+  real = server.make_round_fn
+
+  def poisoned_make_round_fn(apply_fn, spec):
+    round_fn, calls = real(apply_fn, spec), []
+
+    def poisoned(params, data, hp, key):
+      calls.append(1)
+      if len(calls) == 5:
+        params = jax.tree_util.tree_map(lambda a: a.at[(0,) * a.ndim].set(jnp.nan), params)
+      return round_fn(params, data, hp, key)
+    return poisoned
+
+  monkeypatch.setattr(server, "make_round_fn", poisoned_make_round_fn)
+  with pytest.raises(simulate.DivergenceError, match="diverged at round 5.*round 3"):
+    simulate.run(_config(eval_every=3, checkpoint_every=3), str(tmp_path), mnist=MNIST)
+  assert checkpoints.Checkpoints(os.path.join(tmp_path, "checkpoints")).steps() == [3]
+
+
 def test_real_divergence_from_a_huge_learning_rate(tmp_path):
   with pytest.raises(simulate.DivergenceError, match="diverged at round 1.*Lower --config.lr"):
     simulate.run(_config(lr=1e30), str(tmp_path), mnist=MNIST)
