@@ -149,8 +149,7 @@ def run_experiments(c, exp: simulate.Experiment, specs: list, model, eval_rounds
     P = jax.sharding.PartitionSpec
     by_experiment = jax.sharding.NamedSharding(mesh, P(distributed.AXIS))
     shard = lambda tree: jax.device_put(tree, by_experiment)
-    train, test_x, test_y = jax.device_put((train, test_x, test_y),
-                                           jax.sharding.NamedSharding(mesh, P()))
+    train, test_x, test_y = distributed.replicator(mesh)((train, test_x, test_y))
     params, hp = shard(params), shard(hp)
   specs = specs[:real]
   rows = {s.name: [] for s in specs}

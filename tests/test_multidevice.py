@@ -106,7 +106,7 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   script = tmp_path / "worker.py"
-  script.write_text(textwrap.dedent(f"""
+  script.write_text(textwrap.dedent("""
     import json, sys
     from fedprox_jax import distributed, simulate
     distributed.maybe_initialize()

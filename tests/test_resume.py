@@ -96,7 +96,8 @@ def test_config_change_on_resume_is_refused(tmp_path):
     simulate.run(_config(mu=0.5), workdir, mnist=MNIST)
 
 
-def test_nan_injection_stops_with_round_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+def _poison_round(monkeypatch, round_index):
+  """NaN injection: round ``round_index`` starts from a global model with one NaN in it."""
   real = server.make_round_fn
 
   def poisoned_make_round_fn(apply_fn, spec):
@@ -104,12 +105,16 @@ def test_nan_injection_stops_with_round_and_keeps_last_checkpoint(tmp_path, monk
 
     def poisoned(params, data, hp, key):
       calls.append(1)
-      if len(calls) == 5:  # round 5 starts from a model with a NaN in it
+      if len(calls) == round_index:
         params = jax.tree_util.tree_map(lambda a: a.at[(0,) * a.ndim].set(jnp.nan), params)
       return round_fn(params, data, hp, key)
     return poisoned
 
   monkeypatch.setattr(server, "make_round_fn", poisoned_make_round_fn)
+
+
+def test_nan_injection_stops_with_round_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+  _poison_round(monkeypatch, 5)
   with pytest.raises(simulate.DivergenceError, match="diverged at round 5") as e:
     simulate.run(_config(), str(tmp_path), mnist=MNIST)
   assert "last good checkpoint is round 4" in str(e.value)
@@ -120,19 +125,7 @@ def test_nan_injection_stops_with_round_and_keeps_last_checkpoint(tmp_path, monk
 def test_divergence_between_evaluations_names_its_round(tmp_path, monkeypatch):
   """With eval_every = checkpoint_every = 3 the host looks at rounds 3 and 6 only; the
   round that diverged (5) is still the one named, and no non-finite model is checkpointed."""
-  real = server.make_round_fn
-
-  def poisoned_make_round_fn(apply_fn, spec):
-    round_fn, calls = real(apply_fn, spec), []
-
-    def poisoned(params, data, hp, key):
-      calls.append(1)
-      if len(calls) == 5:
-        params = jax.tree_util.tree_map(lambda a: a.at[(0,) * a.ndim].set(jnp.nan), params)
-      return round_fn(params, data, hp, key)
-    return poisoned
-
-  monkeypatch.setattr(server, "make_round_fn", poisoned_make_round_fn)
+  _poison_round(monkeypatch, 5)
   with pytest.raises(simulate.DivergenceError, match="diverged at round 5.*round 3"):
     simulate.run(_config(eval_every=3, checkpoint_every=3), str(tmp_path), mnist=MNIST)
   assert checkpoints.Checkpoints(os.path.join(tmp_path, "checkpoints")).steps() == [3]
