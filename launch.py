@@ -30,15 +30,40 @@ class _QuietLibraries(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
 
 
+def _parse_flags(argv):
+  """absl's flag parsing, with one clear line for a bad flag instead of a traceback (config
+  files' errors reach absl wrapped with the traceback of the call that raised them)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    print(f"error: {lines[-1] if lines else e}\n"
+          "Flags: --config=configs/mnist.py:VARIANT [--config.FIELD=VALUE ...] [--workdir=DIR]; "
+          "see --helpfull.", file=sys.stderr)
+    sys.exit(2)
+  except (AttributeError, KeyError) as e:  # an override of a field the config does not have
+    print(f"error: the config has no field {str(e).strip(chr(34))}: see configs/mnist.py for "
+          "the fields --config.FIELD=VALUE can set.", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   distributed.maybe_initialize()
+  try:
+    config = _CONFIG.value
+    config.mode  # config_flags defers a load failure until the config is first used
+  except OSError as e:
+    reason = str(e.__cause__ or e).strip().splitlines()[-1].strip()
+    print(f"error: cannot load the --config file ({reason}); "
+          "e.g. --config=configs/mnist.py:fedprox, relative to where you run launch.py.",
+          file=sys.stderr)
+    sys.exit(2)
   workdir = _WORKDIR.value or outputs.default_workdir()
   logging.info("workdir: %s", workdir)
   try:
-    config = _CONFIG.value
     if config.mode == "sweep":
       sweep.run_sweep(config, workdir)
     else:
@@ -52,4 +77,4 @@ def main(argv):
 
 if __name__ == "__main__":
   logging.set_verbosity(logging.INFO)
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -137,10 +137,23 @@ def test_launch_bad_inputs_exit_with_one_clear_message(tmp_path, extra, match):
   assert "Traceback" not in result.stderr
 
 
-def test_launch_rejects_unknown_field_and_variant(tmp_path):
-  result = _launch("--config=" + os.path.join(ROOT, "configs", "mnist.py") + ":fedprox",
-                   "--config.not_a_field=1", f"--workdir={tmp_path}")
-  assert result.returncode != 0 and "not_a_field" in result.stderr
-  result = _launch("--config=" + os.path.join(ROOT, "configs", "mnist.py") + ":scaffold",
+@pytest.mark.parametrize("args,match", [
+    (["--config.not_a_field=1"], "the config has no field 'not_a_field'"),
+    (["--config.mu=abc"], "could not convert string to float: 'abc'"),
+])
+def test_launch_rejects_bad_flags_in_one_line(tmp_path, args, match):
+  result = _launch("--config=" + os.path.join(ROOT, "configs", "mnist.py") + ":fedprox", *args,
                    f"--workdir={tmp_path}")
-  assert result.returncode != 0 and "fedprox, fedavg, fedprox_mu0" in result.stderr
+  assert result.returncode == 2 and match in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("config,match", [
+    ("mnist.py:scaffold", "unknown variant 'scaffold'"),
+    ("missing.py:fedprox", "cannot load the --config file"),
+])
+def test_launch_rejects_unknown_variant_and_config_file(tmp_path, config, match):
+  result = _launch("--config=" + os.path.join(ROOT, "configs", config), f"--workdir={tmp_path}")
+  assert result.returncode == 2 and match in result.stderr
+  assert "fedprox, fedavg, fedprox_mu0" in result.stderr or "missing.py" in result.stderr
+  assert "Traceback" not in result.stderr
