@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TFDS imports TensorFlow: k
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from fedprox_jax import checkpoints, data, distributed, outputs, simulate, sweep  # noqa: E402
+from fedprox_jax import cache, checkpoints, data, distributed, outputs, simulate, sweep  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config, e.g. configs/mnist.py:fedprox (variants: fedprox, "
@@ -51,6 +51,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  cache.enable_compilation_cache()
   distributed.maybe_initialize()
   try:
     config = _CONFIG.value

@@ -144,5 +144,6 @@ def make_model(name: str, conv_impl: str = "auto", num_classes: int = 10) -> nn.
 
 
 def init_params(model: nn.Module, key: jax.Array, input_shape=(28, 28, 1)):
-  """Initial parameters for one example of ``input_shape`` (no batch axis)."""
-  return model.init(key, jnp.zeros((1,) + tuple(input_shape), jnp.float32))
+  """Initial parameters for one example of ``input_shape`` (no batch axis); one compiled
+  program, not one per parameter (the same values as flax's eager init)."""
+  return jax.jit(model.init)(key, jnp.zeros((1,) + tuple(input_shape), jnp.float32))

@@ -133,7 +133,7 @@ def run_experiments(c, exp: simulate.Experiment, specs: list, model, eval_rounds
     specs = specs + [specs[-1]] * (distributed.round_up(real, mesh) - real)
   size = len(specs)
   round_spec = simulate.round_spec(c, exp.stats["max_train"])  # lanes stay on each device
-  eval_batch = min(c.eval_batch_size or simulate.default_eval_batch_size(), len(exp.test_y))
+  eval_batch = min(c.eval_batch_size or simulate.default_eval_batch_size(c.model), len(exp.test_y))
   round_fn, evaluate_fn = make_sweep_fns(model.apply, round_spec, size, eval_batch,
                                          c.sweep.dissimilarity)
   # The same seed gives the same initial model and the same round keys (common random numbers).

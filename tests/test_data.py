@@ -96,3 +96,11 @@ def test_idx_files_and_tfds_hold_the_same_examples():
     a, b = multiset(idx), multiset(tfds_copy)
     assert len(a) == {"train": 60000, "test": 10000}[split]
     assert a == b
+
+
+def test_normalize_table_equals_the_arithmetic():
+  pixels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+  expected = ((pixels.astype(np.float32) / 255.0 - data.MNIST_MEAN) / data.MNIST_STD).astype(np.float32)
+  got = data.normalize(pixels)
+  assert got.dtype == np.float32 and got.shape == pixels.shape
+  np.testing.assert_array_equal(got, expected)

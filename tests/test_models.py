@@ -89,3 +89,13 @@ def test_pytorch_default_init_bounds():
 def test_make_model_rejects_unknown_names(kwargs, match):
   with pytest.raises(ValueError, match=match):
     models.make_model(**kwargs)
+
+
+def test_jitted_init_equals_flax_eager_init():
+  for model in (models.CNN(), models.LogisticRegression()):
+    key = jax.random.key(7)
+    eager = model.init(key, jnp.zeros((1, 28, 28, 1), jnp.float32))
+    jitted = models.init_params(model, key)
+    for a, b in zip(jax.tree_util.tree_leaves(eager), jax.tree_util.tree_leaves(jitted),
+                    strict=True):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
