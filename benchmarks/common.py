@@ -20,6 +20,7 @@ def default_experiment(variant="fedprox", data_dir=DEFAULT_DATA_DIR, **overrides
   """(config, Experiment) of configs/mnist.py:VARIANT with overrides, MNIST from IDX files."""
   c = mnist_config.get_config(variant)
   c.update(overrides)
+  c = simulate.validate_config(c)  # the protocol's values in the unset fields
   mnist = data_lib.load_mnist("idx", data_dir)
   return c, simulate.prepare_experiment(c, mnist)
 

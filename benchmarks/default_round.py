@@ -63,7 +63,7 @@ def main(argv):
     model = models.make_model(F.model)
     params = models.init_params(model, jax.random.key(0))
     per_example = flops_per_example(model, params)
-    hp = server.HParams.create(c.lr, c.mu, F.stragglers, False)
+    hp = server.HParams.create(c.lr, c.mu, F.stragglers, False, k, c.weight_decay)
     base = dict(clients_per_round=k, local_epochs=c.local_epochs, batch_size=c.batch_size,
                 max_client_size=exp.stats["max_train"])
     keys = [jax.random.fold_in(jax.random.key(c.seed), t) for t in range(F.rounds + 1)]

@@ -38,7 +38,8 @@ def main(argv):
       spec = server.RoundSpec(clients_per_round=c.clients_per_round, local_epochs=c.local_epochs,
                               batch_size=c.batch_size, max_client_size=exp.stats["max_train"],
                               num_lanes=lanes)
-      hp = server.HParams.create(c.lr, c.mu, fraction, False)
+      hp = server.HParams.create(c.lr, c.mu, fraction, False, c.clients_per_round,
+                                  c.weight_decay)
 
       @jax.jit
       def one(t, spec=spec, hp=hp):

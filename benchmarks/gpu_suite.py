@@ -65,6 +65,11 @@ def _base_config(a, variant="fedprox"):
   return c
 
 
+def _resolved(c):
+  from fedprox_jax import simulate
+  return simulate.validate_config(c)
+
+
 def _device_peak_bytes():
   import jax
   stats = jax.local_devices()[0].memory_stats() or {}
@@ -84,16 +89,17 @@ def item_default_run(a, workdir):
           "seconds_per_round_after_first": after_first,
           "first_round_seconds": rows[0]["wall_time"],
           "final_test_accuracy": summary["final_test_accuracy"],
-          "lanes": simulate.round_spec(c, summary["partition"]["max_train"]).num_lanes}
+          "lanes": simulate.round_spec(_resolved(c), summary["partition"]["max_train"]).num_lanes}
 
 
 def item_round(a, workdir):
   import jax
   from fedprox_jax import data as data_lib
   from fedprox_jax import models, server, simulate
-  c = _base_config(a)
+  c = _resolved(_base_config(a))
   exp = simulate.prepare_experiment(c, data_lib.load_mnist(c.data_source, c.data_dir, False))
-  hp = server.HParams.create(c.lr, c.mu, c.stragglers_fraction, c.drop_stragglers)
+  hp = server.HParams.create(c.lr, c.mu, c.stragglers_fraction, c.drop_stragglers,
+                             c.clients_per_round, c.weight_decay)
   k = c.clients_per_round
   base = dict(clients_per_round=k, local_epochs=c.local_epochs, batch_size=c.batch_size,
               max_client_size=exp.stats["max_train"])
@@ -101,7 +107,7 @@ def item_round(a, workdir):
   default_lanes = server.default_num_lanes(k)
   results = []
   for conv in models.CONV_IMPLS:
-    model = models.make_model(c.model, conv)
+    model = models.make_model(c.model, conv, mlr_init=c.mlr_init)
     params = models.init_params(model, jax.random.key(0))
     paths = (("looped", None), ("1 lane", 1), ("lane per client", k),
              (f"default ({default_lanes} lanes)", default_lanes))

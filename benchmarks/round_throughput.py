@@ -54,7 +54,8 @@ def main(argv):
       sizes=jax.numpy.full(k, n, np.int32))
   model = models.make_model(F.model, F.conv_impl)
   params = models.init_params(model, jax.random.key(0))
-  hp = server.HParams.create(lr=0.03, mu=1.0, stragglers_fraction=0.0, drop_stragglers=False)
+  hp = server.HParams.create(lr=0.03, mu=1.0, stragglers_fraction=0.0, drop_stragglers=False,
+                             clients_per_round=F.clients)
   key = jax.random.key(1)
   steps = k * F.local_epochs * -(-n // F.batch_size)
   print(f"command: python {' '.join(sys.argv)}")

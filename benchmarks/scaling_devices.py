@@ -37,7 +37,7 @@ def time_rounds(model, params, exp, c, k, lanes, n):
   spec = server.RoundSpec(clients_per_round=k, local_epochs=c.local_epochs,
                           batch_size=c.batch_size, max_client_size=exp.stats["max_train"],
                           num_lanes=lanes, mesh=mesh)
-  hp = server.HParams.create(c.lr, c.mu, 0.9, False)
+  hp = server.HParams.create(c.lr, c.mu, 0.9, False, k, c.weight_decay)
   round_fn = server.make_round_fn(model.apply, spec)
   jax.block_until_ready(round_fn(params, exp.train, hp, jax.random.key(0)))
   times = []

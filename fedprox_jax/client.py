@@ -33,6 +33,7 @@ class LocalHParams(NamedTuple):
   """Traced (not static) hyper-parameters of the local solver, so sweeps need no recompile."""
   lr: jax.Array
   mu: jax.Array
+  weight_decay: jax.Array | float = 0.0  # torch.optim.SGD's weight_decay (the seed: 0.001)
 
 
 class ProximalState(NamedTuple):
@@ -60,8 +61,14 @@ def proximal(mu) -> optax.GradientTransformation:
 
 
 def local_optimizer(hp: LocalHParams) -> optax.GradientTransformation:
-  """FedProx's local solver: the proximal term, then plain SGD."""
-  return optax.chain(proximal(hp.mu), optax.sgd(hp.lr))
+  """FedProx's local solver: the proximal term, weight decay, then plain SGD.
+
+  As ``torch.optim.SGD(lr, weight_decay=wd)`` on the loss with the proximal term (the seed):
+  the step is -lr * (grad(CE) + mu * (w - w_global) + wd * w), i.e. plain SGD on
+  CE + mu/2 ||w - w_global||^2 + wd/2 ||w||^2. With wd = 0 (the paper) it is plain SGD.
+  """
+  return optax.chain(proximal(hp.mu), optax.add_decayed_weights(hp.weight_decay),
+                     optax.sgd(hp.lr))
 
 
 def cdiv(a, b):

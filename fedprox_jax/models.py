@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 CONV_IMPLS = ("im2col", "xla")
 MODEL_NAMES = ("cnn", "mlr")
+MLR_INITS = ("torch", "glorot")  # PyTorch nn.Linear's default (the seed) | TF Glorot (the paper)
 
 
 def default_conv_impl(backend: str | None = None) -> str:
@@ -123,23 +124,34 @@ class CNN(nn.Module):
 
 
 class LogisticRegression(nn.Module):
-  """Multinomial logistic regression on the flattened image."""
+  """Multinomial logistic regression on the flattened image. ``init_scheme``: 'torch' (PyTorch's
+  nn.Linear default, the seed) or 'glorot' (the authors' TensorFlow dense layer: Glorot-
+  uniform kernel, zero bias)."""
   num_classes: int = 10
+  init_scheme: str = "torch"
 
   @nn.compact
   def __call__(self, x):
-    return Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+    x = x.reshape(x.shape[0], -1)
+    if self.init_scheme == "glorot":
+      return nn.Dense(self.num_classes, kernel_init=nn.initializers.glorot_uniform(),
+                      bias_init=nn.initializers.zeros)(x)
+    return Dense(self.num_classes)(x)
 
 
-def make_model(name: str, conv_impl: str = "auto", num_classes: int = 10) -> nn.Module:
-  """Builds a model by name: ``cnn`` or ``mlr``; ``conv_impl`` 'auto' picks per backend."""
+def make_model(name: str, conv_impl: str = "auto", num_classes: int = 10,
+               mlr_init: str = "torch") -> nn.Module:
+  """Builds a model by name: ``cnn`` or ``mlr``; ``conv_impl`` 'auto' picks per backend;
+  ``mlr_init`` one of MLR_INITS."""
   if name == "cnn":
     impl = default_conv_impl() if conv_impl == "auto" else conv_impl
     if impl not in CONV_IMPLS:
       raise ValueError(f"conv_impl={conv_impl!r} is not one of {('auto',) + CONV_IMPLS}")
     return CNN(num_classes=num_classes, conv_impl=impl)
   if name == "mlr":
-    return LogisticRegression(num_classes=num_classes)
+    if mlr_init not in MLR_INITS:
+      raise ValueError(f"mlr_init={mlr_init!r} is not one of {MLR_INITS}")
+    return LogisticRegression(num_classes=num_classes, init_scheme=mlr_init)
   raise ValueError(f"model={name!r} is not one of {MODEL_NAMES}")
 
 

@@ -79,6 +79,21 @@ def power_law_partition(labels: np.ndarray, num_clients: int, labels_per_client:
   return _from_client_lists([np.concatenate(c) for c in clients])
 
 
+def hold_out(partition: Partition, fraction: float, seed: int) -> Partition:
+  """Each client keeps n - int(n / (1 / fraction)) of its examples, a seeded random subset in
+  random order; the rest is held out (the Flower baseline's per-client validation split,
+  ``len_val = int(len(dataset) / (1 / val_ratio))``, which never trains). fraction 0 keeps all.
+  Which examples are held out differs from Flower's (torch's generator); how many does not."""
+  if fraction == 0:
+    return partition
+  rng = np.random.RandomState(seed)
+  kept = []
+  for o, n in zip(partition.offsets, partition.sizes):
+    n_val = int(n / (1 / fraction))
+    kept.append(rng.permutation(partition.order[o:o + n])[:max(n - n_val, 1)])
+  return _from_client_lists(kept)
+
+
 def iid_partition(num_examples: int, num_clients: int, seed: int = 42) -> Partition:
   """A random split into equal parts (the first num_examples % num_clients clients get one more)."""
   if not 1 <= num_clients <= num_examples:

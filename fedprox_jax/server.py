@@ -16,9 +16,14 @@ import jax.numpy as jnp
 from fedprox_jax.client import ApplyFn, FederatedData, LocalHParams, client_update
 from fedprox_jax.lanes import ClientPlan, LaneStats, run_lanes
 
-SAMPLINGS = ("uniform", "weighted")        # uniform w/o replacement | probability ∝ n_k
-STRAGGLER_RULES = ("exact", "bernoulli")   # the authors' exact count | the seed's per-client coin
-WEIGHTINGS = ("samples", "uniform")        # aggregate ∝ n_k | simple average
+# uniform w/o replacement (both sources' code) | ∝ n_k w/o replacement | ∝ n_k with
+# replacement (the paper's Algorithm 2 text, to combine with weighting='uniform')
+SAMPLINGS = ("uniform", "weighted", "weighted_replacement")
+# the authors' exact count per round | the seed's Bernoulli schedule over (round, client)
+STRAGGLER_RULES = ("exact", "bernoulli")
+# aggregate ∝ n_k (the paper's code) | ∝ ceil(n_k / B), the batches (the seed: Flower's clients
+# report len(trainloader)) | simple average
+WEIGHTINGS = ("samples", "batches", "uniform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,21 +67,33 @@ def default_num_lanes(clients_per_round: int, backend: str | None = None) -> int
   return 1 if backend == "cpu" else clients_per_round
 
 
+def exact_straggler_count(clients_per_round: int, fraction: float) -> int:
+  """The authors' count, K - round(K * (1 - fraction)), in Python's float64 arithmetic with
+  its round-half-to-even, as their code computes it (K = 10, fraction 0.85 gives 8; the
+  same formula in float32 gives 9)."""
+  return clients_per_round - round(clients_per_round * (1.0 - float(fraction)))
+
+
 class HParams(NamedTuple):
   """Traced hyper-parameters: changing them never recompiles, and sweeps can vmap over them."""
   lr: jax.Array
   mu: jax.Array
   stragglers_fraction: jax.Array
   drop_stragglers: jax.Array  # bool: FedAvg discards stragglers, FedProx keeps partial work
+  exact_stragglers: jax.Array  # int: the 'exact' rule's count (exact_straggler_count)
+  weight_decay: jax.Array
 
   @classmethod
-  def create(cls, lr, mu, stragglers_fraction, drop_stragglers):
+  def create(cls, lr, mu, stragglers_fraction, drop_stragglers, clients_per_round: int,
+             weight_decay=0.0):
     return cls(jnp.float32(lr), jnp.float32(mu), jnp.float32(stragglers_fraction),
-               jnp.bool_(drop_stragglers))
+               jnp.bool_(drop_stragglers),
+               jnp.int32(exact_straggler_count(clients_per_round, stragglers_fraction)),
+               jnp.float32(weight_decay))
 
   @property
   def local(self) -> LocalHParams:
-    return LocalHParams(lr=self.lr, mu=self.mu)
+    return LocalHParams(lr=self.lr, mu=self.mu, weight_decay=self.weight_decay)
 
 
 class RoundMetrics(NamedTuple):
@@ -93,23 +110,34 @@ def sample_clients(key, sizes, k: int, sampling: str):
   num_clients = sizes.shape[0]
   if sampling == "uniform":
     return jax.random.choice(key, num_clients, (k,), replace=False)
-  return jax.random.choice(key, num_clients, (k,), replace=False, p=sizes / jnp.sum(sizes))
+  p = sizes / jnp.sum(sizes)
+  return jax.random.choice(key, num_clients, (k,), replace=sampling == "weighted_replacement", p=p)
 
 
-def draw_stragglers(key, k: int, fraction, rule: str):
-  """[k] bool. 'exact': k - round(k * (1 - fraction)) stragglers (the authors' rule);
-  'bernoulli': each client independently with probability ``fraction`` (the seed's rule)."""
-  u = jax.random.uniform(key, (k,))
+def draw_stragglers(key, ids, num_clients: int, hp: HParams, rule: str, local_epochs: int):
+  """[k] bool: which of the sampled clients ``ids`` straggle this round.
+
+  'exact': hp.exact_stragglers of the k, uniformly (the authors' rule). 'bernoulli': the seed's
+  schedule, one Bernoulli(fraction) coin per (round, client) drawn independently of which
+  clients are sampled, read at the sampled clients; with E = 1 nobody straggles (the seed's
+  ``num_epochs > 1`` test). With E = 1 the authors' code still picks stragglers (FedAvg drops
+  them; they would train the one epoch).
+  """
   if rule == "bernoulli":
-    return u < fraction
-  num = k - jnp.round(k * (1.0 - fraction)).astype(jnp.int32)
-  rank = jnp.argsort(jnp.argsort(u))
-  return rank < num
+    if local_epochs < 2:
+      return jnp.zeros(ids.shape, bool)
+    return jax.random.uniform(key, (num_clients,))[ids] < hp.stragglers_fraction
+  rank = jnp.argsort(jnp.argsort(jax.random.uniform(key, ids.shape)))
+  return rank < hp.exact_stragglers
 
 
-def aggregation_weights(sizes, kept, weighting: str):
-  """Normalised weights over the kept clients (all zero when none is kept) and that flag."""
-  raw = jnp.where(kept, sizes.astype(jnp.float32) if weighting == "samples" else 1.0, 0.0)
+def aggregation_weights(sizes, kept, weighting: str, batch_size: int = 1):
+  """Normalised weights over the kept clients (all zero when none is kept) and that flag:
+  ∝ n_k ('samples'), ∝ ceil(n_k / batch_size) ('batches') or equal ('uniform')."""
+  per_client = {"samples": sizes.astype(jnp.float32),
+                "batches": ((sizes + batch_size - 1) // batch_size).astype(jnp.float32),
+                "uniform": jnp.ones(sizes.shape, jnp.float32)}[weighting]
+  raw = jnp.where(kept, per_client, 0.0)
   total = jnp.sum(raw)
   all_dropped = total == 0
   return jnp.where(all_dropped, 0.0, raw / jnp.where(all_dropped, 1.0, total)), all_dropped
@@ -120,15 +148,15 @@ def plan_round(round_key, data: FederatedData, hp: HParams, spec: RoundSpec) -> 
   k_sample, k_straggler, k_epochs, k_data = jax.random.split(round_key, 4)
   ids = sample_clients(k_sample, data.sizes, spec.clients_per_round, spec.sampling)
   sizes = data.sizes[ids]
-  is_straggler = draw_stragglers(k_straggler, spec.clients_per_round, hp.stragglers_fraction,
-                                 spec.straggler_rule)
+  is_straggler = draw_stragglers(k_straggler, ids, data.sizes.shape[0], hp,
+                                 spec.straggler_rule, spec.local_epochs)
   e = spec.local_epochs
-  # A straggler runs 1 .. E-1 epochs (E when E = 1), drawn uniformly.
+  # A straggler runs 1 .. E-1 epochs, drawn uniformly (randint(1, E) in both sources; E when E = 1).
   straggler_epochs = jax.random.randint(k_epochs, (spec.clients_per_round,), 1, max(e, 2))
   straggler_epochs = jnp.minimum(straggler_epochs, e)
   dropped = is_straggler & hp.drop_stragglers
   epochs = jnp.where(dropped, 0, jnp.where(is_straggler, straggler_epochs, e)).astype(jnp.int32)
-  weights, _ = aggregation_weights(sizes, ~dropped, spec.weighting)
+  weights, _ = aggregation_weights(sizes, ~dropped, spec.weighting, spec.batch_size)
   keys = jax.vmap(lambda i: jax.random.fold_in(k_data, i))(ids)
   return ClientPlan(ids=ids, offsets=data.offsets[ids], sizes=sizes, epochs=epochs,
                     weights=weights, is_straggler=is_straggler, keys=keys)

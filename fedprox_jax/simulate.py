@@ -20,11 +20,9 @@ from absl import logging
 
 from fedprox_jax import checkpoints as checkpoints_lib
 from fedprox_jax import data as data_lib
-from fedprox_jax import distributed, metrics, models, outputs, partition, server
+from fedprox_jax import distributed, metrics, models, outputs, partition, protocols, server
 from fedprox_jax.client import FederatedData
 
-
-PROTOCOLS = ("seed", "paper")
 # The paper's Table (MNIST, 1000 devices): for printing next to our partition's statistics.
 PAPER_STATS = {"clients": 1000, "examples": 69035, "mean": 69, "std": 106}
 
@@ -38,13 +36,18 @@ def _require(ok: bool, field: str, value, what: str):
     raise ConfigError(f"config.{field}={value!r}: {what}")
 
 
-def validate_config(c: ml_collections.ConfigDict) -> None:
-  """Checks every field before any work is done."""
+def validate_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks every field before any work is done; returns the config with its protocol's
+  values in the fields it left unset (the config a run actually uses)."""
+  _require(c.protocol in protocols.PROTOCOLS, "protocol", c.protocol,
+           f"use one of {protocols.PROTOCOLS}")
+  c = protocols.resolve(c)
   _require(c.model in models.MODEL_NAMES, "model", c.model, f"use one of {models.MODEL_NAMES}")
+  _require(c.mlr_init in models.MLR_INITS, "mlr_init", c.mlr_init,
+           f"use one of {models.MLR_INITS}")
   _require(c.conv_impl in ("auto",) + models.CONV_IMPLS, "conv_impl", c.conv_impl,
            f"use one of {('auto',) + models.CONV_IMPLS}")
   _require(c.mode in ("single", "sweep"), "mode", c.mode, "use 'single' or 'sweep'")
-  _require(c.protocol in PROTOCOLS, "protocol", c.protocol, f"use one of {PROTOCOLS}")
   _require(c.data_source in data_lib.SOURCES, "data_source", c.data_source,
            f"use one of {data_lib.SOURCES}")
   for field in ("num_clients", "clients_per_round", "num_rounds", "local_epochs", "batch_size",
@@ -57,6 +60,13 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
            f"cannot exceed num_clients={c.num_clients}")
   _require(c.lr > 0 and math.isfinite(c.lr), "lr", c.lr, "must be a finite number > 0")
   _require(c.mu >= 0 and math.isfinite(c.mu), "mu", c.mu, "must be a finite number >= 0")
+  _require(c.weight_decay >= 0 and math.isfinite(c.weight_decay), "weight_decay",
+           c.weight_decay, "must be a finite number >= 0")
+  _require(0 <= c.client_val_fraction < 1, "client_val_fraction", c.client_val_fraction,
+           "must be in [0, 1)")
+  _require(c.protocol == "seed" or c.client_val_fraction == 0, "client_val_fraction",
+           c.client_val_fraction, "applies to protocol='seed' only (protocol='paper' holds out "
+           "10 % of each client as its test set already): leave it unset")
   _require(0 <= c.stragglers_fraction <= 1, "stragglers_fraction", c.stragglers_fraction,
            "must be between 0 and 1")
   _require(c.lognormal_sigma > 0, "lognormal_sigma", c.lognormal_sigma, "must be > 0")
@@ -71,6 +81,7 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
            f"use one of {server.SAMPLINGS}")
   _require(c.weighting in server.WEIGHTINGS, "weighting", c.weighting,
            f"use one of {server.WEIGHTINGS}")
+  return c
 
 
 class Experiment(NamedTuple):
@@ -93,8 +104,10 @@ def _partition(c, labels):
 def prepare_experiment(c: ml_collections.ConfigDict, mnist: data_lib.Mnist) -> Experiment:
   """Partitions the data per ``c.protocol`` and puts train and test sets on the device once.
 
-  * 'seed' (the Flower baseline): the 60k training set is partitioned; the 10k test set is the
-    server's centralised test set; pixels normalised with mean 0.1307, std 0.3081.
+  * 'seed' (the Flower baseline): the 60k training set is partitioned; each client holds out
+    int(n * client_val_fraction) examples that never train (Flower's unused validation
+    split); the 10k test set is the server's centralised test set; pixels normalised with
+    mean 0.1307, std 0.3081.
   * 'paper' (the authors' code): train and test pooled (70k), each pixel standardised with the
     pooled mean and std (+0.001), partitioned, each client's examples shuffled and split
     90 % train / 10 % test; the test set is all clients' test splits together.
@@ -134,13 +147,15 @@ def prepare_experiment(c: ml_collections.ConfigDict, mnist: data_lib.Mnist) -> E
     train_images, train_labels = train_images[:c.train_subset], train_labels[:c.train_subset]
   split = _partition(c, train_labels)
   stats = partition.partition_stats(split, train_labels)
+  train_split = partition.hold_out(split, c.client_val_fraction, c.partition_seed)
   # Clients become contiguous ranges of one array, which lives on the device once.
   train = FederatedData(
-      x=jnp.asarray(data_lib.normalize(train_images[split.order])),
-      y=jnp.asarray(train_labels[split.order].astype(np.int32)),
-      offsets=jnp.asarray(split.offsets), sizes=jnp.asarray(split.sizes))
-  stats = {**stats, "train_examples": int(split.sizes.sum()), "test_examples": len(mnist.test_labels),
-           "max_train": int(split.sizes.max())}
+      x=jnp.asarray(data_lib.normalize(train_images[train_split.order])),
+      y=jnp.asarray(train_labels[train_split.order].astype(np.int32)),
+      offsets=jnp.asarray(train_split.offsets), sizes=jnp.asarray(train_split.sizes))
+  stats = {**stats, "train_examples": int(train_split.sizes.sum()),
+           "held_out_examples": int(split.sizes.sum() - train_split.sizes.sum()),
+           "test_examples": len(mnist.test_labels), "max_train": int(train_split.sizes.max())}
   return Experiment(train, jnp.asarray(data_lib.normalize(mnist.test_images)),
                     jnp.asarray(mnist.test_labels.astype(np.int32)), stats)
 
@@ -218,7 +233,7 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
   checkpoint and gives exactly the metrics of an uninterrupted run. ``mnist`` may be passed in
   (already loaded); ``on_round(round, row)`` is called after each evaluated round.
   """
-  validate_config(c)
+  c = validate_config(c)
   # With several processes (hosts), process 0 writes the workdir, which must be shared.
   primary = jax.process_index() == 0
   if primary:
@@ -242,7 +257,7 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
   if c.protocol == "paper":
     logging.info("the paper's table: %s", PAPER_STATS)
 
-  model = models.make_model(c.model, c.conv_impl)
+  model = models.make_model(c.model, c.conv_impl, mlr_init=c.mlr_init)
   init_key, rounds_key = jax.random.split(jax.random.key(c.seed))
   params = models.init_params(model, init_key)
   checkpoints = checkpoints_lib.Checkpoints(os.path.join(workdir, "checkpoints"))
@@ -255,7 +270,8 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
   params = replicate(params)
   rows = outputs.truncate_jsonl(workdir, "metrics.jsonl", first_round - 1) if primary else []
   spec = round_spec(c, exp.stats["max_train"], mesh)
-  hp = replicate(server.HParams.create(c.lr, c.mu, c.stragglers_fraction, c.drop_stragglers))
+  hp = replicate(server.HParams.create(c.lr, c.mu, c.stragglers_fraction, c.drop_stragglers,
+                                           c.clients_per_round, c.weight_decay))
   round_fn = server.make_round_fn(model.apply, spec)
   evaluate = make_evaluate_fn(
       model.apply, min(c.eval_batch_size or default_eval_batch_size(c.model), len(exp.test_y)))

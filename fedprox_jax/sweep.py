@@ -88,7 +88,11 @@ def _stack_hparams(c, specs):
       lr=jnp.full(len(specs), c.lr, jnp.float32),
       mu=jnp.array([s.mu for s in specs], jnp.float32),
       stragglers_fraction=jnp.array([s.stragglers_fraction for s in specs], jnp.float32),
-      drop_stragglers=jnp.array([s.drop_stragglers for s in specs]))
+      drop_stragglers=jnp.array([s.drop_stragglers for s in specs]),
+      exact_stragglers=jnp.array([server.exact_straggler_count(c.clients_per_round,
+                                                               s.stragglers_fraction)
+                                  for s in specs], jnp.int32),
+      weight_decay=jnp.full(len(specs), c.weight_decay, jnp.float32))
 
 
 def _over_experiments(fn, in_axes, size: int):
@@ -173,7 +177,7 @@ def run_experiments(c, exp: simulate.Experiment, specs: list, model, eval_rounds
 
 def run_sweep(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None = None):
   """Runs the sweep of config ``c`` into ``workdir``: results.csv, summary table and figure."""
-  simulate.validate_config(c)
+  c = simulate.validate_config(c)
   specs = experiment_grid(c)
   per_program = c.sweep.experiments_per_program or default_experiments_per_program(
       c.model, len(specs))
@@ -191,7 +195,7 @@ def run_sweep(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist 
   logging.info("partition: %s", partition.format_stats(exp.stats))
   if c.protocol == "paper":
     logging.info("the paper's table: %s", simulate.PAPER_STATS)
-  model = models.make_model(c.model, c.conv_impl)
+  model = models.make_model(c.model, c.conv_impl, mlr_init=c.mlr_init)
   mesh = distributed.make_mesh(c.num_devices)
   eval_rounds = set(range(c.eval_every, c.num_rounds + 1, c.eval_every)) | {c.num_rounds}
   results = {}

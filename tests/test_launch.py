@@ -21,9 +21,9 @@ def test_variants():
   assert (fedavg.mu, fedavg.stragglers_fraction, fedavg.drop_stragglers) == (0.0, 0.9, True)
   assert (mu0.mu, mu0.drop_stragglers) == (0.0, False)
   for c in (fedprox, fedavg, mu0):  # the seed's defaults
+    c = simulate.validate_config(c)
     assert (c.num_clients, c.clients_per_round, c.num_rounds, c.local_epochs, c.batch_size,
             c.lr, c.model) == (1000, 10, 100, 10, 10, 0.03, "cnn")
-    simulate.validate_config(c)
 
 
 def test_unknown_variant_lists_valid_ones():
@@ -97,10 +97,13 @@ def test_launch_tiny_run_writes_complete_workdir(tmp_path):
     assert (workdir / name).exists(), name
   config = json.loads((workdir / "config.json").read_text())
   assert config["mu"] == 0.5 and config["num_clients"] == 20 and config["model"] == "mlr"
+  # The values the run used, with the seed protocol's filled in (not None).
+  assert (config["weight_decay"], config["straggler_rule"], config["weighting"]) == (
+      0.001, "bernoulli", "batches")
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["round"] for r in rows] == [2, 3]  # every 2nd round, and always the last
   for r in rows:
-    assert 0.0 <= r["test_accuracy"] <= 1.0 and r["test_loss"] > 0 and r["num_stragglers"] == 4
+    assert 0.0 <= r["test_accuracy"] <= 1.0 and r["test_loss"] > 0 and 0 <= r["num_stragglers"] <= 5
     assert r["useful_steps"] > 0 and 0 < r["step_efficiency"] <= 1
   stats = json.loads((workdir / "partition_stats.json").read_text())
   assert stats["clients"] == 20 and stats["labels_per_client_max"] == 2

@@ -31,7 +31,7 @@ def test_sharded_round_equals_single_device_round():
     for name in ("mlr", "cnn"):
       model = models.make_model(name)
       params = models.init_params(model, jax.random.key(0))
-      hp = server.HParams.create(0.05, 1.0, 0.5, False)
+      hp = server.HParams.create(0.05, 1.0, 0.5, False, 5)
       # 5 clients per round: not a multiple of 2, 4 or 8 devices; 8 lanes, the spare ones empty.
       outs = {}
       for n in (1, 2, 4, 8):

@@ -25,7 +25,8 @@ def test_vmapped_round_equals_looped_round(hetero_data, model_name, num_lanes, d
   model = models.make_model(model_name)
   params = models.init_params(model, jax.random.key(0))
   spec = _spec(num_lanes)
-  hp = server.HParams.create(lr=0.05, mu=1.0, stragglers_fraction=0.5, drop_stragglers=drop)
+  hp = server.HParams.create(lr=0.05, mu=1.0, stragglers_fraction=0.5, drop_stragglers=drop,
+                             clients_per_round=K)
   key = jax.random.key(3)
   vmapped, m_vec = server.make_round_fn(model.apply, spec)(params, hetero_data, hp, key)
   looped, m_loop = server.looped_round(model.apply, spec, params, hetero_data, hp, key)
@@ -38,7 +39,8 @@ def test_vmapped_round_equals_looped_round(hetero_data, model_name, num_lanes, d
 
 def test_fedavg_drop_equals_aggregating_only_non_stragglers(hetero_data):
   spec = _spec(2)
-  hp = server.HParams.create(lr=0.05, mu=0.0, stragglers_fraction=0.5, drop_stragglers=True)
+  hp = server.HParams.create(lr=0.05, mu=0.0, stragglers_fraction=0.5, drop_stragglers=True,
+                             clients_per_round=K)
   model = models.LogisticRegression()
   params = models.init_params(model, jax.random.key(0))
   key = jax.random.key(11)
@@ -66,8 +68,8 @@ def test_fedavg_is_fedprox_with_mu_zero_and_stragglers_dropped(hetero_data):
   params = models.init_params(model, jax.random.key(0))
   round_fn = server.make_round_fn(model.apply, _spec(2))
   key = jax.random.key(4)
-  fedavg, _ = round_fn(params, hetero_data, server.HParams.create(0.05, 0.0, 0.0, True), key)
-  prox0, _ = round_fn(params, hetero_data, server.HParams.create(0.05, 0.0, 0.0, False), key)
+  fedavg, _ = round_fn(params, hetero_data, server.HParams.create(0.05, 0.0, 0.0, True, K), key)
+  prox0, _ = round_fn(params, hetero_data, server.HParams.create(0.05, 0.0, 0.0, False, K), key)
   for a, b in zip(jax.tree_util.tree_leaves(fedavg), jax.tree_util.tree_leaves(prox0)):
     np.testing.assert_array_equal(a, b)
 
@@ -76,20 +78,24 @@ def test_fedavg_is_fedprox_with_mu_zero_and_stragglers_dropped(hetero_data):
 def test_aggregation_weights(weighting):
   sizes = jnp.array([1, 7, 10, 23, 95])
   kept = jnp.array([True, False, True, True, False])
-  w, all_dropped = server.aggregation_weights(sizes, kept, weighting)
+  w, all_dropped = server.aggregation_weights(sizes, kept, weighting, batch_size=4)
   assert not bool(all_dropped)
   np.testing.assert_allclose(float(w.sum()), 1.0, rtol=1e-6)
   assert np.all(np.asarray(w)[~np.asarray(kept)] == 0)
-  raw = np.where(kept, sizes if weighting == "samples" else 1, 0)
+  per_client = {"samples": np.array([1, 7, 10, 23, 95]),
+                "batches": np.array([1, 2, 3, 6, 24]),  # ceil(n / 4): Flower's len(trainloader)
+                "uniform": np.ones(5)}[weighting]
+  raw = np.where(kept, per_client, 0)
   np.testing.assert_allclose(w, raw / raw.sum(), rtol=1e-6)
-  w, all_dropped = server.aggregation_weights(sizes, jnp.zeros(5, bool), weighting)
+  w, all_dropped = server.aggregation_weights(sizes, jnp.zeros(5, bool), weighting, 4)
   assert bool(all_dropped) and float(w.sum()) == 0.0
 
 
 def test_all_stragglers_dropped_keeps_global_model_and_says_so(hetero_data):
   model = models.LogisticRegression()
   params = models.init_params(model, jax.random.key(0))
-  hp = server.HParams.create(lr=0.05, mu=0.0, stragglers_fraction=1.0, drop_stragglers=True)
+  hp = server.HParams.create(lr=0.05, mu=0.0, stragglers_fraction=1.0, drop_stragglers=True,
+                             clients_per_round=K)
   new_params, metrics = server.make_round_fn(model.apply, _spec(2))(
       params, hetero_data, hp, jax.random.key(0))
   assert bool(metrics.all_dropped) and int(metrics.num_aggregated) == 0
@@ -111,7 +117,7 @@ def test_round_compiles_once_across_rounds(hetero_data):
   params = models.init_params(model, jax.random.key(0))
   seen = set()
   for t in range(4):
-    hp = server.HParams.create(0.05, 0.1 * t, 0.5, t % 2 == 0)  # hyper-parameters change too
+    hp = server.HParams.create(0.05, 0.1 * t, 0.5, t % 2 == 0, 3)  # hyper-parameters change too
     params, metrics = round_fn(params, hetero_data, hp, jax.random.fold_in(jax.random.key(1), t))
     seen.add(tuple(np.asarray(metrics.client_ids)))
   assert len(seen) > 1, "rounds sampled the same clients; the test would prove nothing"
@@ -134,25 +140,51 @@ def test_weighted_sampling_prefers_large_clients():
   assert np.mean(picks >= 90) > 0.8
 
 
+def _hp(fraction, k):
+  return server.HParams.create(0.05, 1.0, fraction, False, k)
+
+
 @pytest.mark.parametrize("fraction,k,expected", [(0.9, 10, 9), (0.5, 10, 5), (0.0, 10, 0),
-                                                 (1.0, 10, 10), (0.5, 5, 3), (0.3, 7, 2)])
+                                                 (1.0, 10, 10), (0.5, 5, 3), (0.3, 7, 2),
+                                                 (0.85, 10, 8), (0.25, 10, 2), (0.15, 10, 2)])
 def test_exact_straggler_count_is_the_authors_rule(fraction, k, expected):
-  assert expected == k - round(k * (1 - fraction))
+  # The authors' code: round(K * (1 - drop)) clients stay active, in Python floats; 0.85 gives
+  # 10 * 0.15000000000000002 = 1.5000000000000002 -> 2 active, 8 stragglers (float32: 9).
+  assert expected == k - round(k * (1 - fraction)) == server.exact_straggler_count(k, fraction)
+  ids = jnp.arange(k)
   for seed in range(5):
-    s = server.draw_stragglers(jax.random.key(seed), k, jnp.float32(fraction), "exact")
+    s = server.draw_stragglers(jax.random.key(seed), ids, 50, _hp(fraction, k), "exact", 10)
     assert int(s.sum()) == expected
 
 
-def test_bernoulli_stragglers_vary_in_count():
-  counts = {int(server.draw_stragglers(jax.random.key(s), 10, jnp.float32(0.5), "bernoulli").sum())
-            for s in range(30)}
-  assert len(counts) > 2
+def test_seed_straggler_schedule_is_binomial_per_round_and_per_client():
+  k, fraction, num_clients = 10, 0.3, 40
+  ids = jnp.arange(k) * 3
+  counts = np.array([int(server.draw_stragglers(jax.random.key(t), ids, num_clients,
+                                                _hp(fraction, k), "bernoulli", 10).sum())
+                     for t in range(2000)])
+  # Binomial(10, 0.3): mean 3, variance 2.1 (the exact rule would give 3 every round).
+  assert abs(counts.mean() - k * fraction) < 0.1
+  assert abs(counts.var() - k * fraction * (1 - fraction)) < 0.25
+  # A schedule over (round, client): a client's coin does not depend on who else is sampled.
+  key = jax.random.key(11)
+  a = server.draw_stragglers(key, jnp.array([1, 2, 3]), num_clients, _hp(0.5, 3), "bernoulli", 5)
+  b = server.draw_stragglers(key, jnp.array([7, 2, 30]), num_clients, _hp(0.5, 3), "bernoulli", 5)
+  assert bool(a[1]) == bool(b[1])
+
+
+def test_seed_schedule_has_no_stragglers_with_one_epoch():
+  ids = jnp.arange(10)
+  for t in range(20):
+    assert not bool(server.draw_stragglers(jax.random.key(t), ids, 10, _hp(0.9, 10),
+                                           "bernoulli", 1).any())
 
 
 @pytest.mark.parametrize("local_epochs", [1, 2, 10])
-def test_straggler_epochs_are_one_to_e_minus_one(hetero_data, local_epochs):
-  spec = _spec(2, local_epochs=local_epochs)
-  hp = server.HParams.create(0.05, 1.0, 0.9, False)
+@pytest.mark.parametrize("rule", server.STRAGGLER_RULES)
+def test_straggler_epochs_are_one_to_e_minus_one(hetero_data, local_epochs, rule):
+  spec = _spec(2, local_epochs=local_epochs, straggler_rule=rule)
+  hp = server.HParams.create(0.05, 1.0, 0.9, False, K)
   epochs_seen = set()
   for seed in range(30):
     plan = server.plan_round(jax.random.key(seed), hetero_data, hp, spec)
@@ -160,6 +192,9 @@ def test_straggler_epochs_are_one_to_e_minus_one(hetero_data, local_epochs):
     epochs = np.asarray(plan.epochs)
     assert np.all(epochs[~straggler] == local_epochs)
     epochs_seen |= set(epochs[straggler].tolist())
+  if rule == "bernoulli" and local_epochs == 1:  # the seed: nobody straggles with E = 1
+    assert epochs_seen == set()
+    return
   allowed = set(range(1, local_epochs)) or {1}
   assert epochs_seen <= allowed and len(epochs_seen) == len(allowed)
 

@@ -37,7 +37,7 @@ def _tiny_config(variant="figure1_paper", **overrides):
                 local_epochs=2, min_per_client=10))
   c.sweep.update(dict(algorithms="fedavg,fedprox", stragglers="0.5,0.9", seeds=2))
   c.update(overrides)
-  return c
+  return simulate.validate_config(c)  # protocol values filled in, as run_sweep does
 
 
 def test_vmapped_sweep_equals_experiments_one_by_one():
@@ -64,7 +64,7 @@ def test_common_random_numbers_across_algorithms():
                           max_client_size=40, num_lanes=1)
   for seed in range(5):
     key = jax.random.fold_in(jax.random.key(seed), 7)
-    plans = [server.plan_round(key, data, server.HParams.create(0.03, mu, 0.6, drop), spec)
+    plans = [server.plan_round(key, data, server.HParams.create(0.03, mu, 0.6, drop, 5), spec)
              for mu, drop in ((0.0, True), (0.0, False), (1.0, False))]
     for p in plans[1:]:
       np.testing.assert_array_equal(p.ids, plans[0].ids)

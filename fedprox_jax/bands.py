@@ -1,0 +1,91 @@
+"""Seed bands: per-round mean ± std of test accuracy over single runs that differ only in seed.
+
+  python -m fedprox_jax.bands OUT_DIR NAME WORKDIR [WORKDIR ...]
+
+Writes OUT_DIR/NAME.csv (round, mean, std, n, then one column per seed) and OUT_DIR/NAME.png.
+Every workdir must be a finished run (summary.json) with the same config except the seed, and
+all must have evaluated the same rounds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+
+from fedprox_jax import outputs
+
+
+def load_runs(workdirs: list) -> tuple:
+  """(rounds, {seed: accuracies}) of finished runs whose configs differ only in the seed."""
+  if len(workdirs) < 2:
+    raise ValueError("a band needs at least two runs")
+  configs, curves, rounds = [], {}, None
+  for w in workdirs:
+    if not os.path.exists(os.path.join(w, "summary.json")):
+      raise ValueError(f"{w} is not a finished run (no summary.json)")
+    with open(os.path.join(w, "config.json")) as f:
+      config = json.load(f)
+    rows = outputs.read_jsonl(os.path.join(w, "metrics.jsonl"))
+    these = [r["round"] for r in rows]
+    if rounds is not None and these != rounds:
+      raise ValueError(f"{w} evaluated rounds {these[:3]}..., the others {rounds[:3]}...")
+    rounds = these
+    if config["seed"] in curves:
+      raise ValueError(f"two runs with seed {config['seed']}")
+    curves[config["seed"]] = [r["test_accuracy"] for r in rows]
+    configs.append({k: v for k, v in config.items() if k != "seed"})
+  differing = sorted({k for c in configs for k in c if c.get(k) != configs[0].get(k)})
+  if differing:
+    raise ValueError(f"the runs differ in more than the seed: {', '.join(differing)}")
+  return rounds, curves
+
+
+def write_band(out_dir: str, name: str, workdirs: list, title: str = "") -> np.ndarray:
+  """Writes NAME.csv and NAME.png; returns [rounds, 3] of (round, mean, std)."""
+  rounds, curves = load_runs(workdirs)
+  seeds = sorted(curves)
+  acc = np.array([curves[s] for s in seeds])
+  mean, std = acc.mean(axis=0), acc.std(axis=0, ddof=1)
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, f"{name}.csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["round", "mean_test_accuracy", "std_test_accuracy", "n"]
+               + [f"seed{s}" for s in seeds])
+    for i, t in enumerate(rounds):
+      w.writerow([t, f"{mean[i]:.6f}", f"{std[i]:.6f}", len(seeds)]
+                 + [f"{acc[j, i]:.6f}" for j in range(len(seeds))])
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4))
+  ax.plot(rounds, mean, color="tab:red", label=f"mean of {len(seeds)} seeds")
+  ax.fill_between(rounds, mean - std, mean + std, color="tab:red", alpha=0.25, label="± 1 std")
+  ax.set(xlabel="round", ylabel="test accuracy", title=title or name, ylim=(0, 1))
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, f"{name}.png"), dpi=100)
+  plt.close(fig)
+  return np.stack([rounds, mean, std], axis=1)
+
+
+def main(argv) -> int:
+  if len(argv) < 4:
+    print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+    return 2
+  try:
+    band = write_band(argv[1], argv[2], argv[3:])
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  for t, m, s in band:
+    print(f"round {int(t):4d}  {m:.4f} ± {s:.4f}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))
