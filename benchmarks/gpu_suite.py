@@ -204,35 +204,25 @@ def markdown(report) -> str:
   lines = [f"### GPU suite: {e['device_kind']} ({e['backend']}), {e['date']}", "",
            f"`{report['command']}` — jax {e['jax']}, flax {e['packages'].get('flax')}, "
            f"CPU {e['cpu']}{' — SMOKE (toy sizes, not a measurement)' if report['smoke'] else ''}", ""]
-  items = report["items"]
-  if "default_run" in items:
-    r = items["default_run"]
-    lines += ["| default `fedprox` CNN run | value |", "|---|---:|"]
+  for name, r in report["items"].items():
     if "error" in r:
-      lines += [f"| error | {r['error']} |"]
-    else:
-      lines += [f"| rounds | {r['rounds']} |", f"| total wall time (incl. compile, eval) | {r['total_seconds']:.1f} s |",
+      lines += [f"{name}: error: {r['error']}", ""]
+      continue
+    if name == "default_run":
+      lines += ["| default `fedprox` CNN run | value |", "|---|---:|",
+                f"| rounds | {r['rounds']} |",
+                f"| total wall time (incl. compile, eval) | {r['total_seconds']:.1f} s |",
                 f"| first round (compile) | {r['first_round_seconds']:.2f} s |",
                 f"| s/round after the first | {r['seconds_per_round_after_first']:.3f} |",
                 f"| final test accuracy | {r['final_test_accuracy']:.4f} |",
                 f"| lanes | {r['lanes']} |", f"| peak device memory | {_mb(r['peak_device_bytes'])} |"]
-    lines.append("")
-  if "round" in items:
-    r = items["round"]
-    if "error" in r:
-      lines += [f"round: error: {r['error']}", ""]
-    else:
+    elif name == "round":
       lines += [f"One default round ({r['clients_per_round']} clients, median of {r['repeats']}; "
                 f"peak device memory {_mb(r['peak_device_bytes'])}):", "",
                 "| conv_impl | path | ms/round | vs looped | first round (s) |", "|---|---|---:|---:|---:|"]
       lines += [f"| {p['conv_impl']} | {p['path']} | {p['median_ms']:.1f} | "
                 f"{p['speedup_vs_looped']:.2f}x | {p['first_round_s']:.1f} |" for p in r["paths"]]
-      lines.append("")
-  if "figure1" in items:
-    r = items["figure1"]
-    if "error" in r:
-      lines += [f"figure1: error: {r['error']}", ""]
-    else:
+    elif name == "figure1":
       lines += [f"Figure-1 CNN grid (measured fraction; full grid = {r['full_grid']}, "
                 f"**extrapolated** linearly; peak device memory {_mb(r['peak_device_bytes'])}):", "",
                 "| experiments_per_program | measured | measured s | full grid s (extrapolated) |",
@@ -240,7 +230,7 @@ def markdown(report) -> str:
       lines += [f"| {x['experiments_per_program']} | {x['experiments']} exp x {x['rounds']} rounds | "
                 f"{x['measured_seconds']:.1f} | {x['full_grid_seconds_extrapolated']:.0f} |"
                 for x in r["runs"]]
-      lines.append("")
+    lines.append("")
   return "\n".join(lines) + "\n"
 
 

@@ -75,11 +75,15 @@ def load_mnist(source: str = "tfds", data_dir: str = "", download: bool = True) 
   raise DataError(f"data_source={source!r} is not one of {SOURCES}")
 
 
+# What to do without internet; every "no MNIST here" message ends with it.
+OFFLINE_ADVICE = ("Without internet, point TFDS at a prepared copy (--config.data_dir=DIR or the "
+                  "TFDS_DATA_DIR environment variable, e.g. ../shared/data/tensorflow_datasets), "
+                  "or read the raw IDX files with --config.data_source=idx "
+                  "--config.data_dir=DIR (e.g. ../shared/data/mnist).")
+
+
 def _offline_help(where: str) -> str:
-  return (f"MNIST was not found in {where}. Either point TFDS at a prepared copy "
-          "(--config.data_dir=DIR or the TFDS_DATA_DIR environment variable, e.g. "
-          "../shared/data/tensorflow_datasets), or read the raw IDX files with "
-          "--config.data_source=idx --config.data_dir=DIR (e.g. ../shared/data/mnist).")
+  return f"MNIST was not found in {where}. {OFFLINE_ADVICE}"
 
 
 # fingerprint() of genuine MNIST (LeCun et al.'s 60k + 10k examples).

@@ -105,7 +105,7 @@ def prepare_experiment(c: ml_collections.ConfigDict, mnist: data_lib.Mnist) -> E
   """Partitions the data per ``c.protocol`` and puts train and test sets on the device once.
 
   * 'seed' (the Flower baseline): the 60k training set is partitioned; each client holds out
-    int(n * client_val_fraction) examples that never train (Flower's unused validation
+    int(n / (1 / client_val_fraction)) examples that never train (Flower's unused validation
     split); the 10k test set is the server's centralised test set; pixels normalised with
     mean 0.1307, std 0.3081.
   * 'paper' (the authors' code): train and test pooled (70k), each pixel standardised with the

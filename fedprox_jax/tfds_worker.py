@@ -20,6 +20,8 @@ import socket
 import sys
 import urllib.parse
 
+from fedprox_jax import data  # numpy only: no TensorFlow until _import_tfds
+
 ERROR_PREFIX = "fedprox_jax data error: "
 MIRROR_ENV = "FEDPROX_JAX_MNIST_URL"
 CONNECT_TIMEOUT_S = 5.0
@@ -28,12 +30,6 @@ DOWNLOAD_RETRIES = 2  # TFDS's default (10, with back-off) takes minutes to give
 
 class WorkerError(Exception):
   """A failure with a message for the user."""
-
-
-def _offline_advice() -> str:
-  return ("Without internet, point TFDS at a prepared copy (--config.data_dir=DIR or "
-          "TFDS_DATA_DIR, e.g. ../shared/data/tensorflow_datasets), or read the four raw IDX "
-          "files with --config.data_source=idx --config.data_dir=DIR (e.g. ../shared/data/mnist).")
 
 
 def check_reachable(url: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
@@ -46,7 +42,7 @@ def check_reachable(url: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
   except OSError as e:
     raise WorkerError(
         f"its download host {host}:{port} cannot be reached ({type(e).__name__}: {e}): this "
-        "machine looks offline. " + _offline_advice())
+        "machine looks offline. " + data.OFFLINE_ADVICE)
 
 
 def _import_tfds():
@@ -85,8 +81,6 @@ def export(data_dir: str, download: bool, out: str) -> None:
   import numpy as np
   from tensorflow_datasets.core.download import downloader
 
-  from fedprox_jax import data
-
   mirror = os.environ.get(MIRROR_ENV, "")
   url = _use_mirror(tfds, mirror) if mirror else tfds.image_classification.MNIST.URL
   builder = tfds.builder("mnist", data_dir=data_dir)
@@ -94,7 +88,7 @@ def export(data_dir: str, download: bool, out: str) -> None:
     if not download:
       raise WorkerError(f"MNIST is not in the TFDS data dir {data_dir} and download=False. "
                         "Set --config.download=True on a machine that is online, or point at "
-                        "the data. " + _offline_advice())
+                        "the data. " + data.OFFLINE_ADVICE)
     try:
       check_reachable(url)
     except WorkerError as e:
@@ -110,7 +104,7 @@ def export(data_dir: str, download: bool, out: str) -> None:
                                         "DownloadError", "HTTPError", "unreachable"))
       raise WorkerError(
           (f"downloading MNIST from {url} into {data_dir} failed ({text}). "
-           + (_offline_advice() if network else "This is not a network failure: the message "
+           + (data.OFFLINE_ADVICE if network else "This is not a network failure: the message "
               "above says what went wrong (a full disk, a permission, a damaged download dir "
               f"under {data_dir}/downloads)."))) from e
   try:
