@@ -1,10 +1,10 @@
-"""Runs one FedProx/FedAvg experiment.
+"""Runs one FedProx/FedAvg experiment, or a sweep of them.
 
   python launch.py --config=configs/mnist.py:fedprox [--config.mu=0.5 ...] [--workdir=DIR]
 """
 
-import logging as std_logging
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TFDS imports TensorFlow: keep it quiet
@@ -12,68 +12,145 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TFDS imports TensorFlow: k
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from fedprox_jax import cache, checkpoints, data, distributed, outputs, simulate, sweep  # noqa: E402
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CONFIG = "configs/mnist.py"
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config, e.g. configs/mnist.py:fedprox (variants: fedprox, "
-    "fedavg, fedprox_mu0; sweeps: figure1, figure1_paper). Override fields with --config.FIELD=VALUE.", lock_config=True)
+    "fedavg, fedprox_mu0; sweeps: figure1, figure1_paper). Override fields with "
+    "--config.FIELD=VALUE; --help lists the fields.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Where the run's outputs go (default: outputs/YYYY-MM-DD/HH-MM-SS). "
-    "Passing the workdir of an interrupted run resumes it.")
+    "workdir", None, "Where the outputs go (default: a new outputs/YYYY-MM-DD/HH-MM-SS). "
+    "Passing the workdir of an interrupted run or sweep resumes it.")
 flags.mark_flags_as_required(["config"])
 
+USAGE = ("Flags: --config=configs/mnist.py:VARIANT [--config.FIELD=VALUE ...] [--workdir=DIR]; "
+         "--help lists the config fields.")
 
-class _QuietLibraries(std_logging.Filter):
-  """Drops orbax's per-save INFO chatter (its warnings and errors still show)."""
 
-  def filter(self, record):
-    return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+def _fail(message: str, code: int = 2):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def config_fields_help(path: str) -> dict:
+  """{field: help} from every ``c.FIELD = VALUE  # help`` line of a config file."""
+  fields = {}
+  with open(path) as f:
+    for line in f:
+      m = re.match(r"\s*c\.([\w.]+)\s*=\s*(.+?)\s*(?:#\s*(.*))?$", line)
+      if m and m.group(2) != "ml_collections.ConfigDict()":
+        fields[m.group(1)] = m.group(3) or ""
+  return fields
+
+
+def _print_help(config_arg: str) -> None:
+  """The usage, the flags, and every config field with its help and its value in the
+  variant named (None = set by the protocol)."""
+  import importlib.util
+  path, _, variant = config_arg.partition(":")
+  print(__doc__.strip() + "\n")
+  print(f"  --config   {flags.FLAGS['config'].help}")
+  print(f"  --workdir  {flags.FLAGS['workdir'].help}\n")
+  spec = importlib.util.spec_from_file_location("_help_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  values = module.get_config(*([variant] if variant else [])).to_dict()
+  print(f"Config fields of {path}:{variant or '(default)'} "
+        "(set with --config.FIELD=VALUE):")
+  for name, text in config_fields_help(path).items():
+    value = values
+    for part in name.split("."):
+      value = value[part]
+    shown = "the protocol's value" if value is None else repr(value)
+    print(f"  {name:<30} {text}  [{shown}]")
+
+
+def _locate_config(argv: list) -> list:
+  """argv with --config's file found relative to the current directory, else to the project
+  (so launch.py works from anywhere); one clear line when it is in neither."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith("--config="):
+      value = arg[len("--config="):]
+    elif arg == "--config" and i + 1 < len(out):
+      value, i = out[i + 1], i + 1
+    else:
+      continue
+    path, sep, variant = value.partition(":")
+    if not os.path.isfile(path):
+      in_project = os.path.join(ROOT, path)
+      if not os.path.isfile(in_project):
+        where = "" if os.path.isabs(path) else f" (looked in {os.getcwd()} and in {ROOT})"
+        _fail(f"config file {path!r} not found{where}; e.g. --config={DEFAULT_CONFIG}:fedprox")
+      value = in_project + sep + variant
+      out[i] = value if out[i] != arg else f"--config={value}"
+  return out
 
 
 def _parse_flags(argv):
   """absl's flag parsing, with one clear line for a bad flag instead of a traceback (config
   files' errors reach absl wrapped with the traceback of the call that raised them)."""
+  if any(a in ("-h", "--help", "--helpfull", "--helpshort", "-?") for a in argv[1:]):
+    given = [a.split("=", 1)[1] for a in _locate_config(argv) if a.startswith("--config=")]
+    _print_help(given[0] if given else os.path.join(ROOT, DEFAULT_CONFIG))
+    sys.exit(0)
+  argv = _locate_config(argv)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
     lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-    print(f"error: {lines[-1] if lines else e}\n"
-          "Flags: --config=configs/mnist.py:VARIANT [--config.FIELD=VALUE ...] [--workdir=DIR]; "
-          "see --helpfull.", file=sys.stderr)
-    sys.exit(2)
+    _fail(f"{lines[-1] if lines else e}\n{USAGE}")
   except (AttributeError, KeyError) as e:  # an override of a field the config does not have
-    print(f"error: the config has no field {str(e).strip(chr(34))}: see configs/mnist.py for "
-          "the fields --config.FIELD=VALUE can set.", file=sys.stderr)
-    sys.exit(2)
+    _fail(f"the config has no field {str(e).strip(chr(34))}: --help lists the fields "
+          "--config.FIELD=VALUE can set.")
+  except Exception as e:  # the config file's own code failed (e.g. an unknown variant)
+    _fail(f"cannot load the --config file: {type(e).__name__}: {e}")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  # Imported here so that --help and flag errors answer without loading JAX.
+  from fedprox_jax import cache, distributed, signals, simulate, sweep, workdir
+  from fedprox_jax.errors import UserError
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  cache.enable_compilation_cache()
-  distributed.maybe_initialize()
+  signals.install()
   try:
     config = _CONFIG.value
     config.mode  # config_flags defers a load failure until the config is first used
-  except OSError as e:
+  except Exception as e:
     reason = str(e.__cause__ or e).strip().splitlines()[-1].strip()
-    print(f"error: cannot load the --config file ({reason}); "
-          "e.g. --config=configs/mnist.py:fedprox, relative to where you run launch.py.",
-          file=sys.stderr)
-    sys.exit(2)
-  workdir = _WORKDIR.value or outputs.default_workdir()
-  logging.info("workdir: %s", workdir)
+    _fail(f"cannot load the --config file ({reason}); e.g. --config={DEFAULT_CONFIG}:fedprox")
+  path = _WORKDIR.value
   try:
+    cache.enable_compilation_cache()
+    distributed.maybe_initialize()
+    path = _WORKDIR.value
+    path = path or workdir.default_workdir()
+    logging.info("workdir: %s", path)
     if config.mode == "sweep":
-      sweep.run_sweep(config, workdir)
+      sweep.run_sweep(config, path)
     else:
-      simulate.run(config, workdir)
-  except (simulate.ConfigError, data.DataError, simulate.DivergenceError,
-          checkpoints.CheckpointError) as e:
+      simulate.run(config, path)
+  except UserError as e:
     logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    message = str(e)
+    if signals.received() and "resume" not in message:
+      message += f": run the same command with --workdir={path} to resume or restart it"
+    _fail(message, signals.EXIT_CODES.get(signals.received(), 2))
+  except OSError as e:  # a full disk, a vanished directory, ...
+    _fail(f"{e.strerror or e} ({getattr(e, 'filename', '') or type(e).__name__}): free disk "
+          "space or fix the path's permissions; an interrupted run resumes with the same "
+          "command and --workdir")
+
+
+class _QuietLibraries:
+  """Drops orbax's per-save INFO chatter (its warnings and errors still show)."""
+
+  def filter(self, record):
+    import logging as std_logging
+    return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import mnist as mnist_config  # noqa: E402
 from fedprox_jax import data as data_lib  # noqa: E402
-from fedprox_jax import simulate  # noqa: E402
+from fedprox_jax import experiment  # noqa: E402
 
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "..", "shared", "data", "mnist")
@@ -20,9 +20,9 @@ def default_experiment(variant="fedprox", data_dir=DEFAULT_DATA_DIR, **overrides
   """(config, Experiment) of configs/mnist.py:VARIANT with overrides, MNIST from IDX files."""
   c = mnist_config.get_config(variant)
   c.update(overrides)
-  c = simulate.validate_config(c)  # the protocol's values in the unset fields
+  c = experiment.validate_config(c)  # the protocol's values in the unset fields
   mnist = data_lib.load_mnist("idx", data_dir)
-  return c, simulate.prepare_experiment(c, mnist)
+  return c, experiment.prepare(c, mnist, lanes_over_devices=False).data
 
 
 def header():

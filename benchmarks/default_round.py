@@ -21,7 +21,7 @@ import numpy as np
 from absl import app, flags
 
 import common
-from fedprox_jax import client, models, server
+from fedprox_jax import client, models, reference, server
 
 flags.DEFINE_string("model", "cnn", "cnn | mlr")
 flags.DEFINE_integer("rounds", 3, "timed rounds per path (after one compile round)")
@@ -78,7 +78,7 @@ def main(argv):
           f"flops/example={per_example / 1e6:.3f}M")
     for path in F.paths:
       if path == "looped":
-        run = lambda key, spec=spec: server.looped_round(model.apply, spec, params, exp.train,
+        run = lambda key, spec=spec: reference.looped_round(model.apply, spec, params, exp.train,
                                                          hp, key)
         lanes = 1
       else:

@@ -66,8 +66,8 @@ def _base_config(a, variant="fedprox"):
 
 
 def _resolved(c):
-  from fedprox_jax import simulate
-  return simulate.validate_config(c)
+  from fedprox_jax import experiment
+  return experiment.validate_config(c)
 
 
 def _device_peak_bytes():
@@ -89,15 +89,21 @@ def item_default_run(a, workdir):
           "seconds_per_round_after_first": after_first,
           "first_round_seconds": rows[0]["wall_time"],
           "final_test_accuracy": summary["final_test_accuracy"],
-          "lanes": simulate.round_spec(_resolved(c), summary["partition"]["max_train"]).num_lanes}
+          "lanes": _read_json(os.path.join(workdir, "config.json"))["num_lanes"]}
+
+
+def _read_json(path):
+  with open(path) as f:
+    return json.load(f)
 
 
 def item_round(a, workdir):
   import jax
   from fedprox_jax import data as data_lib
-  from fedprox_jax import models, server, simulate
+  from fedprox_jax import experiment, models, reference, server
   c = _resolved(_base_config(a))
-  exp = simulate.prepare_experiment(c, data_lib.load_mnist(c.data_source, c.data_dir, False))
+  exp = experiment.prepare(c, data_lib.load_mnist(c.data_source, c.data_dir, False),
+                           lanes_over_devices=False).data
   hp = server.HParams.create(c.lr, c.mu, c.stragglers_fraction, c.drop_stragglers,
                              c.clients_per_round, c.weight_decay)
   k = c.clients_per_round
@@ -116,7 +122,7 @@ def item_round(a, workdir):
     for path, lanes in paths:
       if lanes is None:
         spec = server.RoundSpec(num_lanes=1, **base)
-        run = lambda key, spec=spec, model=model, params=params: server.looped_round(
+        run = lambda key, spec=spec, model=model, params=params: reference.looped_round(
             model.apply, spec, params, exp.train, hp, key)
       else:
         fn = server.make_round_fn(model.apply, server.RoundSpec(num_lanes=lanes, **base))

@@ -16,7 +16,7 @@ import numpy as np
 from absl import app, flags
 
 import common  # noqa: F401  (puts the project on sys.path)
-from fedprox_jax import models, server
+from fedprox_jax import models, reference, server
 from fedprox_jax.client import FederatedData
 
 FLAGS = flags.DEFINE_string("model", "cnn", "cnn | mlr")
@@ -68,7 +68,7 @@ def main(argv):
     return server.RoundSpec(clients_per_round=k, local_epochs=F.local_epochs,
                             batch_size=F.batch_size, max_client_size=n, num_lanes=lanes)
 
-  fns = {"looped": lambda r: server.looped_round(model.apply, spec_with(1), params, data, hp,
+  fns = {"looped": lambda r: reference.looped_round(model.apply, spec_with(1), params, data, hp,
                                                  jax.random.fold_in(key, r))}
   for lanes in dict.fromkeys(int(v) or server.default_num_lanes(k) for v in F.lanes):
     round_fn = server.make_round_fn(model.apply, spec_with(lanes))

@@ -29,61 +29,59 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
     raise ValueError(f"unknown variant {variant!r}: use configs/mnist.py:NAME with NAME one of "
                      f"{', '.join(VARIANTS)}")
   c = ml_collections.ConfigDict()
-  c.variant = variant
+  c.variant = variant        # the variant name (a label: changes nothing by itself)
   c.mode = "single"          # single | sweep (the grid of c.sweep)
   # Data.
   # seed: the Flower baseline exactly (60k partitioned, the 10k test set central); paper: the
   # authors' code (70k pooled and standardised, 90/10 train/test per client). Fields left
   # unset (None) below take the protocol's value (fedprox_jax/protocols.py says which source
   # does what); setting one mixes the protocols.
-  c.protocol = "seed"
+  c.protocol = "seed"        # seed (the Flower baseline) | paper (the authors' code)
   c.data_source = "tfds"     # tfds | idx (a directory of the four raw IDX files)
   c.data_dir = ""            # tfds: a TFDS data dir ('' = $TFDS_DATA_DIR or TFDS's default)
   c.download = True          # tfds: download MNIST when it is not in the data dir
   c.train_subset = 0         # use only the first N training examples (0 = all), for quick runs
   # Partition.
-  c.num_clients = 1000
-  c.iid = False
-  c.labels_per_client = 2
-  c.min_per_client = 10
-  c.lognormal_sigma = 2.0
+  c.num_clients = 1000       # clients the training set is split over
+  c.iid = False              # True: a random equal split instead of the power-law one
+  c.labels_per_client = 2    # digits each client holds (power-law split)
+  c.min_per_client = 10      # examples every client gets before the log-normal shares
+  c.lognormal_sigma = 2.0    # sigma of the log-normal client shares (bigger: more skew)
   # numpy seed of the power-law draws. 42 is the seed baseline's argument, but its draws came
   # from numpy's unseeded global RNG (a different partition every run): ours is a fixed one.
-  c.partition_seed = 42
+  c.partition_seed = 42      # numpy seed of the partition (and hold-out) draws
   c.client_val_fraction = config_dict.placeholder(float)  # seed 0.1 (held out, unused) | paper 0
   # Model.
   c.model = "cnn"            # cnn | mlr
   c.mlr_init = config_dict.placeholder(str)  # torch (seed) | glorot (paper: Glorot kernel, 0 bias)
   c.conv_impl = "auto"       # auto | im2col | xla
   # Federated optimisation.
-  c.num_rounds = 100
-  c.clients_per_round = 10
+  c.num_rounds = 100         # communication rounds
+  c.clients_per_round = 10   # clients sampled each round (K)
   c.local_epochs = config_dict.placeholder(int)  # seed 10 (its README table: 5) | paper 20
-  c.batch_size = 10
-  c.lr = 0.03
-  c.mu = 1.0
+  c.batch_size = 10          # local minibatch size (B)
+  c.lr = 0.03                # local SGD learning rate
+  c.mu = 1.0                 # proximal term weight: mu/2 ||w - w_global||^2 (0 = FedAvg's)
   c.weight_decay = config_dict.placeholder(float)  # seed 0.001 (torch SGD) | paper 0
-  c.stragglers_fraction = 0.9
-  c.drop_stragglers = False
-  # bernoulli (seed: a Bernoulli schedule over rounds x clients) | exact (paper: a fixed count)
-  c.straggler_rule = config_dict.placeholder(str)
-  # uniform (both codes) | weighted (∝ n_k) | weighted_replacement (∝ n_k with replacement)
-  c.sampling = config_dict.placeholder(str)
+  c.stragglers_fraction = 0.9  # share of sampled clients that run fewer local epochs
+  c.drop_stragglers = False  # True: FedAvg drops stragglers; False: FedProx keeps partial work
+  c.straggler_rule = config_dict.placeholder(str)  # bernoulli (seed: per round x client) | exact (paper: a fixed count)
+  c.sampling = config_dict.placeholder(str)  # uniform (both codes) | weighted (∝ n_k) | weighted_replacement
   c.weighting = config_dict.placeholder(str)  # batches (seed) | samples (paper) | uniform
   c.num_lanes = 0             # vmap lanes the clients are packed into (0 = backend default)
   c.num_devices = 0           # devices to spread lanes / a sweep's experiments over (0 = all)
   # Evaluation and bookkeeping.
-  c.eval_every = 1
+  c.eval_every = 1           # rounds between evaluations (and the last round)
   c.eval_batch_size = 0       # test-set batch (0 = backend default: 10 on CPU, 1000 otherwise)
   c.checkpoint_every = 10    # rounds between checkpoints (and at the end); resume = same --workdir
   c.tensorboard = True       # TensorBoard event files in WORKDIR/tensorboard
   c.seed = 0                 # a sweep runs seeds seed .. seed + sweep.seeds - 1
   # Sweeps (mode='sweep').
   c.sweep = ml_collections.ConfigDict()
-  c.sweep.algorithms = "fedavg,fedprox_mu0,fedprox"  # fedprox uses sweep.mu
-  c.sweep.stragglers = "0,0.5,0.9"
-  c.sweep.seeds = 5
-  c.sweep.mu = 1.0
+  c.sweep.algorithms = "fedavg,fedprox_mu0,fedprox"  # comma-separated; fedprox uses sweep.mu
+  c.sweep.stragglers = "0,0.5,0.9"  # comma-separated straggler fractions
+  c.sweep.seeds = 5                  # seeds seed .. seed + seeds - 1 per (algorithm, level)
+  c.sweep.mu = 1.0                   # mu of the fedprox algorithm (> 0)
   c.sweep.dissimilarity = True        # log mean_k ||grad f_k - grad f||^2 at each evaluation
   c.sweep.experiments_per_program = 0  # experiments vmapped together (0 = backend default)
   c.update(VARIANTS[variant])

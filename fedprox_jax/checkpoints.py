@@ -17,34 +17,47 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from fedprox_jax.errors import UserError
 
-class CheckpointError(Exception):
+
+class CheckpointError(UserError):
   """No usable checkpoint although some exist; the message says what to do."""
 
 
 class Checkpoints:
-  """Saves and restores {params, round} under ``directory`` (keeps the last ``max_to_keep``)."""
+  """Saves and restores a run's state (a dict of arrays, e.g. {"params": ...}) and its round
+  under ``directory`` (keeps the last ``max_to_keep``)."""
 
   def __init__(self, directory: str, max_to_keep: int = 3):
     self.directory = os.path.abspath(directory)
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                             enable_async_checkpointing=False))
+    try:
+      self._manager = ocp.CheckpointManager(
+          self.directory,
+          options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                               enable_async_checkpointing=False))
+    except (OSError, ValueError) as e:
+      raise CheckpointError(f"cannot use the checkpoint directory {self.directory} ({e}): free "
+                            "disk space or fix the path, then run the same command") from e
 
-  def save(self, round_index: int, params) -> None:
-    state = {"params": params, "round": np.asarray(round_index, np.int64)}
-    self._manager.save(round_index, args=ocp.args.StandardSave(state), force=True)
-    self._manager.wait_until_finished()
+  def save(self, round_index: int, state: dict) -> None:
+    state = {**state, "round": np.asarray(round_index, np.int64)}
+    try:
+      self._manager.save(round_index, args=ocp.args.StandardSave(state), force=True)
+      self._manager.wait_until_finished()
+    except OSError as e:
+      raise CheckpointError(f"cannot write the checkpoint of round {round_index} in "
+                            f"{self.directory} ({e.strerror or e}): free disk space or fix the "
+                            "directory's permissions, then run the same command to resume") from e
 
   def steps(self) -> list:
     self._manager.reload()
     return sorted(self._manager.all_steps())
 
-  def restore_latest(self, params_like):
-    """(round, params) of the newest checkpoint that loads, or None when there is none."""
+  def restore_latest(self, state_like: dict):
+    """(round, state) of the newest checkpoint that loads (``state_like`` gives its structure),
+    or None when there is none."""
     steps = self.steps()
-    template = {"params": params_like, "round": np.asarray(0, np.int64)}
+    template = {**state_like, "round": np.asarray(0, np.int64)}
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
     damaged = []
     for step in reversed(steps):
@@ -60,7 +73,8 @@ class Checkpoints:
       for bad in damaged:  # the resumed run will write these rounds again
         shutil.rmtree(os.path.join(self.directory, str(bad)), ignore_errors=True)
       self._manager.reload()
-      return step, state["params"]
+      state.pop("round")
+      return step, state
     if steps:
       raise CheckpointError(
           f"none of the checkpoints {steps} in {self.directory} can be loaded. Delete that "

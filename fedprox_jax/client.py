@@ -152,31 +152,12 @@ def sgd_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, params, opt_st
   return optax.apply_updates(params, updates), opt_state, loss
 
 
-class ClientMetrics(NamedTuple):
-  loss: jax.Array       # mean minibatch loss over the local steps (0 when no step ran)
-  num_steps: jax.Array  # steps run
+def local_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, data: FederatedData,
+               offset, size, perms, step, batch_size: int, params, opt_state, active=None):
+  """Step number ``step`` of a client's local training: its minibatch, then ``sgd_step``.
 
-
-def client_update(apply_fn: ApplyFn, global_params, data: FederatedData, offset, size, epochs,
-                  key: jax.Array, hp: LocalHParams, *, batch_size: int, max_size: int,
-                  max_epochs: int, num_steps=None):
-  """One client's local training from the global model -> (params, ClientMetrics).
-
-  ``max_size``/``max_epochs`` fix the shape of the shuffles (the largest client, the largest
-  epoch count), so every client shares one compiled program; the loop's trip count is dynamic.
-  ``num_steps`` overrides epochs * ceil(size / B) (e.g. to stop after k steps).
+  The one step both the vectorized lanes and the looped reference (``reference.py``) run, so
+  the two cannot drift apart.
   """
-  perms = epoch_permutations(key, size, max_size, max_epochs)
-  if num_steps is None:
-    num_steps = num_local_steps(size, epochs, batch_size)
-  tx = local_optimizer(hp)
-
-  def body(step, carry):
-    params, opt_state, loss_sum = carry
-    x, y, valid = minibatch(data, offset, size, perms, step, batch_size)
-    params, opt_state, loss = sgd_step(apply_fn, tx, params, opt_state, x, y, valid)
-    return params, opt_state, loss_sum + loss
-
-  params, _, loss_sum = jax.lax.fori_loop(
-      0, num_steps, body, (global_params, tx.init(global_params), jnp.zeros((), jnp.float32)))
-  return params, ClientMetrics(loss_sum / jnp.maximum(num_steps, 1), jnp.asarray(num_steps))
+  x, y, valid = minibatch(data, offset, size, perms, step, batch_size)
+  return sgd_step(apply_fn, tx, params, opt_state, x, y, valid, active)

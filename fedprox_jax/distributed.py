@@ -12,6 +12,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from fedprox_jax.errors import ConfigError
+
 AXIS = "devices"
 
 
@@ -22,21 +24,29 @@ def maybe_initialize() -> None:
   SLURM with more than one task, and Cloud TPU pod slices (JAX detects both by itself).
   """
   if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    missing = [v for v in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+               if not os.environ.get(v, "").isdigit()]
+    if missing:
+      raise ConfigError(f"JAX_COORDINATOR_ADDRESS is set but {' and '.join(missing)} not (as "
+                        "integers): set them for every process, or unset "
+                        "JAX_COORDINATOR_ADDRESS to run one process")
     if os.environ.get("JAX_PLATFORMS", "").startswith("cpu"):
       jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only hosts
-    try:
-      jax.distributed.initialize(
-          coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-          num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-          process_id=int(os.environ["JAX_PROCESS_ID"]))
-    except KeyError as e:
-      raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {e.args[0]} is not: set "
-                       "JAX_NUM_PROCESSES and JAX_PROCESS_ID too") from e
-  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or \
+    kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                  num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                  process_id=int(os.environ["JAX_PROCESS_ID"]))
+  elif int("0" + "".join(filter(str.isdigit, os.environ.get("SLURM_NTASKS", "")))) > 1 or \
       len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1:
-    jax.distributed.initialize()
+    kwargs = {}
   else:
     return
+  try:
+    jax.distributed.initialize(**kwargs)
+  except Exception as e:  # jax raises ValueError/RuntimeError for a partial environment
+    raise ConfigError(f"starting JAX's multi-process runtime failed ({type(e).__name__}: "
+                      f"{str(e).strip().splitlines()[0] if str(e).strip() else e}): check the "
+                      "launcher's environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+                      "JAX_PROCESS_ID, or SLURM's), or unset it to run one process") from e
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
@@ -63,20 +73,31 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def replicator(mesh: jax.sharding.Mesh):
-  """A function placing a pytree replicated on every device of ``mesh`` (identity for one
-  device). Every process must pass the same values: they are derived from the same config."""
-  if mesh.size == 1:
-    return lambda tree: tree
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+def _placer(sharding):
+  """A function placing a pytree with ``sharding``, from host values every process gives
+  equally (they derive from the same config), across processes too."""
   if jax.process_count() == 1:
     return lambda tree: jax.device_put(tree, sharding)
 
   def put(leaf):
-    # Across processes device_put takes host values: each process gives its (equal) copy.
     if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
       return jax.random.wrap_key_data(put(jax.random.key_data(leaf)),
                                       impl=jax.random.key_impl(leaf))
-    return jax.device_put(np.asarray(leaf), sharding)
+    host = np.asarray(leaf)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
   return lambda tree: jax.tree_util.tree_map(put, tree)
+
+
+def replicator(mesh: jax.sharding.Mesh):
+  """Places a pytree replicated on every device of ``mesh`` (identity for one device)."""
+  if mesh.size == 1:
+    return lambda tree: tree
+  return _placer(jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+def splitter(mesh: jax.sharding.Mesh | None):
+  """Places a pytree split along its first axis over the devices of ``mesh``."""
+  if mesh is None or mesh.size == 1:
+    return lambda tree: tree
+  return _placer(jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS)))

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from fedprox_jax.client import (ApplyFn, FederatedData, LocalHParams, epoch_permutations,
-                                local_optimizer, minibatch, num_local_steps, sgd_step)
+                                local_optimizer, num_local_steps)
+from fedprox_jax.client import local_step as local_step_fn
 
 
 class ClientPlan(NamedTuple):
@@ -105,9 +106,8 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
       c = lane_queue[jnp.minimum(pos, num_clients - 1)]
       active = (pos < num_clients) & (c >= 0)
       c = jnp.maximum(c, 0)
-      x, y, valid = minibatch(data, plan.offsets[c], plan.sizes[c], perms[c], local_step,
-                              batch_size)
-      params, _, loss = sgd_step(apply_fn, tx, params, opt_state, x, y, valid, active)
+      params, _, loss = local_step_fn(apply_fn, tx, data, plan.offsets[c], plan.sizes[c],
+                                      perms[c], local_step, batch_size, params, opt_state, active)
       finished = active & (local_step + 1 == steps[c])
       return params, finished, c, jnp.where(active, loss, 0.0)
 

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import datetime
 import importlib.metadata
 import json
 import os
 import platform
 
 import jax
+from absl import logging
+
+from fedprox_jax.errors import WorkdirError
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "ml-collections", "absl-py",
             "tensorflow-datasets", "tensorflow-cpu", "tensorflow", "matplotlib")
-
-
-def default_workdir(now: datetime.datetime | None = None) -> str:
-  """outputs/YYYY-MM-DD/HH-MM-SS, like the seed's Hydra runs."""
-  now = now or datetime.datetime.now()
-  return os.path.join("outputs", now.strftime("%Y-%m-%d"), now.strftime("%H-%M-%S"))
 
 
 def environment() -> dict:
@@ -41,17 +37,29 @@ def write_json(workdir: str, name: str, obj) -> None:
   os.replace(path + ".tmp", path)  # never a half-written file
 
 
-def append_jsonl(workdir: str, name: str, row: dict) -> None:
+def read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def append_jsonl(workdir: str, name: str, rows: list) -> None:
+  """Appends ``rows`` and waits until they are on disk: a row is durable before the
+  checkpoint that makes its round final is written."""
   with open(os.path.join(workdir, name), "a") as f:
-    f.write(json.dumps(row, sort_keys=True) + "\n")
+    f.writelines(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+    f.flush()
+    os.fsync(f.fileno())
 
 
-def truncate_jsonl(workdir: str, name: str, last_round: int) -> list:
-  """Keeps the rows of rounds <= last_round (a resumed run redoes the later ones)."""
+def keep_jsonl(workdir: str, name: str, keep, rewrite: bool = True) -> list:
+  """Keeps the rows for which ``keep(row)`` holds (a resume redoes the others); returns them.
+  With ``rewrite`` False (a process that does not write the workdir) only reads them."""
   path = os.path.join(workdir, name)
   if not os.path.exists(path):
     return []
-  rows = [r for r in read_jsonl(path) if r["round"] <= last_round]
+  rows = [r for r in read_jsonl(path) if keep(r)]
+  if not rewrite:
+    return rows
   with open(path + ".tmp", "w") as f:
     f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
   os.replace(path + ".tmp", path)
@@ -77,27 +85,18 @@ class TensorBoard:
 
 
 def read_jsonl(path: str) -> list:
+  """The rows of a JSON-lines file. A damaged last line (a kill while it was written) is
+  dropped: its round comes after the last checkpoint and is recomputed on resume."""
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def plot_metrics(rows: list, path: str, title: str = "") -> None:
-  """Test accuracy and losses vs round, as a PNG."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  rounds = [r["round"] for r in rows]
-  fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
-  ax_acc.plot(rounds, [r["test_accuracy"] for r in rows])
-  ax_acc.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1))
-  ax_loss.plot(rounds, [r["test_loss"] for r in rows], label="test loss (global model)")
-  ax_loss.plot(rounds, [r["train_loss"] for r in rows], label="train loss (sampled clients)")
-  ax_loss.set(xlabel="round", ylabel="cross-entropy")
-  ax_loss.legend()
-  for ax in (ax_acc, ax_loss):
-    ax.grid(alpha=0.3)
-  fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+    lines = [line for line in f.read().split("\n") if line.strip()]
+  rows = []
+  for i, line in enumerate(lines):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if i == len(lines) - 1:
+        logging.warning("%s: dropping its damaged last line (%s)", path, e)
+        break
+      raise WorkdirError(f"{path} line {i + 1} is damaged ({e}): delete the line (or the "
+                         "file, and the checkpoints with it) to resume") from e
+  return rows

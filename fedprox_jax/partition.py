@@ -94,6 +94,19 @@ def hold_out(partition: Partition, fraction: float, seed: int) -> Partition:
   return _from_client_lists(kept)
 
 
+def split_each_client(partition: Partition, train_fraction: float, seed: int) -> tuple:
+  """(train, test) partitions: each client's examples shuffled (seeded), its first
+  int(train_fraction * n) train, the rest are its test examples (the authors' 90/10 split)."""
+  rng = np.random.RandomState(seed)
+  train, test = [], []
+  for o, n in zip(partition.offsets, partition.sizes):
+    own = rng.permutation(partition.order[o:o + n])
+    n_train = int(train_fraction * n)
+    train.append(own[:n_train])
+    test.append(own[n_train:])
+  return _from_client_lists(train), _from_client_lists(test)
+
+
 def iid_partition(num_examples: int, num_clients: int, seed: int = 42) -> Partition:
   """A random split into equal parts (the first num_examples % num_clients clients get one more)."""
   if not 1 <= num_clients <= num_examples:

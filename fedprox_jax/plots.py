@@ -12,40 +12,65 @@ from collections import defaultdict
 
 import numpy as np
 
+from fedprox_jax import outputs
+from fedprox_jax.errors import UserError
+
 FIELDS = ("experiment", "algorithm", "stragglers", "seed", "mu", "round", "test_accuracy",
-          "test_loss", "train_loss", "dissimilarity", "num_stragglers", "wall_time")
+          "test_loss", "global_train_loss", "local_train_loss", "dissimilarity", "num_stragglers",
+          "diverged_at_round", "wall_time")
+FLOAT_FIELDS = ("stragglers", "mu", "test_accuracy", "test_loss", "global_train_loss",
+                "local_train_loss", "dissimilarity", "wall_time")
 LABELS = {"fedavg": "FedAvg", "fedprox_mu0": "FedProx (mu=0)", "fedprox": "FedProx (mu>0)"}
 COLORS = {"fedavg": "tab:green", "fedprox_mu0": "tab:blue", "fedprox": "tab:red"}
 THRESHOLDS = (0.8, 0.9)
 
 
-def write_results_csv(path: str, specs, results: dict) -> None:
-  with open(path, "w", newline="") as f:
+def write_results_csv(path: str, specs, results: dict, diverged: dict) -> None:
+  """One row per (experiment, evaluated round). An experiment that diverged has its finite
+  rows, then one row at the round it diverged at with no metrics; ``diverged_at_round`` is set
+  on all its rows (empty for the others)."""
+  with open(path + ".tmp", "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
     writer.writeheader()
     for s in specs:
       for row in results[s.name]:
         writer.writerow({"experiment": s.name, "algorithm": s.algorithm,
                          "stragglers": s.stragglers_fraction, "seed": s.seed, "mu": s.mu,
-                         **{k: row.get(k, "") for k in FIELDS if k in row}})
+                         "diverged_at_round": diverged.get(s.name, ""),
+                         **{k: "" if row[k] is None else row[k] for k in FIELDS if k in row}})
+      if s.name in diverged:
+        writer.writerow({"experiment": s.name, "algorithm": s.algorithm,
+                         "stragglers": s.stragglers_fraction, "seed": s.seed, "mu": s.mu,
+                         "round": diverged[s.name], "diverged_at_round": diverged[s.name]})
+  os.replace(path + ".tmp", path)
 
 
 def read_results_csv(path: str) -> list:
-  with open(path) as f:
-    rows = list(csv.DictReader(f))
-  for r in rows:
-    for k in ("stragglers", "mu", "test_accuracy", "test_loss", "train_loss", "dissimilarity",
-              "wall_time"):
-      r[k] = float(r[k]) if r.get(k) not in (None, "") else float("nan")
-    r["seed"], r["round"] = int(r["seed"]), int(r["round"])
+  try:
+    with open(path) as f:
+      rows = list(csv.DictReader(f))
+    for r in rows:
+      for k in FLOAT_FIELDS:
+        r[k] = float(r[k]) if r.get(k) not in (None, "") else float("nan")
+      r["seed"], r["round"] = int(r["seed"]), int(r["round"])
+      r["diverged_at_round"] = int(r["diverged_at_round"]) if r.get("diverged_at_round") else None
+      if not r["algorithm"]:
+        raise ValueError("a row without its algorithm")
+  except (KeyError, ValueError, TypeError, csv.Error) as e:
+    raise UserError(f"{path} is damaged ({type(e).__name__}: {e}): re-run the sweep into a new "
+                    "workdir, or restore the file") from e
+  if not rows:
+    raise UserError(f"{path} holds no results: re-run the sweep into a new workdir")
   return rows
 
 
 def _curves(rows):
-  """{(algorithm, stragglers): {seed: (rounds, {metric: values})}}."""
+  """{(algorithm, stragglers): {seed: (rounds, {metric: values})}} of the experiments that did
+  not diverge."""
   by = defaultdict(lambda: defaultdict(list))
   for r in rows:
-    by[(r["algorithm"], r["stragglers"])][r["seed"]].append(r)
+    if r["diverged_at_round"] is None:
+      by[(r["algorithm"], r["stragglers"])][r["seed"]].append(r)
   out = {}
   for key, seeds in by.items():
     out[key] = {}
@@ -53,21 +78,36 @@ def _curves(rows):
       rs = sorted(rs, key=lambda r: r["round"])
       out[key][seed] = ([r["round"] for r in rs],
                         {m: np.array([r[m] for r in rs]) for m in
-                         ("test_accuracy", "train_loss", "dissimilarity")})
+                         ("test_accuracy", "global_train_loss", "dissimilarity")})
   return out
 
 
+def _diverged_seeds(rows) -> dict:
+  """{(algorithm, stragglers): number of seeds that diverged}."""
+  seen = {(r["algorithm"], r["stragglers"], r["seed"]) for r in rows
+          if r["diverged_at_round"] is not None}
+  counts = defaultdict(int)
+  for algorithm, stragglers, _ in seen:
+    counts[(algorithm, stragglers)] += 1
+  return counts
+
+
 def summary_table(rows) -> list:
-  """Per (algorithm, stragglers): final/best accuracy mean and std over seeds, rounds to 80/90 %."""
+  """Per (algorithm, stragglers): final/best accuracy mean and std over the seeds that did not
+  diverge, rounds to 80/90 %, and how many seeds diverged."""
+  curves, diverged = _curves(rows), _diverged_seeds(rows)
+  order = lambda key: (key[1], list(LABELS).index(key[0]) if key[0] in LABELS else 9)
   table = []
-  for (algorithm, stragglers), seeds in sorted(_curves(rows).items(),
-                                               key=lambda kv: (kv[0][1], list(LABELS).index(kv[0][0])
-                                                               if kv[0][0] in LABELS else 9)):
-    final = np.array([m["test_accuracy"][-1] for _, m in seeds.values()])
-    best = np.array([m["test_accuracy"].max() for _, m in seeds.values()])
+  for key in sorted(set(curves) | set(diverged), key=order):
+    algorithm, stragglers = key
+    seeds = curves.get(key, {})
     entry = {"algorithm": algorithm, "stragglers": stragglers, "seeds": len(seeds),
-             "final_accuracy_mean": float(final.mean()), "final_accuracy_std": float(final.std()),
-             "best_accuracy_mean": float(best.mean()), "best_accuracy_std": float(best.std())}
+             "seeds_diverged": diverged.get(key, 0)}
+    if seeds:
+      final = np.array([m["test_accuracy"][-1] for _, m in seeds.values()])
+      best = np.array([m["test_accuracy"].max() for _, m in seeds.values()])
+      entry.update(final_accuracy_mean=float(final.mean()), final_accuracy_std=float(final.std()),
+                   best_accuracy_mean=float(best.mean()), best_accuracy_std=float(best.std()))
     for th in THRESHOLDS:
       reached = [rounds[int(np.argmax(m["test_accuracy"] >= th))]
                  for rounds, m in seeds.values() if (m["test_accuracy"] >= th).any()]
@@ -81,13 +121,19 @@ def format_markdown(table) -> str:
   lines = ["| stragglers | algorithm | final accuracy | best accuracy | rounds to 80 % | "
            "rounds to 90 % |", "|---:|---|---|---|---|---|"]
   for e in table:
+    diverged = f" ({e['seeds_diverged']} diverged)" if e["seeds_diverged"] else ""
+    if not e["seeds"]:
+      lines.append(f"| {e['stragglers']:g} | {LABELS.get(e['algorithm'], e['algorithm'])} | "
+                   f"diverged ({e['seeds_diverged']} seeds) | | | |")
+      continue
+
     def reach(th):
       r = e[f"rounds_to_{th}"]
       return "never" if r is None else f"{r:.0f} ({e[f'seeds_reaching_{th}']}/{e['seeds']} seeds)"
     lines.append(f"| {e['stragglers']:g} | {LABELS.get(e['algorithm'], e['algorithm'])} | "
                  f"{e['final_accuracy_mean']:.4f} ± {e['final_accuracy_std']:.4f} | "
                  f"{e['best_accuracy_mean']:.4f} ± {e['best_accuracy_std']:.4f} | "
-                 f"{reach(80)} | {reach(90)} |")
+                 f"{reach(80)} | {reach(90)} |{diverged}")
   return "\n".join(lines) + "\n"
 
 
@@ -100,7 +146,9 @@ def plot_figure1(rows, path: str, title: str = "") -> None:
 
   curves = _curves(rows)
   levels = sorted({s for _, s in curves})
-  metrics = ["train_loss", "test_accuracy"]
+  if not levels:
+    return  # every experiment diverged: nothing to draw
+  metrics = ["global_train_loss", "test_accuracy"]
   if any(not np.isnan(r["dissimilarity"]) for r in rows):
     metrics.append("dissimilarity")
   fig, axes = plt.subplots(len(metrics), len(levels), figsize=(4.2 * len(levels),
@@ -119,13 +167,50 @@ def plot_figure1(rows, path: str, title: str = "") -> None:
         ax.fill_between(rounds, values.min(0), values.max(0), color=COLORS[algorithm], alpha=0.2)
     axes[0, col].set_title(f"{level:.0%} stragglers")
     axes[-1, col].set_xlabel("round")
-  names = {"train_loss": "training loss", "test_accuracy": "test accuracy",
+  names = {"global_train_loss": "training loss (global model)", "test_accuracy": "test accuracy",
            "dissimilarity": "gradient dissimilarity"}
   for row, metric in enumerate(metrics):
     axes[row, 0].set_ylabel(names[metric])
     for ax in axes[row]:
       ax.grid(alpha=0.3)
   axes[0, 0].legend()
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _with_gaps(rounds, values, step: int):
+  """NaN between rows more than ``step`` rounds apart, so a line never bridges missing rounds."""
+  xs, ys = [], []
+  for i, (x, y) in enumerate(zip(rounds, values)):
+    if i and x - rounds[i - 1] > step:
+      xs.append(np.nan)
+      ys.append(np.nan)
+    xs.append(x)
+    ys.append(np.nan if y is None else y)
+  return xs, ys
+
+
+def plot_metrics(rows: list, path: str, title: str = "", eval_every: int = 1) -> None:
+  """A single run's test accuracy and losses vs round, as a PNG (gaps where rounds are
+  missing or the local loss is undefined because every client was dropped)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  rounds = [r["round"] for r in rows]
+  # Rows come every eval_every rounds (and at the last round, which is closer).
+  line = lambda key: _with_gaps(rounds, [r.get(key) for r in rows], eval_every)
+  fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+  ax_acc.plot(*line("test_accuracy"), marker="." if len(rows) < 30 else None)
+  ax_acc.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1))
+  ax_loss.plot(*line("test_loss"), label="test loss (global model)")
+  ax_loss.plot(*line("local_train_loss"), label="local train loss (sampled clients)")
+  ax_loss.set(xlabel="round", ylabel="cross-entropy")
+  ax_loss.legend()
+  for ax in (ax_acc, ax_loss):
+    ax.grid(alpha=0.3)
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
@@ -142,19 +227,51 @@ def redraw(workdir: str, title: str = "") -> list:
   return table
 
 
-def write_sweep_outputs(workdir: str, specs, results: dict, title: str = "") -> list:
-  write_results_csv(os.path.join(workdir, "results.csv"), specs, results)
+def write_sweep_outputs(workdir: str, specs, results: dict, diverged: dict,
+                        title: str = "") -> list:
+  write_results_csv(os.path.join(workdir, "results.csv"), specs, results, diverged)
   return redraw(workdir, title)
 
 
+def redraw_run(workdir: str) -> str:
+  """Re-draws a single run's metrics.png from its metrics.jsonl; returns the PNG's path."""
+  config_path = os.path.join(workdir, "config.json")
+  c = outputs.read_json(config_path) if os.path.exists(config_path) else {}
+  try:
+    rows = outputs.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    rows = [{**r, "round": int(r["round"]), "test_accuracy": float(r["test_accuracy"])}
+            for r in rows]
+  except (KeyError, TypeError, ValueError) as e:
+    raise UserError(f"{workdir}/metrics.jsonl is damaged ({type(e).__name__}: {e})") from e
+  if not rows:
+    raise UserError(f"{workdir}/metrics.jsonl holds no rows yet")
+  path = os.path.join(workdir, "metrics.png")
+  plot_metrics(rows, path, f"{c.get('variant', '')}: {c.get('model', '')}, mu={c.get('mu')}, "
+               f"stragglers={c.get('stragglers_fraction')}", c.get("eval_every", 1))
+  return path
+
+
 def main(argv):
-  if len(argv) != 2 or not os.path.exists(os.path.join(argv[1], "results.csv")):
-    print("usage: python -m fedprox_jax.plots WORKDIR   (a finished sweep's workdir, which "
-          "holds results.csv)", file=sys.stderr)
+  usage = ("usage: python -m fedprox_jax.plots WORKDIR   (a sweep's workdir, which holds "
+           "results.csv, or a run's, which holds metrics.jsonl)")
+  if len(argv) != 2:
+    print(usage, file=sys.stderr)
     return 2
-  table = redraw(argv[1])
-  print(format_markdown(table))
-  print(f"wrote {os.path.join(argv[1], 'figure1.png')} and summary.md")
+  workdir = argv[1]
+  try:
+    if os.path.exists(os.path.join(workdir, "results.csv")):
+      table = redraw(workdir)
+      print(format_markdown(table))
+      print(f"wrote {os.path.join(workdir, 'figure1.png')} and summary.md")
+    elif os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+      print(f"wrote {redraw_run(workdir)}")
+    else:
+      print(f"error: {workdir} holds neither results.csv nor metrics.jsonl. " + usage,
+            file=sys.stderr)
+      return 2
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   return 0
 
 

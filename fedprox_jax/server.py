@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedprox_jax.client import ApplyFn, FederatedData, LocalHParams, client_update
+from fedprox_jax.client import ApplyFn, FederatedData, LocalHParams
 from fedprox_jax.lanes import ClientPlan, LaneStats, run_lanes
 
 # uniform w/o replacement (both sources' code) | ∝ n_k w/o replacement | ∝ n_k with
@@ -166,7 +166,7 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]))
 
 
-def _finish_round(global_params, aggregate, plan: ClientPlan, client_loss, stats: LaneStats):
+def finish_round(global_params, aggregate, plan: ClientPlan, client_loss, stats: LaneStats):
   all_dropped = jnp.sum(plan.weights) == 0
   new_params = jax.tree_util.tree_map(
       lambda g, a: jnp.where(all_dropped, g, a), global_params, aggregate)
@@ -188,7 +188,7 @@ def run_round(apply_fn: ApplyFn, spec: RoundSpec, global_params, data: Federated
       apply_fn, global_params, data, plan, hp.local, batch_size=spec.batch_size,
       max_size=spec.max_client_size, max_epochs=spec.local_epochs, num_lanes=spec.num_lanes,
       lane_sharding=spec.lane_sharding)
-  return _finish_round(global_params, aggregate, plan, client_loss, stats)
+  return finish_round(global_params, aggregate, plan, client_loss, stats)
 
 
 def make_round_fn(apply_fn: ApplyFn, spec: RoundSpec):
@@ -197,33 +197,3 @@ def make_round_fn(apply_fn: ApplyFn, spec: RoundSpec):
   Shapes depend only on ``spec`` and the data, so it compiles once for a whole run.
   """
   return jax.jit(lambda params, data, hp, key: run_round(apply_fn, spec, params, data, hp, key))
-
-
-def weighted_average(client_params: list, weights):
-  """sum_k weights_k * params_k over a list of parameter trees."""
-  stacked = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *client_params)
-  return jax.tree_util.tree_map(lambda s: jnp.tensordot(weights, s, axes=1), stacked)
-
-
-_plan_round_jit = jax.jit(plan_round, static_argnums=3)
-_client_update_jit = jax.jit(client_update, static_argnums=0,
-                             static_argnames=("batch_size", "max_size", "max_epochs"))
-
-
-def looped_round(apply_fn: ApplyFn, spec: RoundSpec, global_params, data: FederatedData,
-                 hp: HParams, round_key):
-  """The reference: the same plan, each client trained alone in a Python loop, then averaged.
-
-  The oracle for ``run_round`` (and the baseline it is benchmarked against).
-  """
-  plan = _plan_round_jit(round_key, data, hp, spec)
-  results = [_client_update_jit(apply_fn, global_params, data, plan.offsets[i], plan.sizes[i],
-                    plan.epochs[i], plan.keys[i], hp.local, batch_size=spec.batch_size,
-                    max_size=spec.max_client_size, max_epochs=spec.local_epochs)
-             for i in range(spec.clients_per_round)]
-  aggregate = weighted_average([p for p, _ in results], plan.weights)
-  client_loss = jnp.stack([m.loss for _, m in results])
-  steps = jnp.stack([m.num_steps for _, m in results])
-  stats = LaneStats(useful_steps=jnp.sum(steps), executed_steps=jnp.sum(steps),
-                    critical_path=jnp.max(steps), loop_steps=jnp.sum(steps))
-  return _finish_round(global_params, aggregate, plan, client_loss, stats)

@@ -2,9 +2,14 @@
 
 mu, the stragglers fraction, the drop flag and the seed are traced values, so the experiments
 of one model share one compiled round, vmapped over an experiment axis (in chunks of
-``experiments_per_program``). Common random numbers: an experiment's round key depends only
-on its seed and the round, so for a given seed every algorithm sees the same clients, the same
-stragglers with the same epoch counts, and the same data orders.
+``experiments_per_program``, a *program* each). Common random numbers: an experiment's round
+key depends only on its seed and the round, so for a given seed every algorithm sees the same
+clients, the same stragglers with the same epoch counts, and the same data orders.
+
+As trustworthy as a single run: rows are on disk (rows.jsonl) before the program's checkpoint
+that makes their round final, so a killed sweep resumes (same command, same workdir) and ends
+with the rows of an uninterrupted one; an experiment whose loss or parameters become
+non-finite is named with its round, and none of its rows from then on is written.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
+from fedprox_jax import checkpoints as checkpoints_lib
 from fedprox_jax import data as data_lib
-from fedprox_jax import distributed, metrics, models, outputs, partition, plots, server, simulate
+from fedprox_jax import distributed, experiment, metrics, models, outputs, plots, server, signals
+from fedprox_jax.errors import ConfigError, DivergenceError, Interrupted
+from fedprox_jax.workdir import Workdir, open_workdir
 
 ALGORITHMS = {  # name -> (mu, drop_stragglers); mu None = the sweep's mu
     "fedavg": (0.0, True),
@@ -45,10 +53,14 @@ def _parse_list(field: str, value, cast):
   try:
     items = [cast(v) for v in str(value).replace(" ", "").split(",") if v != ""]
   except ValueError as e:
-    raise simulate.ConfigError(f"config.sweep.{field}={value!r}: not a comma-separated list "
+    raise ConfigError(f"config.sweep.{field}={value!r}: not a comma-separated list "
                                f"({e})") from e
   if not items:
-    raise simulate.ConfigError(f"config.sweep.{field} is empty")
+    raise ConfigError(f"config.sweep.{field} is empty")
+  repeated = sorted({v for v in items if items.count(v) > 1})
+  if repeated:
+    raise ConfigError(f"config.sweep.{field}={value!r} lists {', '.join(map(str, repeated))} "
+                      "more than once: list each once")
   return items
 
 
@@ -57,14 +69,11 @@ def experiment_grid(c: ml_collections.ConfigDict) -> list:
   algorithms = _parse_list("algorithms", c.sweep.algorithms, str)
   for a in algorithms:
     if a not in ALGORITHMS:
-      raise simulate.ConfigError(f"config.sweep.algorithms: {a!r} is not one of "
-                                 f"{', '.join(ALGORITHMS)}")
+      raise ConfigError(f"config.sweep.algorithms: {a!r} is not one of {', '.join(ALGORITHMS)}")
   fractions = _parse_list("stragglers", c.sweep.stragglers, float)
   for f in fractions:
     if not 0 <= f <= 1:
-      raise simulate.ConfigError(f"config.sweep.stragglers: {f} is not between 0 and 1")
-  if not (isinstance(c.sweep.seeds, int) and c.sweep.seeds >= 1):
-    raise simulate.ConfigError(f"config.sweep.seeds={c.sweep.seeds!r}: must be an integer >= 1")
+      raise ConfigError(f"config.sweep.stragglers: {f} is not between 0 and 1")
   grid = []
   for fraction in fractions:
     for algorithm in algorithms:
@@ -81,6 +90,7 @@ def default_experiments_per_program(model: str, num_experiments: int,
   there than the same steps in turn (see benchmarks/README.md), so one experiment at a time."""
   backend = backend or jax.default_backend()
   return 1 if (backend == "cpu" and model == "cnn") else num_experiments
+
 
 
 def _stack_hparams(c, specs):
@@ -115,8 +125,9 @@ def make_sweep_fns(apply_fn, spec: server.RoundSpec, size: int, eval_batch_size:
 
   def evaluate_one(params, train, test_x, test_y):
     accuracy, test_loss = metrics.evaluate(apply_fn, params, test_x, test_y, eval_batch_size)
-    _, train_loss = metrics.evaluate(apply_fn, params, train.x, train.y, eval_batch_size)
-    out = {"test_accuracy": accuracy, "test_loss": test_loss, "train_loss": train_loss}
+    _, global_train_loss = metrics.evaluate(apply_fn, params, train.x, train.y, eval_batch_size)
+    out = {"test_accuracy": accuracy, "test_loss": test_loss,
+           "global_train_loss": global_train_loss}
     if with_dissimilarity:
       out["dissimilarity"] = metrics.dissimilarity(apply_fn, params, train)
     return out
@@ -125,90 +136,150 @@ def make_sweep_fns(apply_fn, spec: server.RoundSpec, size: int, eval_batch_size:
   return round_fn, evaluate_fn
 
 
-def run_experiments(c, exp: simulate.Experiment, specs: list, model, eval_rounds: list,
-                    mesh: jax.sharding.Mesh | None = None):
-  """Runs ``specs`` as one vmapped program; returns {name: [row per evaluated round]}.
+def _to_host(tree):
+  """Host copies of (possibly multi-process sharded) arrays."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(tree, tiled=True)
+  return jax.device_get(tree)
+
+
+def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
+                    mesh: jax.sharding.Mesh | None = None, wd: Workdir | None = None,
+                    checkpoint_dir: str | None = None):
+  """Runs ``specs`` as one vmapped program -> ({name: [row per evaluated round]},
+  {name: round it diverged at}).
 
   With a ``mesh`` of several devices the experiment axis is spread over them (padded with
-  copies of the last experiment, whose results are dropped); the data is replicated.
+  copies of the last experiment, whose results are dropped); the data is replicated. With
+  ``wd`` and ``checkpoint_dir`` rows go to ``wd``'s rows.jsonl and the program checkpoints
+  (and resumes) there.
   """
+  c, exp = setup.config, setup.data
   real = len(specs)
   if mesh is not None and mesh.size > 1:
     specs = specs + [specs[-1]] * (distributed.round_up(real, mesh) - real)
   size = len(specs)
-  round_spec = simulate.round_spec(c, exp.stats["max_train"])  # lanes stay on each device
-  eval_batch = min(c.eval_batch_size or simulate.default_eval_batch_size(c.model), len(exp.test_y))
-  round_fn, evaluate_fn = make_sweep_fns(model.apply, round_spec, size, eval_batch,
-                                         c.sweep.dissimilarity)
+  round_fn, evaluate_fn = make_sweep_fns(setup.model.apply, setup.spec, size,
+                                         c.eval_batch_size, c.sweep.dissimilarity)
   # The same seed gives the same initial model and the same round keys (common random numbers).
   seed_keys = [jax.random.split(jax.random.key(s.seed)) for s in specs]
-  params = jax.tree_util.tree_map(
-      lambda *leaves: jnp.stack(leaves),
-      *[models.init_params(model, init_key) for init_key, _ in seed_keys])
+  state = {"params": jax.tree_util.tree_map(
+               lambda *leaves: jnp.stack(leaves),
+               *[models.init_params(setup.model, init_key) for init_key, _ in seed_keys]),
+           # the first non-finite round of each experiment (0 = none so far)
+           "diverged_at": jnp.zeros(size, jnp.int32)}
   rounds_keys = [rounds_key for _, rounds_key in seed_keys]
   hp = _stack_hparams(c, specs)
   train, test_x, test_y = exp.train, exp.test_x, exp.test_y
-  shard = lambda tree: tree
-  if mesh is not None and mesh.size > 1:
-    P = jax.sharding.PartitionSpec
-    by_experiment = jax.sharding.NamedSharding(mesh, P(distributed.AXIS))
-    shard = lambda tree: jax.device_put(tree, by_experiment)
+  shard = distributed.splitter(mesh)
+  hp = shard(hp)
+  if mesh is not None:  # the data, replicated on the devices the experiments are spread over
     train, test_x, test_y = distributed.replicator(mesh)((train, test_x, test_y))
-    params, hp = shard(params), shard(hp)
-  specs = specs[:real]
-  rows = {s.name: [] for s in specs}
+  names = [s.name for s in specs[:real]]
+  checkpoints = checkpoints_lib.Checkpoints(checkpoint_dir) if checkpoint_dir else None
+  done = 0
+  if checkpoints is not None and wd.resuming:
+    restored = checkpoints.restore_latest(state)
+    if restored is not None:
+      done, state = restored
+  state = shard(state)
+  rows = {name: [] for name in names}
+  if wd is not None:
+    for r in outputs.keep_jsonl(wd.path, "rows.jsonl",
+                                lambda r: r["experiment"] not in rows or r["round"] <= done,
+                                wd.write):
+      if r["experiment"] in rows:
+        rows[r["experiment"]].append({k: v for k, v in r.items() if k != "experiment"})
+  wall_offset = max((r[-1]["wall_time"] for r in rows.values() if r), default=0.0)
+  reported = {n: int(d) for n, d in zip(names, _to_host(state["diverged_at"])[:real]) if d}
   start = time.perf_counter()
-  for t in range(1, c.num_rounds + 1):
-    keys = shard(jnp.stack([jax.random.fold_in(k, t) for k in rounds_keys]))
-    params, m = round_fn(params, train, hp, keys)
-    if t not in eval_rounds:
-      continue
-    ev = jax.device_get(evaluate_fn(params, train, test_x, test_y))
-    m = jax.device_get(m)
-    for i, s in enumerate(specs):
-      row = {"round": t, **{k: float(v[i]) for k, v in ev.items()},
-             "num_stragglers": int(m.num_stragglers[i]), "all_dropped": bool(m.all_dropped[i]),
-             "wall_time": time.perf_counter() - start}
-      rows[s.name].append(row)
-    logging.info("round %d/%d: accuracy %s", t, c.num_rounds,
-                 " ".join(f"{ev['test_accuracy'][i]:.3f}" for i in range(real)))
-  return rows
+  try:
+    with signals.deferred():
+      for t in range(done + 1, c.num_rounds + 1):
+        keys = jnp.stack([jax.random.fold_in(k, t) for k in rounds_keys])
+        params, m = round_fn(state["params"], train, hp, shard(keys))
+        diverged_at = jnp.where((state["diverged_at"] == 0) & ~m.finite, t, state["diverged_at"])
+        state = {"params": params, "diverged_at": diverged_at}
+        stop = signals.received()
+        evaluate = t in eval_rounds
+        save = checkpoints is not None and (t % c.checkpoint_every == 0 or t == c.num_rounds
+                                            or stop)
+        if not (evaluate or save):
+          continue
+        diverged = _to_host(diverged_at)[:real]
+        for name, d, s in zip(names, diverged, specs):
+          if d and name not in reported:
+            reported[name] = int(d)
+            logging.error("experiment %s diverged at round %d (lr=%g, mu=%g): its rows stop "
+                          "there. %s", name, d, c.lr, s.mu, experiment.divergence_advice(c.lr, s.mu))
+        if evaluate:
+          ev, m = _to_host((evaluate_fn(params, train, test_x, test_y), m))
+          new = []
+          for i, name in enumerate(names):
+            if diverged[i]:
+              continue
+            row = experiment.metrics_row(
+                t, jax.tree_util.tree_map(lambda a: a[i], m),
+                {k: v[i] for k, v in ev.items()}, wall_offset + time.perf_counter() - start)
+            rows[name].append(row)
+            new.append({"experiment": name, **row})
+          if wd is not None and wd.write and new:
+            outputs.append_jsonl(wd.path, "rows.jsonl", new)
+          logging.info("round %d/%d: accuracy %s", t, c.num_rounds,
+                       " ".join("diverged" if diverged[i] else f"{ev['test_accuracy'][i]:.3f}"
+                                for i in range(real)))
+        if save:
+          checkpoints.save(t, state)
+        if stop:
+          raise Interrupted(f"stopped by {stop} after round {t}, with its rows and checkpoint "
+                            f"saved: run the same command with --workdir={wd.path} to resume")
+  finally:
+    if checkpoints is not None:
+      checkpoints.close()
+  return rows, reported
 
 
 def run_sweep(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None = None):
-  """Runs the sweep of config ``c`` into ``workdir``: results.csv, summary table and figure."""
-  c = simulate.validate_config(c)
-  specs = experiment_grid(c)
-  per_program = c.sweep.experiments_per_program or default_experiments_per_program(
-      c.model, len(specs))
-  os.makedirs(workdir, exist_ok=True)
-  if os.path.exists(os.path.join(workdir, "results.csv")):
-    raise simulate.ConfigError(f"workdir {workdir!r} already holds a sweep (results.csv): pass "
-                               "a new --workdir, or delete the old one")
-  outputs.write_json(workdir, "config.json", c.to_dict())
-  outputs.write_json(workdir, "environment.json", outputs.environment())
+  """Runs the sweep of config ``c`` into ``workdir``: results.csv, summary table and figure;
+  returns {experiment name: rows}. Re-running it with the same workdir resumes it."""
   start = time.perf_counter()
-  if mnist is None:
-    mnist = data_lib.load_mnist(c.data_source, c.data_dir, c.download)
-  exp = simulate.prepare_experiment(c, mnist)
-  outputs.write_json(workdir, "partition_stats.json", exp.stats)
-  logging.info("partition: %s", partition.format_stats(exp.stats))
-  if c.protocol == "paper":
-    logging.info("the paper's table: %s", simulate.PAPER_STATS)
-  model = models.make_model(c.model, c.conv_impl, mlr_init=c.mlr_init)
-  mesh = distributed.make_mesh(c.num_devices)
-  eval_rounds = set(range(c.eval_every, c.num_rounds + 1, c.eval_every)) | {c.num_rounds}
-  results = {}
-  for first in range(0, len(specs), per_program):
-    chunk = specs[first:first + per_program]
-    logging.info("experiments %d-%d of %d: %s", first + 1, first + len(chunk), len(specs),
-                 ", ".join(s.name for s in chunk))
-    results.update(run_experiments(c, exp, chunk, model, eval_rounds, mesh))
-  seconds = time.perf_counter() - start
-  table = plots.write_sweep_outputs(workdir, specs, results,
-                                    title=f"{c.model}, protocol={c.protocol}, mu={c.sweep.mu}")
-  outputs.write_json(workdir, "summary.json",
-                     {"experiments": len(specs), "total_seconds": seconds, "table": table})
+  c = experiment.validate_config(c)
+  specs = experiment_grid(c)
+  wd = open_workdir(workdir, "sweep", c.to_dict())
+  try:
+    setup = experiment.prepare(c, mnist, lanes_over_devices=False)
+    per_program = c.sweep.experiments_per_program or default_experiments_per_program(
+        c.model, len(specs))
+    setup.config.sweep.experiments_per_program = per_program
+    wd.commit(setup.config.to_dict(), setup.data.stats)
+    distributed.barrier("workdir ready")
+    eval_rounds = set(range(c.eval_every, c.num_rounds + 1, c.eval_every)) | {c.num_rounds}
+    results, diverged = {}, {}
+    for program, first in enumerate(range(0, len(specs), per_program)):
+      chunk = specs[first:first + per_program]
+      logging.info("experiments %d-%d of %d: %s", first + 1, first + len(chunk), len(specs),
+                   ", ".join(s.name for s in chunk))
+      rows, bad = run_experiments(setup, chunk, eval_rounds, setup.mesh, wd,
+                                  wd.file(os.path.join("checkpoints", f"program_{program}")))
+      results.update(rows)
+      diverged.update(bad)
+    seconds = time.perf_counter() - start
+    if wd.write:
+      table = plots.write_sweep_outputs(
+          wd.path, specs, results, diverged,
+          title=f"{c.model}, protocol={c.protocol}, mu={c.sweep.mu}")
+      outputs.write_json(wd.path, "summary.json",  # last: it marks the sweep finished
+                         {"experiments": len(specs), "this_segment_seconds": seconds,
+                          "diverged": diverged, "table": table})
+  finally:
+    wd.close()
   logging.info("sweep of %d experiments done in %.1fs; outputs in %s", len(specs), seconds,
                workdir)
+  if diverged:
+    raise DivergenceError(
+        f"{len(diverged)} of {len(specs)} experiments diverged ("
+        + ", ".join(f"{n} at round {t}" for n, t in diverged.items())
+        + f"); results.csv in {workdir} holds their rows before that and all the others'. "
+        + experiment.divergence_advice(c.lr, max(s.mu for s in specs)) + ".")
   return results

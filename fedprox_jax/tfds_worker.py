@@ -83,8 +83,22 @@ def export(data_dir: str, download: bool, out: str) -> None:
 
   mirror = os.environ.get(MIRROR_ENV, "")
   url = _use_mirror(tfds, mirror) if mirror else tfds.image_classification.MNIST.URL
-  builder = tfds.builder("mnist", data_dir=data_dir)
+  damaged = (f"Delete {os.path.join(data_dir, 'mnist')} and run again to re-download it "
+             "(--config.download=True), or point --config.data_dir at another copy.")
+  try:
+    builder = tfds.builder("mnist", data_dir=data_dir)
+  except ImportError:
+    raise
+  except Exception as e:  # a damaged dataset_info.json / features.json
+    raise WorkerError(f"the prepared MNIST in {data_dir} is damaged ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}). " + damaged) from e
   if not builder.is_prepared():
+    leftovers = [os.path.join(root, f) for root, _, files in os.walk(os.path.join(data_dir, "mnist"))
+                 for f in files]
+    if leftovers and not download:
+      raise WorkerError(f"{os.path.join(data_dir, 'mnist')} holds an incomplete or damaged MNIST "
+                        f"({len(leftovers)} files, e.g. {leftovers[0]}; TFDS does not see a "
+                        "prepared dataset there). " + damaged)
     if not download:
       raise WorkerError(f"MNIST is not in the TFDS data dir {data_dir} and download=False. "
                         "Set --config.download=True on a machine that is online, or point at "

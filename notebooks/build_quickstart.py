@@ -128,8 +128,11 @@ fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
 for variant, rows in results.items():
     rounds = [r["round"] for r in rows]
     ax_acc.plot(rounds, [r["test_accuracy"] for r in rows], label=variant)
-    ax_loss.plot(rounds, [r["train_loss"] for r in rows], label=variant)
-ax_acc.set(xlabel="round", ylabel="test accuracy"); ax_loss.set(xlabel="round", ylabel="train loss")
+    # None: every client was dropped that round, so there is no local loss
+    ax_loss.plot(rounds, [float("nan") if r["local_train_loss"] is None else r["local_train_loss"]
+                          for r in rows], label=variant)
+ax_acc.set(xlabel="round", ylabel="test accuracy")
+ax_loss.set(xlabel="round", ylabel="local train loss (sampled clients)")
 ax_acc.legend(); ax_loss.legend()
 plt.show()
 """

@@ -1,7 +1,9 @@
-"""Test helpers: small generated federated data (no MNIST needed)."""
+"""Test helpers: small generated data (no MNIST needed), tiny configs, row comparisons."""
 
 import gzip
 import os
+
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -49,3 +51,63 @@ def write_idx_dir(directory, num_train, num_test, gz=True, seed=0):
     with (gzip.open(path, "wb") if gz else open(path, "wb")) as f:
       f.write(raw)
   return arrays
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+from configs import mnist as mnist_config  # noqa: E402
+from fedprox_jax import data as data_lib  # noqa: E402
+from fedprox_jax import experiment  # noqa: E402
+
+
+def tiny_mnist(num_train=2000, num_test=200, seed=0):
+  """An MNIST-shaped dataset whose digits are learnable (class means plus noise)."""
+  rng = np.random.default_rng(seed)
+  labels = (np.arange(num_train) % 10).astype(np.int32)
+  means = rng.integers(0, 256, (10, 28, 28, 1))
+  noise = lambda n: rng.integers(-40, 40, (n, 28, 28, 1))
+  train = np.clip(means[labels] + noise(num_train), 0, 255).astype(np.uint8)
+  test_labels = (np.arange(num_test) % 10).astype(np.int32)
+  test = np.clip(means[test_labels] + noise(num_test), 0, 255).astype(np.uint8)
+  return data_lib.Mnist(train, labels, test, test_labels)
+
+
+def tiny_run_config(**overrides):
+  """A single run of a few seconds: logistic regression, 20 clients, 5 per round."""
+  c = mnist_config.get_config("fedprox")
+  c.update(dict(model="mlr", num_clients=20, clients_per_round=5, num_rounds=6, local_epochs=2,
+                checkpoint_every=2, stragglers_fraction=0.5, tensorboard=False))
+  c.update(overrides)
+  return c
+
+
+def tiny_sweep_config(variant="figure1_paper", **overrides):
+  """A sweep of 8 experiments (2 algorithms x 2 straggler levels x 2 seeds), 3 rounds."""
+  c = mnist_config.get_config(variant)
+  c.update(dict(model="mlr", num_clients=20, clients_per_round=5, num_rounds=3,
+                local_epochs=2, min_per_client=10))
+  c.sweep.update(dict(algorithms="fedavg,fedprox", stragglers="0.5,0.9", seeds=2))
+  c.update(overrides)
+  return experiment.validate_config(c)  # protocol values filled in, as run_sweep does
+
+
+def assert_same_rows(a: list, b: list, keys, rtol=0.0, atol=0.0, rounds=None):
+  """Rows of two runs agree on ``keys`` round by round; never passes on empty results."""
+  assert len(a) == len(b) > 0, (len(a), len(b))
+  assert [r["round"] for r in a] == [r["round"] for r in b]
+  if rounds is not None:
+    assert [r["round"] for r in a] == list(rounds)
+  for x, y in zip(a, b):
+    for k in keys:
+      if x[k] is None or y[k] is None:
+        assert x[k] is None and y[k] is None, (k, x[k], y[k])
+      else:
+        np.testing.assert_allclose(x[k], y[k], rtol=rtol, atol=atol, err_msg=f"{k} round {x['round']}")
+
+
+def read_rows(path, drop=("wall_time",)):
+  """A JSON-lines file's rows without the fields that differ between identical runs."""
+  import json
+  with open(path) as f:
+    return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in f]

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from fedprox_jax import client, models
+from fedprox_jax import client, models, reference
 from fedprox_jax.lanes import ClientPlan, run_lanes
 from helpers import make_federated_data, tree_max_abs_diff
 
@@ -105,11 +105,11 @@ def test_client_update_runs_epochs_times_ceil_n_over_b_steps():
   data = make_federated_data([3, 23])
   hp = client.LocalHParams(lr=jnp.float32(0.05), mu=jnp.float32(0.5))
   w0, key = _params(), jax.random.key(7)
-  params, metrics = client.client_update(MLR.apply, w0, data, 3, 23, 2, key, hp, batch_size=4,
-                                         max_size=23, max_epochs=3)
+  params, metrics = reference.client_update(MLR.apply, w0, data, 3, 23, 2, key, hp,
+                                            batch_size=4, max_size=23, max_epochs=3)
   assert int(metrics.num_steps) == 2 * 6
-  reference = _explicit_sgd(data, 3, 23, key, 12, hp, 4, 23, 3, w0)
-  assert tree_max_abs_diff(params, reference) < 1e-5
+  explicit = _explicit_sgd(data, 3, 23, key, 12, hp, 4, 23, 3, w0)
+  assert tree_max_abs_diff(params, explicit) < 1e-5
 
 
 def test_k_active_steps_inside_a_longer_masked_loop_equal_exactly_k_steps():
@@ -125,8 +125,8 @@ def test_k_active_steps_inside_a_longer_masked_loop_equal_exactly_k_steps():
   aggregate, _, stats = run_lanes(MLR.apply, w0, data, plan, hp, batch_size=4, max_size=40,
                                   max_epochs=3, num_lanes=2)
   assert int(stats.loop_steps) == 30
-  exactly_k, metrics = client.client_update(MLR.apply, w0, data, 0, 9, 1, keys[0], hp,
-                                            batch_size=4, max_size=40, max_epochs=3)
+  exactly_k, metrics = reference.client_update(MLR.apply, w0, data, 0, 9, 1, keys[0], hp,
+                                               batch_size=4, max_size=40, max_epochs=3)
   assert int(metrics.num_steps) == 3
   assert tree_max_abs_diff(aggregate, exactly_k) < 1e-6
   # ... and it moved: the masked lane did real work for its 3 steps.

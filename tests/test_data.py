@@ -104,3 +104,20 @@ def test_normalize_table_equals_the_arithmetic():
   got = data.normalize(pixels)
   assert got.dtype == np.float32 and got.shape == pixels.shape
   np.testing.assert_array_equal(got, expected)
+
+
+@needs_mnist
+@pytest.mark.parametrize("damage", ["missing_info", "garbage_info"])
+def test_damaged_tfds_copy_is_reported_as_damaged_not_missing(tmp_path, damage):
+  import shutil
+  copy = tmp_path / "tfds"
+  shutil.copytree(os.path.join(SHARED_DATA, "tensorflow_datasets"), copy)
+  (info,) = copy.glob("mnist/*/dataset_info.json")
+  if damage == "missing_info":
+    info.unlink()
+  else:
+    info.write_text("garbage")
+  with pytest.raises(data.DataError, match="damaged") as e:
+    data.load_mnist("tfds", str(copy), download=False)
+  assert "not in the TFDS data dir" not in str(e.value)
+  assert f"Delete {copy / 'mnist'}" in str(e.value)

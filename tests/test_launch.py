@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fedprox_jax import simulate
+from fedprox_jax import errors, experiment, simulate
 from helpers import write_idx_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,7 +21,7 @@ def test_variants():
   assert (fedavg.mu, fedavg.stragglers_fraction, fedavg.drop_stragglers) == (0.0, 0.9, True)
   assert (mu0.mu, mu0.drop_stragglers) == (0.0, False)
   for c in (fedprox, fedavg, mu0):  # the seed's defaults
-    c = simulate.validate_config(c)
+    c = experiment.validate_config(c)
     assert (c.num_clients, c.clients_per_round, c.num_rounds, c.local_epochs, c.batch_size,
             c.lr, c.model) == (1000, 10, 100, 10, 10, 0.03, "cnn")
 
@@ -45,7 +45,7 @@ def test_unknown_variant_lists_valid_ones():
     ("sampling", "random", "config.sampling='random': use one of"),
     ("straggler_rule", "coin", "config.straggler_rule='coin': use one of"),
     ("weighting", "equal", "config.weighting='equal': use one of"),
-    ("num_lanes", -1, "config.num_lanes=-1: must be >= 0"),
+    ("num_lanes", -1, "config.num_lanes=-1: must be an integer >= 0"),
     ("num_rounds", 0, "config.num_rounds=0: must be an integer >= 1"),
     ("num_clients", 0, "config.num_clients=0: must be an integer >= 1"),
     ("clients_per_round", 0, "config.clients_per_round=0: must be an integer >= 1"),
@@ -53,8 +53,8 @@ def test_unknown_variant_lists_valid_ones():
     ("min_per_client", 0, "config.min_per_client=0: must be an integer >= 1"),
     ("labels_per_client", 11, "config.labels_per_client=11: must be between 1 and 10"),
     ("lognormal_sigma", 0.0, "config.lognormal_sigma=0.0: must be > 0"),
-    ("eval_batch_size", -1, "config.eval_batch_size=-1: must be >= 0"),
-    ("train_subset", -5, "config.train_subset=-5: must be >= 0"),
+    ("eval_batch_size", -1, "config.eval_batch_size=-1: must be an integer >= 0"),
+    ("train_subset", -5, "config.train_subset=-5: must be an integer >= 0"),
     ("mode", "grid", "config.mode='grid': use 'single' or 'sweep'"),
     ("protocol", "flower", "config.protocol='flower': use one of"),
     ("mu", float("nan"), "config.mu=nan: must be a finite number >= 0"),
@@ -63,19 +63,19 @@ def test_unknown_variant_lists_valid_ones():
 def test_validate_config_names_field_value_and_fix(field, value, match):
   c = mnist_config.get_config("fedprox")
   c[field] = value
-  with pytest.raises(simulate.ConfigError, match=match):
-    simulate.validate_config(c)
+  with pytest.raises(errors.ConfigError, match=match):
+    experiment.validate_config(c)
 
 
 def test_unwritable_workdir_is_a_clear_error(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
-  with pytest.raises(simulate.ConfigError, match="cannot be written.*writable place"):
+  with pytest.raises(errors.WorkdirError, match="cannot be written.*writable place"):
     simulate.run(mnist_config.get_config("fedprox"), str(blocker / "run"))
 
 
-def _launch(*args, cwd=ROOT):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+def _launch(*args, cwd=ROOT, env=None):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
   return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=cwd,
                         env=env, capture_output=True, text=True, timeout=300)
 
@@ -119,7 +119,7 @@ def test_launch_tiny_run_writes_complete_workdir(tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   rows2 = [json.loads(line) for line in (tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()]
   strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_time"} for r in rs]
-  assert strip(rows) == strip(rows2)
+  assert len(rows) == 2 and strip(rows) == strip(rows2)
 
   # A finished workdir is not overwritten.
   third = _launch(*_tiny_args(tmp_path / "idx", workdir))
@@ -153,10 +153,100 @@ def test_launch_rejects_bad_flags_in_one_line(tmp_path, args, match):
 
 @pytest.mark.parametrize("config,match", [
     ("mnist.py:scaffold", "unknown variant 'scaffold'"),
-    ("missing.py:fedprox", "cannot load the --config file"),
+    ("missing.py:fedprox", "missing.py' not found"),
 ])
 def test_launch_rejects_unknown_variant_and_config_file(tmp_path, config, match):
   result = _launch("--config=" + os.path.join(ROOT, "configs", config), f"--workdir={tmp_path}")
   assert result.returncode == 2 and match in result.stderr
   assert "fedprox, fedavg, fedprox_mu0" in result.stderr or "missing.py" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def _corrupt_gz(directory):
+  path = os.path.join(directory, "train-images-idx3-ubyte.gz")
+  raw = bytearray(open(path, "rb").read())
+  raw[40:60] = bytes(20)  # inside the deflate stream: a zlib error, not a short read
+  open(path, "wb").write(bytes(raw))
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--config.num_devices=64"], "num_devices=64: this process sees 1 device"),
+    (["--config.seed=99999999999999"], "config.seed=99999999999999: must be an integer from 0"),
+    (["--config.mode=sweep", "--config.sweep.experiments_per_program=-1"],
+     "experiments_per_program=-1: must be an integer >= 0"),
+    (["--config.mode=sweep", "--config.sweep.mu=-1"], "sweep.mu=-1.0: must be a finite number > 0"),
+    ("corrupt_gz", "could not be read"),
+    ("partial_multihost", "JAX_COORDINATOR_ADDRESS is set but JAX_NUM_PROCESSES and JAX_PROCESS_ID"),
+])
+def test_launch_more_bad_inputs_exit_with_one_line(tmp_path, extra, match):
+  write_idx_dir(tmp_path / "idx", num_train=200, num_test=20)
+  env = {}
+  if extra == "corrupt_gz":
+    _corrupt_gz(tmp_path / "idx")
+  if extra == "partial_multihost":
+    env = {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234"}
+  args = _tiny_args(tmp_path / "idx", tmp_path / "run", *(extra if isinstance(extra, list) else []))
+  result = _launch(*args, env=env)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert match in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+  # A failed start leaves nothing that blocks the corrected command.
+  assert not (tmp_path / "run" / "config.json").exists()
+  assert not (tmp_path / "run" / "results.csv").exists()
+
+
+def test_launch_finds_the_projects_config_from_another_directory(tmp_path):
+  # A relative config path that only exists under the project: found there (the run then
+  # stops at the device check, before any data is read).
+  result = _launch("--config=configs/mnist.py:fedprox", "--config.num_devices=64",
+                   f"--workdir={tmp_path}/run", cwd=str(tmp_path))
+  assert result.returncode == 2 and "num_devices=64" in result.stderr, result.stderr[-2000:]
+  missing = _launch("--config=configs/nope.py:fedprox", "--config.mu=2", cwd=str(tmp_path))
+  assert missing.returncode == 2 and "config file 'configs/nope.py' not found" in missing.stderr
+  assert "Traceback" not in missing.stderr
+
+
+def test_help_lists_every_config_field():
+  import launch
+  documented = launch.config_fields_help(os.path.join(ROOT, "configs", "mnist.py"))
+  assert all(documented.values()), [k for k, v in documented.items() if not v]
+
+  def names(d, prefix=""):
+    for k, v in d.items():
+      yield from names(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + k]
+  assert set(names(mnist_config.get_config("fedprox").to_dict())) == set(documented)
+  result = _launch("--help")
+  assert result.returncode == 0 and "sweep.experiments_per_program" in result.stdout
+  assert "local_epochs" in result.stdout and "the protocol's value" in result.stdout
+
+
+def test_ctrl_c_stops_in_one_line_and_the_run_resumes(tmp_path):
+  import signal
+  import time
+  write_idx_dir(tmp_path / "idx", num_train=2000, num_test=300)
+  args = _tiny_args(tmp_path / "idx", tmp_path / "run", "--config.num_rounds=60",
+                    "--config.checkpoint_every=50")
+  proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=ROOT,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  metrics = tmp_path / "run" / "metrics.jsonl"
+  deadline = time.time() + 120
+  while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err[-2000:]
+  assert "error: stopped by SIGINT after round" in err and "Traceback" not in err
+  stopped_at = int(err.split("stopped by SIGINT after round ")[1].split(",")[0])
+  resumed = _launch(*args)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f"resuming {tmp_path / 'run'} after round {stopped_at}" in resumed.stderr
+  rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+  assert [r["round"] for r in rows] == list(range(1, 61))
+
+
+def test_plots_on_a_damaged_results_csv_is_one_line(tmp_path):
+  (tmp_path / "results.csv").write_text("experiment,algorithm\nx\n")
+  result = subprocess.run([sys.executable, "-m", "fedprox_jax.plots", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2 and "is damaged" in result.stderr
   assert "Traceback" not in result.stderr

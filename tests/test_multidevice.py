@@ -3,7 +3,6 @@
 Each check runs in a fresh process, because the device count is fixed when JAX starts.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -25,7 +24,7 @@ def test_sharded_round_equals_single_device_round():
   _run_with_devices("""
     import jax
     from helpers import make_federated_data, tree_max_abs_diff
-    from fedprox_jax import distributed, models, server
+    from fedprox_jax import distributed, models, reference, server
     assert jax.device_count() == 8
     data = make_federated_data([1, 7, 10, 23, 95, 12, 40, 5, 66, 3])
     for name in ("mlr", "cnn"):
@@ -47,7 +46,7 @@ def test_sharded_round_equals_single_device_round():
       for n in (2, 4, 8):
         assert tree_max_abs_diff(outs[n][0], outs[1][0]) < 1e-5, (name, n)
         assert abs(outs[n][1] - outs[1][1]) < 1e-5
-      looped, _ = server.looped_round(model.apply, spec, params, data, hp, jax.random.key(3))
+      looped, _ = reference.looped_round(model.apply, spec, params, data, hp, jax.random.key(3))
       assert tree_max_abs_diff(outs[8][0], looped) < 2e-5
     print("ok")
   """)
@@ -55,68 +54,64 @@ def test_sharded_round_equals_single_device_round():
 
 def test_sharded_sweep_equals_unsharded_sweep():
   _run_with_devices("""
-    import numpy as np
-    from fedprox_jax import distributed, models, simulate, sweep
-    from test_sweep import _tiny_config, _tiny_mnist
-    c = _tiny_config()
+    from fedprox_jax import distributed, experiment, sweep
+    from helpers import assert_same_rows, tiny_mnist, tiny_sweep_config
+    c = tiny_sweep_config()
     c.sweep.stragglers = "0.5"  # 2 algorithms x 1 level x 2 seeds = 4 experiments...
     c.sweep.algorithms = "fedavg,fedprox_mu0,fedprox"  # ... made 6: not a multiple of 4
-    exp = simulate.prepare_experiment(c, _tiny_mnist())
+    setup = experiment.prepare(c, tiny_mnist(), lanes_over_devices=False)
     specs = sweep.experiment_grid(c)
     assert len(specs) == 6
-    model = models.make_model("mlr")
-    base = sweep.run_experiments(c, exp, specs, model, {2, 3}, distributed.make_mesh(1))
+    base, _ = sweep.run_experiments(setup, specs, {2, 3}, distributed.make_mesh(1))
     for n in (2, 4, 8):
-      sharded = sweep.run_experiments(c, exp, specs, model, {2, 3}, distributed.make_mesh(n))
-      assert sharded.keys() == base.keys()
+      sharded, _ = sweep.run_experiments(setup, specs, {2, 3}, distributed.make_mesh(n))
+      assert sharded.keys() == base.keys() and len(base) == 6
       for name in base:
-        for a, b in zip(base[name], sharded[name]):
-          for k in ("test_accuracy", "train_loss", "dissimilarity"):
-            np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5)
+        assert_same_rows(base[name], sharded[name],
+                         ("test_accuracy", "global_train_loss", "dissimilarity"),
+                         rtol=1e-4, atol=1e-5, rounds=[2, 3])
     print("ok")
   """)
 
 
 def test_launch_uses_all_devices_and_matches_one_device(tmp_path):
-  out = _run_with_devices(f"""
-    import json, sys
+  _run_with_devices(f"""
+    import json
     from fedprox_jax import simulate
-    from test_sweep import _tiny_mnist
-    from configs import mnist as mnist_config
-    rows = {{}}
-    for n in (1, 8):
-      c = mnist_config.get_config("fedprox")
-      c.update(dict(model="mlr", num_clients=20, clients_per_round=5, num_rounds=3,
-                    local_epochs=2, num_devices=n, tensorboard=False))
+    from helpers import assert_same_rows, read_rows, tiny_mnist, tiny_run_config
+    rows, configs = {{}}, {{}}
+    for n in (0, 1):  # 0 = all (8) devices
       workdir = "{tmp_path}/run%d" % n
-      simulate.run(c, workdir, mnist=_tiny_mnist())
-      rows[n] = [json.loads(l) for l in open(workdir + "/metrics.jsonl")]
-    for a, b in zip(rows[1], rows[8]):
-      assert abs(a["test_accuracy"] - b["test_accuracy"]) < 1e-6
-      assert abs(a["train_loss"] - b["train_loss"]) < 1e-5
-    print("lanes", rows[8][0]["executed_steps"] // max(1, rows[1][0]["executed_steps"]))
+      simulate.run(tiny_run_config(num_rounds=3, num_devices=n), workdir, mnist=tiny_mnist())
+      rows[n] = read_rows(workdir + "/metrics.jsonl")
+      configs[n] = json.load(open(workdir + "/config.json"))
+    # config.json records what was used: 8 devices, lanes rounded up to fill them.
+    assert (configs[0]["num_devices"], configs[0]["num_lanes"]) == (8, 8), configs[0]
+    assert (configs[1]["num_devices"], configs[1]["num_lanes"]) == (1, 1), configs[1]
+    assert_same_rows(rows[0], rows[1], ("test_accuracy", "local_train_loss"), atol=1e-5,
+                     rounds=[1, 2, 3])
+    assert rows[0][0]["useful_steps"] == rows[1][0]["useful_steps"] > 0
+    print("ok")
   """)
-  assert "lanes" in out
 
 
-def test_two_processes_on_localhost_match_one_process(tmp_path):
-  """Multi-host path: 2 processes x 2 CPU devices (gloo collectives) == 1 process, 1 device."""
+def _two_processes(tmp_path, body: str):
+  """Runs ``body`` (with ``mode`` = sys.argv[1], ``workdir`` = sys.argv[2]) once in one
+  process with one device, then as 2 processes x 2 CPU devices (gloo) on one shared workdir."""
   import socket
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   script = tmp_path / "worker.py"
   script.write_text(textwrap.dedent("""
-    import json, sys
-    from fedprox_jax import distributed, simulate
+    import sys
+    from fedprox_jax import distributed
     distributed.maybe_initialize()
     import jax
-    from test_sweep import _tiny_mnist
-    from configs import mnist as mnist_config
-    c = mnist_config.get_config("fedprox")
-    c.update(dict(model="mlr", num_clients=20, clients_per_round=5, num_rounds=3,
-                  local_epochs=2, tensorboard=False, num_devices=int(sys.argv[1])))
-    simulate.run(c, sys.argv[2], mnist=_tiny_mnist())
+    from helpers import tiny_mnist, tiny_run_config, tiny_sweep_config
+    workdir = sys.argv[2]
+    num_devices = int(sys.argv[1])
+  """) + textwrap.dedent(body) + textwrap.dedent("""
     print("devices", jax.device_count(), "process", jax.process_index())
   """))
   env = dict(os.environ, JAX_PLATFORMS="cpu",
@@ -133,8 +128,35 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
     assert "devices 4" in out
-  read = lambda d: [json.loads(l) for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
-  for a, b in zip(read("single"), read("multi")):
-    assert a["round"] == b["round"]
-    assert abs(a["test_accuracy"] - b["test_accuracy"]) < 1e-6
-    assert abs(a["train_loss"] - b["train_loss"]) < 1e-5
+
+
+def test_two_processes_on_localhost_match_one_process(tmp_path):
+  """Multi-host path: 2 processes x 2 CPU devices (gloo collectives) == 1 process, 1 device."""
+  from helpers import assert_same_rows, read_rows
+  _two_processes(tmp_path, """
+    from fedprox_jax import simulate
+    simulate.run(tiny_run_config(num_rounds=3, num_devices=num_devices), workdir,
+                 mnist=tiny_mnist())
+  """)
+  # Only process 0 writes: a second writer would duplicate every row.
+  assert_same_rows(read_rows(tmp_path / "single" / "metrics.jsonl"),
+                   read_rows(tmp_path / "multi" / "metrics.jsonl"),
+                   ("test_accuracy", "local_train_loss"), atol=1e-5, rounds=[1, 2, 3])
+
+
+def test_two_process_sweep_matches_one_process(tmp_path):
+  """A sweep over 2 processes x 2 devices (experiments spread over all 4) == 1 process."""
+  from fedprox_jax import plots
+  _two_processes(tmp_path, """
+    from fedprox_jax import sweep
+    c = tiny_sweep_config(num_devices=num_devices)
+    c.sweep.seeds = 1  # 4 experiments: one per device
+    sweep.run_sweep(c, workdir, mnist=tiny_mnist())
+  """)
+  single = plots.read_results_csv(str(tmp_path / "single" / "results.csv"))
+  multi = plots.read_results_csv(str(tmp_path / "multi" / "results.csv"))
+  assert len(single) == len(multi) == 4 * 3  # 4 experiments x 3 rounds; no duplicates
+  for a, b in zip(single, multi):
+    assert (a["experiment"], a["round"]) == (b["experiment"], b["round"])
+    for k in ("test_accuracy", "global_train_loss", "dissimilarity"):
+      assert abs(a[k] - b[k]) < 1e-4, (k, a, b)

@@ -1,31 +1,33 @@
-"""Checkpoint and resume, corrupted checkpoints, config changes, divergence, TensorBoard."""
+"""Crash safety of single runs: kills at any instant, signals, locks, resume rules, divergence.
+
+Every resumed run is compared row by row with an uninterrupted run of the same config.
+"""
 
 import glob
-import json
 import os
+import random
+import signal
 import struct
+import subprocess
 import sys
+import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from fedprox_jax import checkpoints, server, simulate
-from test_sweep import _tiny_mnist
+from fedprox_jax import checkpoints, errors, experiment, outputs, plots, server, simulate, sweep
+from fedprox_jax import workdir as workdir_lib
+from helpers import ROOT, assert_same_rows, read_rows, tiny_mnist, tiny_run_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from configs import mnist as mnist_config  # noqa: E402
-
-MNIST = _tiny_mnist()
+MNIST = tiny_mnist()
+FIELDS = ("test_accuracy", "test_loss", "local_train_loss", "num_stragglers", "num_aggregated",
+          "useful_steps", "executed_steps")
 
 
 def _config(**overrides):
-  c = mnist_config.get_config("fedprox")
-  c.update(dict(model="mlr", num_clients=20, clients_per_round=5, num_rounds=6, local_epochs=2,
-                checkpoint_every=2, stragglers_fraction=0.5))
-  c.update(overrides)
-  return c
+  return tiny_run_config(**overrides)
 
 
 class Killed(Exception):
@@ -39,27 +41,241 @@ def _kill_at(round_index):
   return on_round
 
 
-def _metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [{k: v for k, v in json.loads(line).items() if k != "wall_time"} for line in f]
+def _rows(workdir):
+  return read_rows(os.path.join(workdir, "metrics.jsonl"))
+
+
+def _same_as(rows, expected):
+  assert_same_rows(rows, expected, FIELDS, rounds=[r["round"] for r in expected])
+  assert rows == expected  # bit-identical floats on CPU
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("full"))
   simulate.run(_config(), workdir, mnist=MNIST)
-  return _metrics(workdir)
+  rows = _rows(workdir)
+  assert [r["round"] for r in rows] == [1, 2, 3, 4, 5, 6]
+  return rows
 
 
 @pytest.mark.parametrize("kills", [(3,), (2, 5), (1, 4, 6)])
-def test_kill_and_resume_equals_uninterrupted_run(tmp_path, uninterrupted, kills):
+def test_kill_after_a_round_and_resume_equals_uninterrupted_run(tmp_path, uninterrupted, kills):
   workdir = str(tmp_path)
   for k in kills:
     with pytest.raises(Killed):
       simulate.run(_config(), workdir, mnist=MNIST, on_round=_kill_at(k))
   summary = simulate.run(_config(), workdir, mnist=MNIST)
-  assert summary["resumed_after_round"] == (kills[-1] // 2) * 2 or None
-  assert _metrics(workdir) == uninterrupted  # bit-identical floats on CPU
+  last = kills[-1] // 2 * 2  # the newest checkpoint (checkpoint_every = 2, and round 6)
+  assert summary["resumed_after_round"] == (last or None)
+  _same_as(_rows(workdir), uninterrupted)
+
+
+def _kill_during_save(monkeypatch, round_index):
+  """A kill after round ``round_index``'s row is written, before its checkpoint commits."""
+  real = checkpoints.Checkpoints.save
+
+  def save(self, t, state):
+    if t == round_index:
+      raise Killed(t)
+    return real(self, t, state)
+  monkeypatch.setattr(checkpoints.Checkpoints, "save", save)
+
+
+@pytest.mark.parametrize("round_index", [2, 4, 6])
+def test_kill_between_row_and_checkpoint_loses_no_row(tmp_path, monkeypatch, uninterrupted,
+                                                       round_index):
+  with monkeypatch.context() as m:
+    _kill_during_save(m, round_index)
+    with pytest.raises(Killed):
+      simulate.run(_config(), str(tmp_path), mnist=MNIST)
+  summary = simulate.run(_config(), str(tmp_path), mnist=MNIST)
+  _same_as(_rows(str(tmp_path)), uninterrupted)
+  assert summary["final_test_accuracy"] == uninterrupted[-1]["test_accuracy"]
+
+
+def test_one_round_run_killed_before_its_checkpoint_resumes(tmp_path, monkeypatch):
+  full = str(tmp_path / "full")
+  simulate.run(_config(num_rounds=1), full, mnist=MNIST)
+  with monkeypatch.context() as m:
+    _kill_during_save(m, 1)
+    with pytest.raises(Killed):
+      simulate.run(_config(num_rounds=1), str(tmp_path / "killed"), mnist=MNIST)
+  summary = simulate.run(_config(num_rounds=1), str(tmp_path / "killed"), mnist=MNIST)
+  assert summary["final_round"] == 1
+  _same_as(_rows(str(tmp_path / "killed")), _rows(full))
+
+
+def test_damaged_last_line_does_not_block_resume(tmp_path, uninterrupted):
+  workdir = str(tmp_path)
+  with pytest.raises(Killed):
+    simulate.run(_config(), workdir, mnist=MNIST, on_round=_kill_at(3))
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write('{"round": 4, "test_acc')  # a kill in the middle of writing a row
+  simulate.run(_config(), workdir, mnist=MNIST)
+  _same_as(_rows(workdir), uninterrupted)
+
+
+def test_wall_time_counts_every_segment(tmp_path):
+  workdir = str(tmp_path)
+  with pytest.raises(Killed):
+    simulate.run(_config(), workdir, mnist=MNIST, on_round=_kill_at(4))
+  before = outputs.read_jsonl(os.path.join(workdir, "metrics.jsonl"))[-1]["wall_time"]
+  summary = simulate.run(_config(), workdir, mnist=MNIST)
+  times = [r["wall_time"] for r in outputs.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+  assert times == sorted(times) and times[3] == before
+  assert summary["rounds_loop_seconds"] == times[-1] > before
+  assert summary["seconds_per_round"] == pytest.approx(times[-1] / 6)
+
+
+_WORKER = textwrap.dedent("""
+    import sys
+    from fedprox_jax import signals, simulate
+    from helpers import tiny_mnist, tiny_run_config
+    signals.install()
+    simulate.run(tiny_run_config(num_rounds=int(sys.argv[2]), checkpoint_every=1), sys.argv[1],
+                 mnist=tiny_mnist())
+""")
+
+
+def _start_worker(workdir, num_rounds):
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
+  return subprocess.Popen([sys.executable, "-c", _WORKER, str(workdir), str(num_rounds)],
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+
+
+def _lines(path):
+  return path.read_text().count("\n") if path.exists() else 0
+
+
+def _wait_for_rows(proc, path, count, timeout=120):
+  """Waits until ``path`` has ``count`` lines (True) or the process ended (False)."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if _lines(path) >= count:
+      return True
+    if proc.poll() is not None:
+      return False
+    time.sleep(0.005)
+  raise AssertionError(f"no row {count} within {timeout}s")
+
+
+def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
+  """Real kills (SIGKILL) at random instants of the round loop of a run that checkpoints every
+  round: during rounds, row writes, checkpoint saves, and between them."""
+  num_rounds = 12
+  reference = _start_worker(tmp_path / "full", num_rounds)
+  assert _wait_for_rows(reference, tmp_path / "full" / "metrics.jsonl", 1)
+  first_row = time.perf_counter()
+  assert reference.wait(timeout=300) == 0, reference.stderr.read()[-3000:]
+  loop_seconds = time.perf_counter() - first_row
+  rng = random.Random(1234)
+  workdir, metrics, kills = tmp_path / "killed", tmp_path / "killed" / "metrics.jsonl", 0
+  while not (workdir / "summary.json").exists():
+    assert kills < 12, "the run never finished"
+    proc = _start_worker(workdir, num_rounds)
+    if kills < 6 and _wait_for_rows(proc, metrics, _lines(metrics) + 1):
+      time.sleep(rng.uniform(0, 2 * loop_seconds / num_rounds))  # any phase of a round
+      proc.send_signal(signal.SIGKILL)
+      proc.wait()
+      kills += 1
+    else:
+      assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+  assert kills >= 3
+  _same_as(_rows(workdir), _rows(tmp_path / "full"))
+
+
+def test_sigterm_stops_cleanly_and_resumes(tmp_path):
+  num_rounds = 40  # far more than the 2 rounds it gets before the signal
+  proc = _start_worker(tmp_path / "stopped", num_rounds)
+  deadline = time.time() + 120
+  metrics = tmp_path / "stopped" / "metrics.jsonl"
+  while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode != 0, "the run ended before SIGTERM: raise num_rounds"
+  assert "stopped by SIGTERM after round" in err and "to resume" in err, err[-2000:]
+  c = _config(num_rounds=num_rounds, checkpoint_every=1)
+  summary = simulate.run(c, str(tmp_path / "stopped"), mnist=MNIST)
+  assert 2 <= summary["resumed_after_round"] < num_rounds
+  simulate.run(c, str(tmp_path / "full"), mnist=MNIST)
+  _same_as(_rows(str(tmp_path / "stopped")), _rows(str(tmp_path / "full")))
+
+
+def test_workdir_is_locked_while_a_run_uses_it(tmp_path):
+  with workdir_lib.Workdir(str(tmp_path), "run", _config().to_dict()):
+    with pytest.raises(errors.WorkdirError, match="is in use by process"):
+      simulate.run(_config(), str(tmp_path), mnist=MNIST)
+  simulate.run(_config(num_rounds=2), str(tmp_path), mnist=MNIST)  # free again
+
+
+def test_default_workdirs_of_one_second_differ(tmp_path, monkeypatch):
+  import datetime
+  monkeypatch.chdir(tmp_path)
+  now = datetime.datetime(2026, 1, 2, 3, 4, 5)
+  first, second = workdir_lib.default_workdir(now), workdir_lib.default_workdir(now)
+  assert first != second and os.path.isdir(first) and os.path.isdir(second)
+
+
+def test_sweep_never_writes_into_a_finished_run(tmp_path):
+  simulate.run(_config(num_rounds=2), str(tmp_path), mnist=MNIST)
+  before = {p: os.path.getmtime(p) for p in glob.glob(str(tmp_path / "*"))}
+  c = _config(mode="sweep")
+  with pytest.raises(errors.WorkdirError, match="holds a finished run"):
+    sweep.run_sweep(c, str(tmp_path), mnist=MNIST)
+  assert {p: os.path.getmtime(p) for p in glob.glob(str(tmp_path / "*"))} == before
+
+
+def test_sweep_never_resumes_an_unfinished_run(tmp_path):
+  with pytest.raises(Killed):
+    simulate.run(_config(), str(tmp_path), mnist=MNIST, on_round=_kill_at(2))
+  with pytest.raises(errors.WorkdirError, match="holds an unfinished run, and this is a sweep"):
+    sweep.run_sweep(_config(mode="sweep"), str(tmp_path), mnist=MNIST)
+
+
+def test_failed_start_leaves_the_workdir_usable(tmp_path):
+  with pytest.raises(errors.ConfigError, match="num_devices=64: this process sees 1 device"):
+    simulate.run(_config(num_devices=64), str(tmp_path), mnist=MNIST)
+  with pytest.raises(errors.ConfigError, match="cannot partition"):
+    simulate.run(_config(num_clients=25), str(tmp_path), mnist=MNIST)
+  assert not os.path.exists(tmp_path / "config.json")
+  simulate.run(_config(num_rounds=2), str(tmp_path), mnist=MNIST)
+
+
+def test_fields_that_change_no_result_may_change_on_resume(tmp_path, uninterrupted):
+  with pytest.raises(Killed):
+    simulate.run(_config(), str(tmp_path), mnist=MNIST, on_round=_kill_at(3))
+  # Where the data comes from, TensorBoard and the checkpoint interval do not block it ...
+  simulate.run(_config(data_dir="/elsewhere", download=False, tensorboard=True,
+                       checkpoint_every=3), str(tmp_path), mnist=MNIST)
+  _same_as(_rows(str(tmp_path)), uninterrupted)
+
+
+def test_config_change_on_resume_is_refused(tmp_path):
+  with pytest.raises(Killed):
+    simulate.run(_config(), str(tmp_path), mnist=MNIST, on_round=_kill_at(3))
+  with pytest.raises(errors.ConfigError, match=r"different config \(mu: 1.0 -> 0.5\)"):
+    simulate.run(_config(mu=0.5), str(tmp_path), mnist=MNIST)
+
+
+def test_other_data_on_resume_is_refused(tmp_path):
+  with pytest.raises(Killed):
+    simulate.run(_config(), str(tmp_path), mnist=MNIST, on_round=_kill_at(3))
+  with pytest.raises(errors.ConfigError, match="training data .* differs"):
+    simulate.run(_config(), str(tmp_path), mnist=tiny_mnist(seed=1))
+
+
+def test_config_json_records_the_layout_used_and_a_changed_layout_is_reported(tmp_path, caplog):
+  with pytest.raises(Killed):
+    simulate.run(_config(), str(tmp_path), mnist=MNIST, on_round=_kill_at(3))
+  saved = outputs.read_json(str(tmp_path / "config.json"))
+  assert (saved["num_lanes"], saved["num_devices"], saved["eval_batch_size"]) == (1, 1, 200)
+  assert saved["weight_decay"] == 0.001  # the protocol's value, not None
+  simulate.run(_config(num_lanes=2), str(tmp_path), mnist=MNIST)
+  assert "num_lanes 1 -> 2" in caplog.text
 
 
 def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, uninterrupted):
@@ -73,7 +289,7 @@ def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, uninterrup
       with open(path, "wb") as f:
         f.write(b"garbage")
   simulate.run(_config(), workdir, mnist=MNIST)
-  assert _metrics(workdir) == uninterrupted
+  _same_as(_rows(workdir), uninterrupted)
 
 
 def test_all_checkpoints_corrupted_fails_clearly(tmp_path):
@@ -88,12 +304,10 @@ def test_all_checkpoints_corrupted_fails_clearly(tmp_path):
     simulate.run(_config(), workdir, mnist=MNIST)
 
 
-def test_config_change_on_resume_is_refused(tmp_path):
-  workdir = str(tmp_path)
-  with pytest.raises(Killed):
-    simulate.run(_config(), workdir, mnist=MNIST, on_round=_kill_at(3))
-  with pytest.raises(simulate.ConfigError, match=r"different config \(mu: 1.0 -> 0.5\)"):
-    simulate.run(_config(mu=0.5), workdir, mnist=MNIST)
+def test_unwritable_checkpoints_directory_is_a_clear_error(tmp_path):
+  (tmp_path / "checkpoints").write_text("a file where the directory should be")
+  with pytest.raises(checkpoints.CheckpointError, match="cannot (write|use) the checkpoint"):
+    simulate.run(_config(), str(tmp_path), mnist=MNIST)
 
 
 def _poison_round(monkeypatch, round_index):
@@ -108,6 +322,7 @@ def _poison_round(monkeypatch, round_index):
       if len(calls) == round_index:
         params = jax.tree_util.tree_map(lambda a: a.at[(0,) * a.ndim].set(jnp.nan), params)
       return round_fn(params, data, hp, key)
+    poisoned._cache_size = round_fn._cache_size
     return poisoned
 
   monkeypatch.setattr(server, "make_round_fn", poisoned_make_round_fn)
@@ -115,25 +330,55 @@ def _poison_round(monkeypatch, round_index):
 
 def test_nan_injection_stops_with_round_and_keeps_last_checkpoint(tmp_path, monkeypatch):
   _poison_round(monkeypatch, 5)
-  with pytest.raises(simulate.DivergenceError, match="diverged at round 5") as e:
+  with pytest.raises(errors.DivergenceError, match="diverged at round 5") as e:
     simulate.run(_config(), str(tmp_path), mnist=MNIST)
   assert "last good checkpoint is round 4" in str(e.value)
   assert checkpoints.Checkpoints(os.path.join(tmp_path, "checkpoints")).steps() == [2, 4]
-  assert [r["round"] for r in _metrics(str(tmp_path))] == [1, 2, 3, 4]
+  assert [r["round"] for r in _rows(str(tmp_path))] == [1, 2, 3, 4]
 
 
 def test_divergence_between_evaluations_names_its_round(tmp_path, monkeypatch):
   """With eval_every = checkpoint_every = 3 the host looks at rounds 3 and 6 only; the
   round that diverged (5) is still the one named, and no non-finite model is checkpointed."""
   _poison_round(monkeypatch, 5)
-  with pytest.raises(simulate.DivergenceError, match="diverged at round 5.*round 3"):
+  with pytest.raises(errors.DivergenceError, match="diverged at round 5.*round 3"):
     simulate.run(_config(eval_every=3, checkpoint_every=3), str(tmp_path), mnist=MNIST)
   assert checkpoints.Checkpoints(os.path.join(tmp_path, "checkpoints")).steps() == [3]
 
 
 def test_real_divergence_from_a_huge_learning_rate(tmp_path):
-  with pytest.raises(simulate.DivergenceError, match="diverged at round 1.*Lower --config.lr"):
-    simulate.run(_config(lr=1e30), str(tmp_path), mnist=MNIST)
+  with pytest.raises(errors.DivergenceError, match="diverged at round 1.*Lower --config.lr"):
+    simulate.run(_config(lr=1e30, mu=0.0), str(tmp_path), mnist=MNIST)
+
+
+def test_divergence_from_lr_times_mu_above_2_says_lower_mu(tmp_path):
+  with pytest.raises(errors.DivergenceError, match=r"lr \* mu = 30 > 2.*lower --config.mu"):
+    simulate.run(_config(lr=0.3, mu=100.0), str(tmp_path), mnist=MNIST)
+  assert "raise" not in experiment.divergence_advice(0.3, 100.0)
+
+
+def test_all_dropped_rounds_record_no_local_loss(tmp_path):
+  c = _config(num_rounds=2, stragglers_fraction=1.0, drop_stragglers=True,
+              straggler_rule="exact")
+  simulate.run(c, str(tmp_path), mnist=MNIST)
+  rows = _rows(str(tmp_path))
+  assert len(rows) == 2 and all(r["all_dropped"] and r["local_train_loss"] is None for r in rows)
+  assert os.path.exists(tmp_path / "metrics.png")
+
+
+def test_plots_redraws_a_single_runs_figure(tmp_path):
+  simulate.run(_config(num_rounds=3, eval_every=2), str(tmp_path), mnist=MNIST)
+  os.remove(tmp_path / "metrics.png")
+  result = subprocess.run([sys.executable, "-m", "fedprox_jax.plots", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert os.path.exists(tmp_path / "metrics.png")
+
+
+def test_metrics_plot_breaks_lines_at_missing_rounds():
+  xs, ys = plots._with_gaps([2, 4, 8, 9], [0.1, 0.2, None, 0.4], 2)
+  assert xs[:2] == [2, 4] and xs[2] != xs[2] and xs[3:] == [8, 9]  # NaN between 4 and 8
+  assert ys[3] != ys[3]  # the undefined value is a gap too
 
 
 def _read_scalars(logdir):
@@ -154,10 +399,10 @@ def _read_scalars(logdir):
 
 
 def test_tensorboard_events_are_written_and_readable(tmp_path):
-  simulate.run(_config(num_rounds=3), str(tmp_path), mnist=MNIST)
+  simulate.run(_config(num_rounds=3, tensorboard=True), str(tmp_path), mnist=MNIST)
   scalars = _read_scalars(os.path.join(tmp_path, "tensorboard"))
-  rows = _metrics(str(tmp_path))
-  assert [step for step, _ in scalars["test_accuracy"]] == [1, 2, 3]
+  rows = _rows(str(tmp_path))
+  assert [step for step, _ in scalars["test_accuracy"]] == [1, 2, 3] == [r["round"] for r in rows]
   for (step, value), row in zip(scalars["test_accuracy"], rows):
     assert value == pytest.approx(row["test_accuracy"], rel=1e-6)
-  assert {"train_loss", "test_loss", "step_efficiency", "num_stragglers"} <= set(scalars)
+  assert {"local_train_loss", "test_loss", "step_efficiency", "num_stragglers"} <= set(scalars)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedprox_jax import client, models, server
+from fedprox_jax import client, models, reference, server
 from fedprox_jax.lanes import pack_lanes
 from helpers import HETERO_SIZES, tree_max_abs_diff
 
@@ -29,7 +29,7 @@ def test_vmapped_round_equals_looped_round(hetero_data, model_name, num_lanes, d
                              clients_per_round=K)
   key = jax.random.key(3)
   vmapped, m_vec = server.make_round_fn(model.apply, spec)(params, hetero_data, hp, key)
-  looped, m_loop = server.looped_round(model.apply, spec, params, hetero_data, hp, key)
+  looped, m_loop = reference.looped_round(model.apply, spec, params, hetero_data, hp, key)
   assert int(m_vec.num_stragglers) == 3  # 5 - round(2.5) = 5 - 2 (round half to even)
   assert tree_max_abs_diff(vmapped, params) > 1e-3  # the round did train
   assert tree_max_abs_diff(vmapped, looped) < 2e-5
@@ -50,13 +50,13 @@ def test_fedavg_drop_equals_aggregating_only_non_stragglers(hetero_data):
   assert keep.sum() == 2 and int(metrics.num_aggregated) == 2
   trained, sizes = [], []
   for i in np.flatnonzero(keep):
-    p, _ = client.client_update(model.apply, params, hetero_data, plan.offsets[i], plan.sizes[i],
+    p, _ = reference.client_update(model.apply, params, hetero_data, plan.offsets[i], plan.sizes[i],
                                 spec.local_epochs, plan.keys[i], hp.local,
                                 batch_size=spec.batch_size, max_size=spec.max_client_size,
                                 max_epochs=spec.local_epochs)
     trained.append(p)
     sizes.append(float(plan.sizes[i]))
-  expected = server.weighted_average(trained, jnp.array(sizes) / sum(sizes))
+  expected = reference.weighted_average(trained, jnp.array(sizes) / sum(sizes))
   assert tree_max_abs_diff(new_params, expected) < 2e-5
   # Dropped stragglers do no work at all.
   assert np.all(np.asarray(plan.epochs)[~keep] == 0)
@@ -223,3 +223,36 @@ def test_pack_lanes_places_every_working_client_once():
 def test_round_spec_rejects_bad_values(field, value, match):
   with pytest.raises(ValueError, match=match):
     _spec(**{field: value})
+
+
+def test_oversized_batch_and_lanes_are_capped_without_changing_the_round(hetero_data, caplog):
+  """batch_size above the largest client and more lanes than clients only add masked work:
+  round_spec caps both (with a warning), and the capped round equals the uncapped one."""
+  from fedprox_jax import experiment
+  from helpers import mnist_config
+  c = experiment.validate_config(mnist_config.get_config("fedprox"))
+  c.update(dict(num_clients=5, clients_per_round=K, num_lanes=50, batch_size=1000, local_epochs=3,
+                sampling="uniform", weighting="samples", straggler_rule="exact"))
+  spec = experiment.round_spec(c, max(HETERO_SIZES))
+  assert (spec.num_lanes, spec.batch_size) == (K, max(HETERO_SIZES))
+  assert "num_lanes=50" in caplog.text and "batch_size=1000" in caplog.text
+  model = models.make_model("mlr")
+  params = models.init_params(model, jax.random.key(0))
+  hp = server.HParams.create(0.05, 1.0, 0.5, False, K)
+  key = jax.random.key(3)
+  capped, _ = server.make_round_fn(model.apply, spec)(params, hetero_data, hp, key)
+  uncapped_spec = _spec(num_lanes=K, batch_size=1000, max_client_size=max(HETERO_SIZES))
+  uncapped, _ = server.make_round_fn(model.apply, uncapped_spec)(params, hetero_data, hp, key)
+  assert tree_max_abs_diff(capped, params) > 1e-3
+  assert tree_max_abs_diff(capped, uncapped) < 1e-6
+
+
+def test_production_code_never_imports_the_looped_reference():
+  import glob
+  import os
+  from helpers import ROOT
+  sources = glob.glob(os.path.join(ROOT, "fedprox_jax", "*.py")) + [os.path.join(ROOT, "launch.py")]
+  importers = [p for p in sources if not p.endswith("reference.py")
+               and ("import reference" in open(p).read() or "fedprox_jax.reference" in open(p).read()
+                    or ", reference" in open(p).read())]
+  assert len(sources) > 10 and importers == []

@@ -1,5 +1,6 @@
 """Sweeps: vmapped grid == experiments one by one, common random numbers, dissimilarity, outputs."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,51 +12,28 @@ import optax
 import pytest
 
 from fedprox_jax import data as data_lib
-from fedprox_jax import metrics, models, plots, server, simulate, sweep
-from helpers import make_federated_data
+from fedprox_jax import errors, experiment, metrics, models, plots, server, sweep
+from helpers import ROOT, assert_same_rows, make_federated_data
+from helpers import tiny_mnist as _tiny_mnist
+from helpers import tiny_sweep_config as _tiny_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from configs import mnist as mnist_config  # noqa: E402
-
-
-def _tiny_mnist(num_train=2000, num_test=200, seed=0):
-  rng = np.random.default_rng(seed)
-  labels = (np.arange(num_train) % 10).astype(np.int32)
-  # Digit-dependent images so that the model can learn something.
-  means = rng.integers(0, 256, (10, 28, 28, 1))
-  noise = lambda n: rng.integers(-40, 40, (n, 28, 28, 1))
-  train = np.clip(means[labels] + noise(num_train), 0, 255).astype(np.uint8)
-  test_labels = (np.arange(num_test) % 10).astype(np.int32)
-  test = np.clip(means[test_labels] + noise(num_test), 0, 255).astype(np.uint8)
-  return data_lib.Mnist(train, labels, test, test_labels)
-
-
-def _tiny_config(variant="figure1_paper", **overrides):
-  c = mnist_config.get_config(variant)
-  c.update(dict(model="mlr", num_clients=20, clients_per_round=5, num_rounds=3,
-                local_epochs=2, min_per_client=10))
-  c.sweep.update(dict(algorithms="fedavg,fedprox", stragglers="0.5,0.9", seeds=2))
-  c.update(overrides)
-  return simulate.validate_config(c)  # protocol values filled in, as run_sweep does
 
 
 def test_vmapped_sweep_equals_experiments_one_by_one():
   c = _tiny_config()
-  exp = simulate.prepare_experiment(c, _tiny_mnist())
+  setup = experiment.prepare(c, _tiny_mnist(), lanes_over_devices=False)
   specs = sweep.experiment_grid(c)
   assert len(specs) == 8  # 2 algorithms x 2 straggler levels x 2 seeds
-  model = models.make_model("mlr")
-  together = sweep.run_experiments(c, exp, specs, model, eval_rounds={2, 3})
+  together, diverged = sweep.run_experiments(setup, specs, eval_rounds={2, 3})
+  assert diverged == {}
   for s in specs:
-    alone = sweep.run_experiments(c, exp, [s], model, eval_rounds={2, 3})[s.name]
-    for a, b in zip(together[s.name], alone):
-      assert a["round"] == b["round"] and a["num_stragglers"] == b["num_stragglers"]
-      for k in ("test_accuracy", "test_loss", "train_loss", "dissimilarity"):
-        np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=2e-5)
+    alone = sweep.run_experiments(setup, [s], eval_rounds={2, 3})[0][s.name]
+    assert_same_rows(together[s.name], alone, ("test_accuracy", "test_loss", "global_train_loss",
+                                               "local_train_loss", "dissimilarity"),
+                     rtol=2e-4, atol=2e-5, rounds=[2, 3])
   # FedProx (mu > 0) and FedAvg really differ, so the comparison above could fail.
   names = [s.name for s in specs]
-  assert together[names[0]][-1]["train_loss"] != together[names[2]][-1]["train_loss"]
+  assert together[names[0]][-1]["global_train_loss"] != together[names[2]][-1]["global_train_loss"]
 
 
 def test_common_random_numbers_across_algorithms():
@@ -107,7 +85,7 @@ def test_sweep_writes_results_table_and_figure(tmp_path):
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr
   assert (tmp_path / "figure1.png").exists()
-  with pytest.raises(simulate.ConfigError, match="already holds a sweep"):
+  with pytest.raises(errors.WorkdirError, match="holds a finished sweep"):
     sweep.run_sweep(c, str(tmp_path), mnist=_tiny_mnist())
 
 
@@ -122,20 +100,141 @@ def test_plot_entry_point_explains_its_usage(tmp_path):
     ("stragglers", "0,1.5", "1.5 is not between 0 and 1"),
     ("stragglers", "0,half", "not a comma-separated list"),
     ("seeds", 0, "must be an integer >= 1"),
+    ("mu", float("nan"), "sweep.mu=nan: must be a finite number > 0"),
+    ("mu", -1.0, "sweep.mu=-1.0: must be a finite number > 0"),
+    ("mu", 0.0, "'fedprox_mu0' is the mu = 0 one"),
+    ("experiments_per_program", -2, "must be an integer >= 0"),
+    ("algorithms", "fedavg,fedavg", "lists fedavg more than once"),
+    ("stragglers", "0.5,0.50", "lists 0.5 more than once"),
     ("algorithms", "", "is empty"),
 ])
 def test_bad_sweep_grids(field, value, match):
   c = _tiny_config()
   c.sweep[field] = value
-  with pytest.raises(simulate.ConfigError, match=match):
-    sweep.experiment_grid(c)
+  with pytest.raises(errors.ConfigError, match=match):
+    sweep.experiment_grid(experiment.validate_config(c))
 
 
 def test_paper_protocol_splits_each_client_90_10():
   c = _tiny_config(protocol="paper")
-  exp = simulate.prepare_experiment(c, _tiny_mnist(num_train=1800, num_test=200))
+  exp = experiment.prepare(c, _tiny_mnist(num_train=1800, num_test=200), lanes_over_devices=False).data
   stats = exp.stats
   assert stats["examples"] == stats["train_examples"] + stats["test_examples"]
   assert 0.85 < stats["train_examples"] / stats["examples"] < 0.95
   # Per-pixel standardisation over the pooled data.
   assert float(jnp.abs(jnp.concatenate([exp.train.x, exp.test_x]).mean())) < 0.05
+
+
+def _results(workdir):
+  """results.csv rows without the wall time (which differs between identical sweeps)."""
+  rows = plots.read_results_csv(os.path.join(workdir, "results.csv"))
+  for r in rows:
+    r.pop("wall_time")
+    for k, v in r.items():
+      if isinstance(v, float) and np.isnan(v):
+        r[k] = None  # an empty cell (e.g. no local loss when all were dropped): equal to itself
+  return rows
+
+
+class Killed(Exception):
+  pass
+
+
+def _sweep_config():
+  # 8 experiments in 4 programs of 2, a checkpoint every round.
+  return _tiny_config(checkpoint_every=1, sweep=dict(
+      algorithms="fedavg,fedprox", stragglers="0.5,0.9", seeds=2, mu=1.0, dissimilarity=True,
+      experiments_per_program=2))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_sweep(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("sweep_full"))
+  sweep.run_sweep(_sweep_config(), workdir, mnist=_tiny_mnist())
+  rows = _results(workdir)
+  assert len(rows) == 8 * 3
+  return rows
+
+
+def test_sweep_killed_at_many_points_resumes_to_identical_results(tmp_path, monkeypatch,
+                                                                  uninterrupted_sweep):
+  """Kills before checkpoint saves (after the rows of the round are written) and in the middle
+  of writing rows, in several programs; each re-run continues the same workdir."""
+  from fedprox_jax import checkpoints, outputs
+  real_save, real_append = checkpoints.Checkpoints.save, outputs.append_jsonl
+  counter = {"save": 0, "append": 0}
+
+  def save(self, t, state):
+    counter["save"] += 1
+    if counter["save"] in kill_saves:
+      raise Killed()
+    return real_save(self, t, state)
+
+  def append(workdir, name, rows):
+    counter["append"] += 1
+    if counter["append"] in kill_appends:  # half a line on disk, then the kill
+      with open(os.path.join(workdir, name), "a") as f:
+        f.write('{"experiment": "half')
+      raise Killed()
+    return real_append(workdir, name, rows)
+
+  monkeypatch.setattr(checkpoints.Checkpoints, "save", save)
+  monkeypatch.setattr(outputs, "append_jsonl", append)
+  kills = 0
+  for kill_saves, kill_appends in (({2}, set()), (set(), {3}), ({4}, set()), ({1}, set()),
+                                   (set(), {1})):
+    counter.update(save=0, append=0)
+    with pytest.raises(Killed):
+      sweep.run_sweep(_sweep_config(), str(tmp_path), mnist=_tiny_mnist())
+    kills += 1
+  kill_saves, kill_appends = set(), set()
+  sweep.run_sweep(_sweep_config(), str(tmp_path), mnist=_tiny_mnist())
+  assert kills == 5
+  assert _results(str(tmp_path)) == uninterrupted_sweep
+
+
+def test_sweep_config_change_on_resume_is_refused(tmp_path, monkeypatch):
+  from fedprox_jax import checkpoints
+  monkeypatch.setattr(checkpoints.Checkpoints, "save", lambda *a: (_ for _ in ()).throw(Killed()))
+  with pytest.raises(Killed):
+    sweep.run_sweep(_sweep_config(), str(tmp_path), mnist=_tiny_mnist())
+  monkeypatch.undo()
+  c = _sweep_config()
+  c.sweep.mu = 0.5
+  with pytest.raises(errors.ConfigError, match=r"sweep.mu: 1.0 -> 0.5"):
+    sweep.run_sweep(c, str(tmp_path), mnist=_tiny_mnist())
+
+
+def test_sweep_names_each_diverged_experiment_and_writes_no_nan(tmp_path):
+  # lr * mu = 50 > 2: FedProx's proximal step explodes; FedAvg (mu = 0) trains normally.
+  c = _tiny_config(lr=0.5, sweep=dict(algorithms="fedavg,fedprox", stragglers="0.5", seeds=2,
+                                      mu=100.0, dissimilarity=False, experiments_per_program=0))
+  with pytest.raises(errors.DivergenceError) as e:
+    sweep.run_sweep(c, str(tmp_path), mnist=_tiny_mnist())
+  assert "2 of 4 experiments diverged (fedprox_s0.5_seed0 at round" in str(e.value)
+  assert "lower --config.mu" in str(e.value)
+  rows = plots.read_results_csv(str(tmp_path / "results.csv"))
+  fedavg = [r for r in rows if r["algorithm"] == "fedavg"]
+  fedprox = [r for r in rows if r["algorithm"] == "fedprox"]
+  assert len(fedavg) == 2 * 3 and all(r["diverged_at_round"] is None for r in fedavg)
+  assert all(np.isfinite(r["test_accuracy"]) and np.isfinite(r["global_train_loss"])
+             for r in fedavg)
+  # FedProx: finite rows before its divergence, then one marker row without metrics.
+  for seed in (0, 1):
+    mine = [r for r in fedprox if r["seed"] == seed]
+    assert mine[-1]["round"] == mine[-1]["diverged_at_round"]
+    assert np.isnan(mine[-1]["test_accuracy"]) and all(np.isfinite(r["test_accuracy"])
+                                                       for r in mine[:-1])
+  table = (tmp_path / "summary.md").read_text()
+  assert "diverged (2 seeds)" in table
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert set(summary["diverged"]) == {"fedprox_s0.5_seed0", "fedprox_s0.5_seed1"}
+
+
+def test_sweep_with_everything_diverging_fails_clearly(tmp_path):
+  c = _tiny_config("figure1", lr=1e30, sweep=dict(algorithms="fedavg", stragglers="0.5", seeds=1, mu=1.0,
+                                      dissimilarity=False, experiments_per_program=0))
+  with pytest.raises(errors.DivergenceError, match="1 of 1 experiments diverged"):
+    sweep.run_sweep(c, str(tmp_path), mnist=_tiny_mnist())
+  rows = plots.read_results_csv(str(tmp_path / "results.csv"))
+  assert len(rows) == 1 and rows[0]["diverged_at_round"] == rows[0]["round"]

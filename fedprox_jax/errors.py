@@ -1,0 +1,23 @@
+"""Errors a user causes and can fix. ``launch.py`` catches ``UserError`` and prints its message
+(which names what was wrong and what to do) as one line, never a traceback."""
+
+
+class UserError(Exception):
+  """Base of every user-facing error: bad config, missing or damaged data, unusable
+  checkpoints or workdir, divergence, a stop requested by a signal."""
+
+
+class ConfigError(UserError, ValueError):
+  """A config value that cannot work; the message names the field, the value and the fix."""
+
+
+class WorkdirError(UserError):
+  """The workdir cannot be used for this run (in use, holds another run, not writable)."""
+
+
+class DivergenceError(UserError):
+  """Training produced a non-finite loss or parameters."""
+
+
+class Interrupted(UserError):
+  """SIGTERM or SIGINT stopped the run between two rounds; its workdir resumes."""

@@ -1,0 +1,288 @@
+"""What one run (``simulate``) and one sweep (``sweep``) share: config validation, the set-up
+of one experiment (data, partition, devices, model, round spec), evaluation, and the schema
+of a metrics row.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from fedprox_jax import data as data_lib
+from fedprox_jax import distributed, metrics, models, partition, protocols, server
+from fedprox_jax.client import FederatedData
+from fedprox_jax.errors import ConfigError
+
+# The paper's Table (MNIST, 1000 devices): for printing next to our partition's statistics.
+PAPER_STATS = {"clients": 1000, "examples": 69035, "mean": 69, "std": 106}
+MAX_SEED = 2**31 - 1  # jax.random.key and numpy's RandomState both take it
+
+# The columns of metrics.jsonl (a run) and results.csv (a sweep). One name, one meaning.
+ROW_FIELDS = {
+    "round": "the round after which the global model was evaluated",
+    "test_accuracy": "the global model's accuracy on the test set",
+    "test_loss": "the global model's mean cross-entropy on the test set",
+    "local_train_loss": "mean minibatch loss of the round's trained clients during their local "
+                        "steps (n_k-weighted); null when every client was dropped",
+    "global_train_loss": "the global model's mean cross-entropy on all training examples "
+                         "(sweeps; the paper's Figure 1 training loss)",
+    "dissimilarity": "mean_k ||grad f_k - grad f||^2 at the global model (sweeps)",
+    "num_stragglers": "sampled clients that straggled this round",
+    "num_aggregated": "clients whose models were averaged",
+    "all_dropped": "every client was dropped: the global model was kept",
+    "useful_steps": "client SGD steps the round needed",
+    "executed_steps": "lane steps the round computed (useful + masked)",
+    "step_efficiency": "useful_steps / executed_steps",
+    "wall_time": "seconds of the round loop up to this row, over every resumed segment",
+}
+
+
+def _require(ok: bool, field: str, value, what: str):
+  if not ok:
+    raise ConfigError(f"config.{field}={value!r}: {what}")
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks every field before any work is done; returns the config with its protocol's
+  values in the fields it left unset (the config a run actually uses)."""
+  _require(c.protocol in protocols.PROTOCOLS, "protocol", c.protocol,
+           f"use one of {protocols.PROTOCOLS}")
+  c = protocols.resolve(c)
+  _require(c.model in models.MODEL_NAMES, "model", c.model, f"use one of {models.MODEL_NAMES}")
+  _require(c.mlr_init in models.MLR_INITS, "mlr_init", c.mlr_init,
+           f"use one of {models.MLR_INITS}")
+  _require(c.conv_impl in ("auto",) + models.CONV_IMPLS, "conv_impl", c.conv_impl,
+           f"use one of {('auto',) + models.CONV_IMPLS}")
+  _require(c.mode in ("single", "sweep"), "mode", c.mode, "use 'single' or 'sweep'")
+  _require(c.data_source in data_lib.SOURCES, "data_source", c.data_source,
+           f"use one of {data_lib.SOURCES}")
+  for field in ("num_clients", "clients_per_round", "num_rounds", "local_epochs", "batch_size",
+                "eval_every", "labels_per_client", "min_per_client", "checkpoint_every"):
+    _require(_is_int(c[field]) and c[field] >= 1, field, c[field], "must be an integer >= 1")
+  for field in ("seed", "partition_seed"):
+    _require(_is_int(c[field]) and 0 <= c[field] <= MAX_SEED, field, c[field],
+             f"must be an integer from 0 to {MAX_SEED}")
+  _require(c.labels_per_client <= partition.NUM_CLASSES, "labels_per_client",
+           c.labels_per_client, f"must be between 1 and {partition.NUM_CLASSES}")
+  _require(c.clients_per_round <= c.num_clients, "clients_per_round", c.clients_per_round,
+           f"cannot exceed num_clients={c.num_clients}")
+  _require(c.lr > 0 and math.isfinite(c.lr), "lr", c.lr, "must be a finite number > 0")
+  _require(c.mu >= 0 and math.isfinite(c.mu), "mu", c.mu, "must be a finite number >= 0")
+  _require(c.weight_decay >= 0 and math.isfinite(c.weight_decay), "weight_decay",
+           c.weight_decay, "must be a finite number >= 0")
+  _require(0 <= c.client_val_fraction < 1, "client_val_fraction", c.client_val_fraction,
+           "must be in [0, 1)")
+  _require(c.protocol == "seed" or c.client_val_fraction == 0, "client_val_fraction",
+           c.client_val_fraction, "applies to protocol='seed' only (protocol='paper' holds out "
+           "10 % of each client as its test set already): leave it unset")
+  _require(0 <= c.stragglers_fraction <= 1, "stragglers_fraction", c.stragglers_fraction,
+           "must be between 0 and 1")
+  _require(c.lognormal_sigma > 0, "lognormal_sigma", c.lognormal_sigma, "must be > 0")
+  for field, what in (("num_lanes", "backend default"), ("eval_batch_size", "backend default"),
+                      ("num_devices", "all devices"), ("train_subset", "all")):
+    _require(_is_int(c[field]) and c[field] >= 0, field, c[field],
+             f"must be an integer >= 0 (0 = {what})")
+  _require(c.straggler_rule in server.STRAGGLER_RULES, "straggler_rule", c.straggler_rule,
+           f"use one of {server.STRAGGLER_RULES}")
+  _require(c.sampling in server.SAMPLINGS, "sampling", c.sampling,
+           f"use one of {server.SAMPLINGS}")
+  _require(c.weighting in server.WEIGHTINGS, "weighting", c.weighting,
+           f"use one of {server.WEIGHTINGS}")
+  s = c.sweep
+  _require(s.mu > 0 and math.isfinite(s.mu), "sweep.mu", s.mu,
+           "must be a finite number > 0 (the 'fedprox' algorithm is FedProx with mu > 0; "
+           "'fedprox_mu0' is the mu = 0 one)")
+  _require(_is_int(s.seeds) and 1 <= s.seeds and c.seed + s.seeds - 1 <= MAX_SEED, "sweep.seeds",
+           s.seeds, f"must be an integer >= 1 with seed + seeds - 1 <= {MAX_SEED}")
+  _require(_is_int(s.experiments_per_program) and s.experiments_per_program >= 0,
+           "sweep.experiments_per_program", s.experiments_per_program,
+           "must be an integer >= 0 (0 = backend default)")
+  return c
+
+
+class Experiment(NamedTuple):
+  train: FederatedData
+  test_x: jax.Array
+  test_y: jax.Array
+  stats: dict
+
+
+def _partition(c, labels) -> partition.Partition:
+  try:
+    if c.iid:
+      return partition.iid_partition(len(labels), c.num_clients, c.partition_seed)
+    return partition.power_law_partition(labels, c.num_clients, c.labels_per_client,
+                                         c.min_per_client, c.lognormal_sigma, c.partition_seed)
+  except ValueError as e:
+    raise ConfigError(f"cannot partition {len(labels)} training examples: {e}") from e
+
+
+def _federated(x, labels, split: partition.Partition) -> FederatedData:
+  return FederatedData(x=x[split.order], y=labels[split.order].astype(np.int32),
+                       offsets=split.offsets, sizes=split.sizes)
+
+
+def prepare_data(c: ml_collections.ConfigDict, mnist: data_lib.Mnist) -> Experiment:
+  """The clients' training data and the test set of ``c.protocol``, as host arrays.
+
+  * 'seed' (the Flower baseline): the 60k training set is partitioned; each client holds out
+    int(n / (1 / client_val_fraction)) examples that never train (Flower's unused validation
+    split); the 10k test set is the server's centralised test set; pixels normalised with
+    mean 0.1307, std 0.3081.
+  * 'paper' (the authors' code): train and test pooled (70k), each pixel standardised with the
+    pooled mean and std (+0.001), partitioned, each client's examples shuffled and split
+    90 % train / 10 % test; the test set is all clients' test splits together.
+  """
+  if c.protocol == "paper":
+    images = np.concatenate([mnist.train_images, mnist.test_images])
+    labels = np.concatenate([mnist.train_labels, mnist.test_labels])
+    if c.train_subset:
+      images, labels = images[:c.train_subset], labels[:c.train_subset]
+    split = _partition(c, labels)
+    train_split, test_split = partition.split_each_client(split, 0.9, c.partition_seed)
+    if train_split.sizes.min() < 1:
+      raise ConfigError("protocol='paper' gives a client no training example after its 90/10 "
+                        "split: raise min_per_client to at least 2")
+    x = data_lib.standardize_pooled(images)
+    train, test_order = _federated(x, labels, train_split), test_split.order
+    stats = {**partition.partition_stats(split, labels), "paper": PAPER_STATS,
+             "test_examples": len(test_order)}
+    test_images, test_labels = images[test_order], labels[test_order]
+    test_x = x[test_order]
+  else:
+    images, labels = mnist.train_images, mnist.train_labels
+    if c.train_subset:
+      images, labels = images[:c.train_subset], labels[:c.train_subset]
+    split = _partition(c, labels)
+    train_split = partition.hold_out(split, c.client_val_fraction, c.partition_seed)
+    train = _federated(images, labels, train_split)
+    train = train._replace(x=data_lib.normalize(train.x))
+    test_images, test_labels = mnist.test_images, mnist.test_labels
+    test_x = data_lib.normalize(test_images)
+    stats = {**partition.partition_stats(split, labels), "test_examples": len(test_labels),
+             "held_out_examples": int(split.sizes.sum() - train_split.sizes.sum())}
+  stats.update(train_examples=int(train.sizes.sum()), max_train=int(train.sizes.max()),
+               data_sha256=data_lib.ordered_digest(images[train_split.order], train.y,
+                                                   train.sizes, test_images, test_labels))
+  return Experiment(train, test_x, np.asarray(test_labels, np.int32), stats)
+
+
+def default_eval_batch_size(model: str, backend: str | None = None) -> int:
+  """Small batches for the CNN on CPU: its im2col patches of a big batch spill out of cache
+  (10k test images: 0.84 s at batch 10, 2.1 s at batch 1000 on the 2-core CI CPU). The
+  logistic regression is one matmul: big batches, few loop iterations."""
+  if model == "cnn" and (backend or jax.default_backend()) == "cpu":
+    return 10
+  return 1000
+
+
+def make_evaluate_fn(apply_fn, batch_size: int):
+  """Jitted (params, x, y) -> (accuracy, mean loss), in batches of ``batch_size``."""
+  return jax.jit(functools.partial(metrics.evaluate, apply_fn, batch_size=batch_size))
+
+
+def round_spec(c: ml_collections.ConfigDict, max_client_size: int,
+               mesh: jax.sharding.Mesh | None = None) -> server.RoundSpec:
+  """The static round settings of config ``c``; lanes rounded up to fill the mesh's devices.
+
+  Lanes beyond one per client and a batch beyond the largest client would only add masked
+  work (the same results, up to 5x the time): both are capped, with a warning.
+  """
+  lanes = c.num_lanes or server.default_num_lanes(c.clients_per_round)
+  if lanes > c.clients_per_round:
+    logging.warning("num_lanes=%d is more than the %d clients of a round: using %d (a lane per "
+                    "client; more would stay empty)", lanes, c.clients_per_round,
+                    c.clients_per_round)
+    lanes = c.clients_per_round
+  batch_size = c.batch_size
+  if batch_size > max_client_size:
+    logging.warning("batch_size=%d is more than the largest client's %d training examples: "
+                    "using %d (the same batches: each client's whole data, without the padding)",
+                    batch_size, max_client_size, max_client_size)
+    batch_size = max_client_size
+  if mesh is not None:
+    lanes = distributed.round_up(lanes, mesh)
+  return server.RoundSpec(
+      clients_per_round=c.clients_per_round, local_epochs=c.local_epochs,
+      batch_size=batch_size, max_client_size=max_client_size, num_lanes=lanes,
+      sampling=c.sampling, straggler_rule=c.straggler_rule, weighting=c.weighting, mesh=mesh)
+
+
+class Setup(NamedTuple):
+  """One experiment ready to run."""
+  config: ml_collections.ConfigDict  # as run: protocol and layout values filled in
+  data: Experiment                     # on the device(s)
+  model: object
+  mesh: jax.sharding.Mesh
+  spec: server.RoundSpec
+  evaluate: object                     # jitted (params, x, y) -> (accuracy, loss)
+
+
+def make_mesh(c: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+  try:
+    return distributed.make_mesh(c.num_devices)
+  except ValueError as e:
+    raise ConfigError(f"config.{e}") from e
+
+
+def prepare(c: ml_collections.ConfigDict, mnist: data_lib.Mnist | None,
+            lanes_over_devices: bool) -> Setup:
+  """Loads (unless ``mnist`` is given), partitions and places the data of validated config
+  ``c``, builds the model and the round spec. ``lanes_over_devices``: a run spreads its lanes
+  over the devices; a sweep spreads its experiments and keeps each one's lanes together."""
+  mesh = make_mesh(c)
+  if mnist is None:
+    mnist = data_lib.load_mnist(c.data_source, c.data_dir, c.download)
+  exp = prepare_data(c, mnist)
+  replicate = distributed.replicator(mesh)
+  exp = exp._replace(train=replicate(jax.tree_util.tree_map(jnp.asarray, exp.train)),
+                     test_x=replicate(jnp.asarray(exp.test_x)),
+                     test_y=replicate(jnp.asarray(exp.test_y)))
+  logging.info("partition: %s", partition.format_stats(exp.stats))
+  if c.protocol == "paper":
+    logging.info("the paper's table: %s", PAPER_STATS)
+  model = models.make_model(c.model, c.conv_impl, mlr_init=c.mlr_init)
+  spec = round_spec(c, exp.stats["max_train"], mesh if lanes_over_devices else None)
+  eval_batch = min(c.eval_batch_size or default_eval_batch_size(c.model), len(exp.test_y))
+  resolved = ml_collections.ConfigDict(c.to_dict())
+  resolved.update(num_lanes=spec.num_lanes, num_devices=mesh.size, eval_batch_size=eval_batch,
+                  conv_impl=getattr(model, "conv_impl", c.conv_impl))
+  return Setup(resolved, exp, model, mesh, spec, make_evaluate_fn(model.apply, eval_batch))
+
+
+def metrics_row(t: int, m: server.RoundMetrics, evaluation: dict, wall_time: float) -> dict:
+  """The row of round ``t`` from its (host) round metrics and evaluation results."""
+  executed = int(m.lanes.executed_steps)
+  return {"round": t, **{k: float(v) for k, v in evaluation.items()},
+          "local_train_loss": None if bool(m.all_dropped) else float(m.train_loss),
+          "num_stragglers": int(m.num_stragglers), "num_aggregated": int(m.num_aggregated),
+          "all_dropped": bool(m.all_dropped), "useful_steps": int(m.lanes.useful_steps),
+          "executed_steps": executed,
+          "step_efficiency": float(m.lanes.useful_steps) / max(executed, 1),
+          "wall_time": wall_time}
+
+
+def divergence_advice(lr: float, mu: float) -> str:
+  """What to change after a divergence: with lr * mu > 2 the proximal step alone overshoots
+  (w - w_t is multiplied by 1 - lr * mu each step), so mu must come down, not up."""
+  if lr * mu > 2:
+    return (f"lr * mu = {lr * mu:g} > 2 makes the proximal step itself diverge: lower "
+            "--config.mu or --config.lr so that lr * mu < 2")
+  return "Lower --config.lr (or raise --config.mu)"
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 \
+      else f"{seconds // 60}m{seconds % 60:02d}s"

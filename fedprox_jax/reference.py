@@ -1,0 +1,82 @@
+"""The looped reference: the oracle the vectorized round is tested against.
+
+Each client trains alone in a Python loop (``client_update``), then the server averages
+(``weighted_average``). It runs the same plan and the same step function
+(``client.local_step``) as the lanes, so any difference is the vectorization's. Tests and
+benchmarks import this module; production code never does.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fedprox_jax import server
+from fedprox_jax.client import (ApplyFn, FederatedData, LocalHParams, epoch_permutations,
+                                local_optimizer, local_step, num_local_steps)
+from fedprox_jax.lanes import LaneStats
+
+
+class ClientMetrics(NamedTuple):
+  loss: jax.Array       # mean minibatch loss over the local steps (0 when no step ran)
+  num_steps: jax.Array  # steps run
+
+
+def client_update(apply_fn: ApplyFn, global_params, data: FederatedData, offset, size, epochs,
+                  key: jax.Array, hp: LocalHParams, *, batch_size: int, max_size: int,
+                  max_epochs: int, num_steps=None):
+  """One client's local training from the global model -> (params, ClientMetrics).
+
+  ``max_size``/``max_epochs`` fix the shape of the shuffles (the largest client, the largest
+  epoch count), so every client shares one compiled program; the loop's trip count is dynamic.
+  ``num_steps`` overrides epochs * ceil(size / B) (e.g. to stop after k steps). The optimizer
+  state is carried from step to step (the lanes carry none: a stateful local optimizer would
+  make the two differ, and the equality tests catch that).
+  """
+  perms = epoch_permutations(key, size, max_size, max_epochs)
+  if num_steps is None:
+    num_steps = num_local_steps(size, epochs, batch_size)
+  tx = local_optimizer(hp)
+
+  def body(step, carry):
+    params, opt_state, loss_sum = carry
+    params, opt_state, loss = local_step(apply_fn, tx, data, offset, size, perms, step,
+                                         batch_size, params, opt_state)
+    return params, opt_state, loss_sum + loss
+
+  params, _, loss_sum = jax.lax.fori_loop(
+      0, num_steps, body, (global_params, tx.init(global_params), jnp.zeros((), jnp.float32)))
+  return params, ClientMetrics(loss_sum / jnp.maximum(num_steps, 1), jnp.asarray(num_steps))
+
+
+def weighted_average(client_params: list, weights):
+  """sum_k weights_k * params_k over a list of parameter trees."""
+  stacked = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *client_params)
+  return jax.tree_util.tree_map(lambda s: jnp.tensordot(weights, s, axes=1), stacked)
+
+
+_plan_round_jit = jax.jit(server.plan_round, static_argnums=3)
+_client_update_jit = jax.jit(client_update, static_argnums=0,
+                             static_argnames=("batch_size", "max_size", "max_epochs"))
+
+
+def looped_round(apply_fn: ApplyFn, spec: server.RoundSpec, global_params, data: FederatedData,
+                 hp: server.HParams, round_key):
+  """``server.run_round``'s plan, each client trained alone in a Python loop, then averaged.
+
+  The oracle for ``run_round`` (and the baseline it is benchmarked against).
+  """
+  plan = _plan_round_jit(round_key, data, hp, spec)
+  results = [_client_update_jit(apply_fn, global_params, data, plan.offsets[i], plan.sizes[i],
+                                plan.epochs[i], plan.keys[i], hp.local,
+                                batch_size=spec.batch_size, max_size=spec.max_client_size,
+                                max_epochs=spec.local_epochs)
+             for i in range(spec.clients_per_round)]
+  aggregate = weighted_average([p for p, _ in results], plan.weights)
+  client_loss = jnp.stack([m.loss for _, m in results])
+  steps = jnp.stack([m.num_steps for _, m in results])
+  stats = LaneStats(useful_steps=jnp.sum(steps), executed_steps=jnp.sum(steps),
+                    critical_path=jnp.max(steps), loop_steps=jnp.sum(steps))
+  return server.finish_round(global_params, aggregate, plan, client_loss, stats)

@@ -1,0 +1,164 @@
+"""A run's or a sweep's working directory: its lock, its kind, and whether it resumes.
+
+Policy (the same for runs and sweeps):
+* one process at a time: the workdir is locked (``flock``) for the life of the run;
+* a finished workdir (``summary.json``) is never written again;
+* a run never resumes a sweep's workdir, nor a sweep a run's;
+* ``config.json`` is written only once the set-up checks (config, data, partition, devices)
+  have passed, so a failed start leaves nothing that blocks the corrected command;
+* a resume must have the same result-determining config; fields that cannot change results
+  (where the data comes from, TensorBoard, how often to checkpoint) may change, and changes of
+  how the work is laid out (lanes, devices, conv implementation, ...) are reported, not refused.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+
+from absl import logging
+
+import jax
+
+from fedprox_jax import distributed, outputs
+from fedprox_jax.errors import ConfigError, WorkdirError
+
+# Fields that cannot change a run's results (the data itself is compared by its digest).
+NO_EFFECT_FIELDS = ("variant", "data_source", "data_dir", "download", "tensorboard",
+                    "checkpoint_every")
+# Fields that change how the work is laid out, at most the last float bits of the results.
+LAYOUT_FIELDS = ("num_lanes", "num_devices", "conv_impl", "eval_batch_size",
+                 "sweep.experiments_per_program")
+
+
+def default_workdir(now: datetime.datetime | None = None) -> str:
+  """outputs/YYYY-MM-DD/HH-MM-SS (like the seed's Hydra runs), with -2, -3, ... appended when
+  that directory exists, created here so that two runs started together never share one."""
+  now = now or datetime.datetime.now()
+  base = os.path.join("outputs", now.strftime("%Y-%m-%d"), now.strftime("%H-%M-%S"))
+  os.makedirs(os.path.dirname(base), exist_ok=True)
+  for n in range(1, 10_000):
+    path = base if n == 1 else f"{base}-{n}"
+    try:
+      os.mkdir(path)
+      return path
+    except FileExistsError:
+      continue
+  raise WorkdirError(f"no free workdir name under {base}: pass --workdir")
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def open_workdir(path: str, kind: str, config: dict) -> "Workdir":
+  """Opens ``path`` in every process: process 0 locks and checks it (and alone writes it);
+  the others wait for that, then only read it."""
+  primary = jax.process_index() == 0
+  wd = Workdir(path, kind, config, write=True) if primary else None
+  distributed.barrier("workdir checked")
+  return wd or Workdir(path, kind, config, write=False)
+
+
+class Workdir:
+  """An opened workdir. ``resuming`` says whether it holds an unfinished run of this config."""
+
+  def __init__(self, path: str, kind: str, config: dict, write: bool = True):
+    """Opens ``path`` for a ``kind`` ('run' or 'sweep') of ``config`` (a plain dict). With
+    ``write`` False (processes other than 0) it only reads what process 0 wrote."""
+    self.path, self.kind, self.write = path, kind, write
+    self._lock = None
+    if not write:
+      self.resuming = os.path.exists(self.file("config.json"))
+      return
+    try:
+      os.makedirs(path, exist_ok=True)
+      self._lock = open(self.file(".lock"), "a+")
+    except OSError as e:
+      raise WorkdirError(f"workdir {path!r} cannot be written ({e.strerror or e}): pass a "
+                         "--workdir in a writable place") from e
+    try:
+      fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      self._lock.seek(0)
+      owner = self._lock.read().strip() or "another process"
+      self._lock.close()
+      self._lock = None
+      raise WorkdirError(f"workdir {path!r} is in use by {owner}: wait for it to end, or pass "
+                         "another --workdir")
+    self._lock.seek(0)
+    self._lock.truncate()
+    self._lock.write(f"process {os.getpid()}\n")
+    self._lock.flush()
+    self.resuming = self._check(config)
+
+  def file(self, name: str) -> str:
+    return os.path.join(self.path, name)
+
+  def _check(self, config: dict) -> bool:
+    saved_kind = None
+    if os.path.exists(self.file("config.json")):
+      saved = outputs.read_json(self.file("config.json"))
+      saved_kind = "sweep" if saved.get("mode") == "sweep" else "run"
+    if os.path.exists(self.file("summary.json")):
+      raise WorkdirError(f"workdir {self.path!r} holds a finished {saved_kind or 'run'}: pass a "
+                         "new --workdir, or delete the old one")
+    if saved_kind is None:
+      return False
+    if saved_kind != self.kind:
+      raise WorkdirError(f"workdir {self.path!r} holds an unfinished {saved_kind}, and this is a "
+                         f"{self.kind}: pass a new --workdir")
+    now, before = flatten(json.loads(json.dumps(config))), flatten(saved)
+    changed = sorted(k for k in set(before) | set(now)
+                     if before.get(k) != now.get(k) and k not in NO_EFFECT_FIELDS
+                     and k not in LAYOUT_FIELDS)
+    if changed:
+      details = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
+      raise ConfigError(f"workdir {self.path!r} holds an unfinished {self.kind} with a different "
+                        f"config ({details}). Resume it with its own config, or pass a new "
+                        "--workdir.")
+    return True
+
+  def commit(self, config: dict, stats: dict) -> None:
+    """Records the resolved config, the environment and the data's statistics once the set-up
+    has passed its checks; on a resume, checks the data is the same and reports layout
+    changes."""
+    if not self.write:
+      return
+    if self.resuming:
+      saved_stats = outputs.read_json(self.file("partition_stats.json"))
+      if saved_stats.get("data_sha256") != stats.get("data_sha256"):
+        raise ConfigError(f"workdir {self.path!r}: the training data (its partition and order) "
+                          "differs from the one the run started with. Resume with the same "
+                          "data, or pass a new --workdir.")
+      before, now = flatten(outputs.read_json(self.file("config.json"))), flatten(config)
+      moved = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in LAYOUT_FIELDS
+               if before.get(k) != now.get(k)]
+      if moved:
+        logging.warning("resuming %s with another layout (%s): the rounds from here may differ "
+                        "from an uninterrupted run's in the last float bits", self.path,
+                        ", ".join(moved))
+      return
+    outputs.write_json(self.path, "partition_stats.json", stats)
+    outputs.write_json(self.path, "environment.json", outputs.environment())
+    outputs.write_json(self.path, "config.json", config)  # last: it marks a started run
+
+  def close(self) -> None:
+    if self._lock is not None:
+      fcntl.flock(self._lock, fcntl.LOCK_UN)
+      self._lock.close()
+      self._lock = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
