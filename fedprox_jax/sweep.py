@@ -15,6 +15,7 @@ non-finite is named with its round, and none of its rows from then on is written
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 
@@ -117,9 +118,11 @@ def _over_experiments(fn, in_axes, size: int):
   return single
 
 
+@functools.lru_cache(maxsize=8)
 def make_sweep_fns(apply_fn, spec: server.RoundSpec, size: int, eval_batch_size: int,
                    with_dissimilarity: bool):
-  """Jitted round and evaluation over an experiment axis of ``size``."""
+  """Jitted round and evaluation over an experiment axis of ``size``; the same arguments give
+  the same functions, so the programs of a sweep (and a resumed one) compile once."""
   round_fn = jax.jit(_over_experiments(
       lambda p, d, hp, k: server.run_round(apply_fn, spec, p, d, hp, k), (0, None, 0, 0), size))
 
@@ -157,18 +160,29 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
   """
   c, exp = setup.config, setup.data
   real = len(specs)
-  if mesh is not None and mesh.size > 1:
-    specs = specs + [specs[-1]] * (distributed.round_up(real, mesh) - real)
-  size = len(specs)
-  round_fn, evaluate_fn = make_sweep_fns(setup.model.apply, setup.spec, size,
-                                         c.eval_batch_size, c.sweep.dissimilarity)
   # The same seed gives the same initial model and the same round keys (common random numbers).
   seed_keys = [jax.random.split(jax.random.key(s.seed)) for s in specs]
+  # The state of the real experiments (what is checkpointed: independent of the device count).
   state = {"params": jax.tree_util.tree_map(
                lambda *leaves: jnp.stack(leaves),
                *[models.init_params(setup.model, init_key) for init_key, _ in seed_keys]),
            # the first non-finite round of each experiment (0 = none so far)
-           "diverged_at": jnp.zeros(size, jnp.int32)}
+           "diverged_at": jnp.zeros(real, jnp.int32)}
+  checkpoints = checkpoints_lib.Checkpoints(checkpoint_dir) if checkpoint_dir else None
+  done = 0
+  if checkpoints is not None and wd.resuming:
+    restored = checkpoints.restore_latest(state)
+    if restored is not None:
+      done, state = restored
+  if mesh is not None and mesh.size > 1:
+    padding = distributed.round_up(real, mesh) - real
+    specs = specs + [specs[-1]] * padding
+    seed_keys += [seed_keys[-1]] * padding
+    state = jax.tree_util.tree_map(
+        lambda a: jnp.concatenate([a] + [a[-1:]] * padding) if padding else a, state)
+  size = len(specs)
+  round_fn, evaluate_fn = make_sweep_fns(setup.model.apply, setup.spec, size,
+                                         c.eval_batch_size, c.sweep.dissimilarity)
   rounds_keys = [rounds_key for _, rounds_key in seed_keys]
   hp = _stack_hparams(c, specs)
   train, test_x, test_y = exp.train, exp.test_x, exp.test_y
@@ -177,12 +191,6 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
   if mesh is not None:  # the data, replicated on the devices the experiments are spread over
     train, test_x, test_y = distributed.replicator(mesh)((train, test_x, test_y))
   names = [s.name for s in specs[:real]]
-  checkpoints = checkpoints_lib.Checkpoints(checkpoint_dir) if checkpoint_dir else None
-  done = 0
-  if checkpoints is not None and wd.resuming:
-    restored = checkpoints.restore_latest(state)
-    if restored is not None:
-      done, state = restored
   state = shard(state)
   rows = {name: [] for name in names}
   if wd is not None:
@@ -230,7 +238,7 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
                        " ".join("diverged" if diverged[i] else f"{ev['test_accuracy'][i]:.3f}"
                                 for i in range(real)))
         if save:
-          checkpoints.save(t, state)
+          checkpoints.save(t, jax.tree_util.tree_map(lambda a: a[:real], state))
         if stop:
           raise Interrupted(f"stopped by {stop} after round {t}, with its rows and checkpoint "
                             f"saved: run the same command with --workdir={wd.path} to resume")
@@ -238,6 +246,18 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
     if checkpoints is not None:
       checkpoints.close()
   return rows, reported
+
+
+def _experiments_per_program(c, num_experiments: int, wd: Workdir) -> int:
+  """The config's value; else, on a resume, the value the sweep started with (its programs
+  and checkpoints are laid out by it); else the backend's default."""
+  started = wd.saved and wd.saved["sweep"]["experiments_per_program"]
+  if started and c.sweep.experiments_per_program not in (0, started):
+    raise ConfigError(f"config.sweep.experiments_per_program={c.sweep.experiments_per_program}: "
+                      f"the sweep in {wd.path} was started with {started}, which lays out its "
+                      "checkpoints; resume with that value (or 0), or pass a new --workdir")
+  return (c.sweep.experiments_per_program or started
+          or default_experiments_per_program(c.model, num_experiments))
 
 
 def run_sweep(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None = None):
@@ -249,8 +269,7 @@ def run_sweep(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist 
   wd = open_workdir(workdir, "sweep", c.to_dict())
   try:
     setup = experiment.prepare(c, mnist, lanes_over_devices=False)
-    per_program = c.sweep.experiments_per_program or default_experiments_per_program(
-        c.model, len(specs))
+    per_program = _experiments_per_program(c, len(specs), wd)
     setup.config.sweep.experiments_per_program = per_program
     wd.commit(setup.config.to_dict(), setup.data.stats)
     distributed.barrier("workdir ready")

@@ -76,8 +76,14 @@ class Workdir:
     ``write`` False (processes other than 0) it only reads what process 0 wrote."""
     self.path, self.kind, self.write = path, kind, write
     self._lock = None
+    # The config the workdir's run started with (None for a new workdir).
+    try:
+      self.saved = (outputs.read_json(self.file("config.json"))
+                    if os.path.exists(self.file("config.json")) else None)
+    except ValueError as e:
+      raise WorkdirError(f"{self.file('config.json')} is damaged ({e}): pass a new --workdir") from e
     if not write:
-      self.resuming = os.path.exists(self.file("config.json"))
+      self.resuming = self.saved is not None
       return
     try:
       os.makedirs(path, exist_ok=True)
@@ -104,9 +110,8 @@ class Workdir:
     return os.path.join(self.path, name)
 
   def _check(self, config: dict) -> bool:
-    saved_kind = None
-    if os.path.exists(self.file("config.json")):
-      saved = outputs.read_json(self.file("config.json"))
+    saved, saved_kind = self.saved, None
+    if saved is not None:
       saved_kind = "sweep" if saved.get("mode") == "sweep" else "run"
     if os.path.exists(self.file("summary.json")):
       raise WorkdirError(f"workdir {self.path!r} holds a finished {saved_kind or 'run'}: pass a "

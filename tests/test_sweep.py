@@ -181,15 +181,20 @@ def test_sweep_killed_at_many_points_resumes_to_identical_results(tmp_path, monk
   monkeypatch.setattr(checkpoints.Checkpoints, "save", save)
   monkeypatch.setattr(outputs, "append_jsonl", append)
   kills = 0
-  for kill_saves, kill_appends in (({2}, set()), (set(), {3}), ({4}, set()), ({1}, set()),
-                                   (set(), {1})):
+  # Each re-run counts anew: a kill at its 2nd save, in its 3rd row write, at its 4th save.
+  for kill_saves, kill_appends in (({2}, set()), (set(), {3}), ({4}, set())):
     counter.update(save=0, append=0)
     with pytest.raises(Killed):
       sweep.run_sweep(_sweep_config(), str(tmp_path), mnist=_tiny_mnist())
     kills += 1
   kill_saves, kill_appends = set(), set()
-  sweep.run_sweep(_sweep_config(), str(tmp_path), mnist=_tiny_mnist())
-  assert kills == 5
+  c = _sweep_config()
+  c.sweep.experiments_per_program = 4  # the programs' layout cannot change on resume ...
+  with pytest.raises(errors.ConfigError, match="was started with 2"):
+    sweep.run_sweep(c, str(tmp_path), mnist=_tiny_mnist())
+  c.sweep.experiments_per_program = 0  # ... and 0 (the default) means the one it started with
+  sweep.run_sweep(c, str(tmp_path), mnist=_tiny_mnist())
+  assert kills == 3
   assert _results(str(tmp_path)) == uninterrupted_sweep
 
 
