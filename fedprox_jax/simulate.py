@@ -10,7 +10,6 @@ resume ends with exactly the rows of an uninterrupted run.
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax

@@ -240,8 +240,9 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
         if save:
           checkpoints.save(t, jax.tree_util.tree_map(lambda a: a[:real], state))
         if stop:
-          raise Interrupted(f"stopped by {stop} after round {t}, with its rows and checkpoint "
-                            f"saved: run the same command with --workdir={wd.path} to resume")
+          raise Interrupted(f"stopped by {stop} after round {t}" + (
+              f", with its rows and checkpoint saved: run the same command with "
+              f"--workdir={wd.path} to resume" if checkpoints is not None else ""))
   finally:
     if checkpoints is not None:
       checkpoints.close()

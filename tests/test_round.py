@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedprox_jax import client, models, reference, server
+from fedprox_jax import models, reference, server
 from fedprox_jax.lanes import pack_lanes
 from helpers import HETERO_SIZES, tree_max_abs_diff
 

@@ -11,7 +11,6 @@ import numpy as np
 import optax
 import pytest
 
-from fedprox_jax import data as data_lib
 from fedprox_jax import errors, experiment, metrics, models, plots, server, sweep
 from helpers import ROOT, assert_same_rows, make_federated_data
 from helpers import tiny_mnist as _tiny_mnist
