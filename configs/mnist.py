@@ -65,14 +65,16 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.weight_decay = config_dict.placeholder(float)  # seed 0.001 (torch SGD) | paper 0
   c.stragglers_fraction = 0.9  # share of sampled clients that run fewer local epochs
   c.drop_stragglers = False  # True: FedAvg drops stragglers; False: FedProx keeps partial work
-  c.straggler_rule = config_dict.placeholder(str)  # bernoulli (seed: per round x client) | exact (paper: a fixed count)
-  c.sampling = config_dict.placeholder(str)  # uniform (both codes) | weighted (∝ n_k) | weighted_replacement
+  # (the help of a field is the comment on its line)
+  c.straggler_rule = config_dict.placeholder(str)  # bernoulli (seed) | exact (paper: a count)
+  c.sampling = config_dict.placeholder(str)  # uniform (both) | weighted | weighted_replacement
   c.weighting = config_dict.placeholder(str)  # batches (seed) | samples (paper) | uniform
   c.num_lanes = 0             # vmap lanes the clients are packed into (0 = backend default)
   c.num_devices = 0           # devices to spread lanes / a sweep's experiments over (0 = all)
   # Evaluation and bookkeeping.
   c.eval_every = 1           # rounds between evaluations (and the last round)
-  c.eval_batch_size = 0       # test-set batch (0 = backend default: 10 on CPU, 1000 otherwise)
+  c.eval_batch_size = 0       # evaluation batch (0 = default: CNN 50 on CPU, 1000 otherwise; MLR 10000)
+  c.eval_conv_impl = "auto"   # the CNN's convolution when evaluating: auto (= xla) | im2col | xla
   c.checkpoint_every = 10    # rounds between checkpoints (and at the end); resume = same --workdir
   c.tensorboard = True       # TensorBoard event files in WORKDIR/tensorboard
   c.seed = 0                 # a sweep runs seeds seed .. seed + sweep.seeds - 1

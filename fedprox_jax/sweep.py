@@ -119,16 +119,18 @@ def _over_experiments(fn, in_axes, size: int):
 
 
 @functools.lru_cache(maxsize=8)
-def make_sweep_fns(apply_fn, spec: server.RoundSpec, size: int, eval_batch_size: int,
-                   with_dissimilarity: bool):
+def make_sweep_fns(apply_fn, eval_apply_fn, spec: server.RoundSpec, size: int,
+                   eval_batch_size: int, with_dissimilarity: bool):
   """Jitted round and evaluation over an experiment axis of ``size``; the same arguments give
   the same functions, so the programs of a sweep (and a resumed one) compile once."""
   round_fn = jax.jit(_over_experiments(
       lambda p, d, hp, k: server.run_round(apply_fn, spec, p, d, hp, k), (0, None, 0, 0), size))
 
   def evaluate_one(params, train, test_x, test_y):
-    accuracy, test_loss = metrics.evaluate(apply_fn, params, test_x, test_y, eval_batch_size)
-    _, global_train_loss = metrics.evaluate(apply_fn, params, train.x, train.y, eval_batch_size)
+    accuracy, test_loss = metrics.evaluate(eval_apply_fn, params, test_x, test_y,
+                                           eval_batch_size)
+    _, global_train_loss = metrics.evaluate(eval_apply_fn, params, train.x, train.y,
+                                            eval_batch_size)
     out = {"test_accuracy": accuracy, "test_loss": test_loss,
            "global_train_loss": global_train_loss}
     if with_dissimilarity:
@@ -181,8 +183,8 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
     state = jax.tree_util.tree_map(
         lambda a: jnp.concatenate([a] + [a[-1:]] * padding) if padding else a, state)
   size = len(specs)
-  round_fn, evaluate_fn = make_sweep_fns(setup.model.apply, setup.spec, size,
-                                         c.eval_batch_size, c.sweep.dissimilarity)
+  round_fn, evaluate_fn = make_sweep_fns(setup.model.apply, setup.eval_model.apply, setup.spec,
+                                         size, c.eval_batch_size, c.sweep.dissimilarity)
   rounds_keys = [rounds_key for _, rounds_key in seed_keys]
   hp = _stack_hparams(c, specs)
   train, test_x, test_y = exp.train, exp.test_x, exp.test_y
@@ -220,7 +222,8 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
           if d and name not in reported:
             reported[name] = int(d)
             logging.error("experiment %s diverged at round %d (lr=%g, mu=%g): its rows stop "
-                          "there. %s", name, d, c.lr, s.mu, experiment.divergence_advice(c.lr, s.mu))
+                          "there. %s", name, d, c.lr, s.mu,
+                          experiment.divergence_advice(c.lr, s.mu))
         if evaluate:
           ev, m = _to_host((evaluate_fn(params, train, test_x, test_y), m))
           new = []

@@ -93,8 +93,8 @@ def export(data_dir: str, download: bool, out: str) -> None:
     raise WorkerError(f"the prepared MNIST in {data_dir} is damaged ({type(e).__name__}: "
                       f"{str(e).splitlines()[0] if str(e) else ''}). " + damaged) from e
   if not builder.is_prepared():
-    leftovers = [os.path.join(root, f) for root, _, files in os.walk(os.path.join(data_dir, "mnist"))
-                 for f in files]
+    leftovers = [os.path.join(root, f)
+                 for root, _, files in os.walk(os.path.join(data_dir, "mnist")) for f in files]
     if leftovers and not download:
       raise WorkerError(f"{os.path.join(data_dir, 'mnist')} holds an incomplete or damaged MNIST "
                         f"({len(leftovers)} files, e.g. {leftovers[0]}; TFDS does not see a "

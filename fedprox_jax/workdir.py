@@ -29,7 +29,7 @@ from fedprox_jax.errors import ConfigError, WorkdirError
 NO_EFFECT_FIELDS = ("variant", "data_source", "data_dir", "download", "tensorboard",
                     "checkpoint_every")
 # Fields that change how the work is laid out, at most the last float bits of the results.
-LAYOUT_FIELDS = ("num_lanes", "num_devices", "conv_impl", "eval_batch_size",
+LAYOUT_FIELDS = ("num_lanes", "num_devices", "conv_impl", "eval_conv_impl", "eval_batch_size",
                  "sweep.experiments_per_program")
 
 
@@ -81,7 +81,8 @@ class Workdir:
       self.saved = (outputs.read_json(self.file("config.json"))
                     if os.path.exists(self.file("config.json")) else None)
     except ValueError as e:
-      raise WorkdirError(f"{self.file('config.json')} is damaged ({e}): pass a new --workdir") from e
+      raise WorkdirError(f"{self.file('config.json')} is damaged ({e}): pass a new "
+                         "--workdir") from e
     if not write:
       self.resuming = self.saved is not None
       return

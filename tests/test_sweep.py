@@ -242,3 +242,17 @@ def test_sweep_with_everything_diverging_fails_clearly(tmp_path):
     sweep.run_sweep(c, str(tmp_path), mnist=_tiny_mnist())
   rows = plots.read_results_csv(str(tmp_path / "results.csv"))
   assert len(rows) == 1 and rows[0]["diverged_at_round"] == rows[0]["round"]
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 50, 53, 1000])
+def test_evaluate_in_batches_equals_the_whole_set_at_once(batch_size):
+  data = make_federated_data([53])
+  model = models.LogisticRegression()
+  params = models.init_params(model, jax.random.key(0))
+  logits = model.apply(params, data.x)
+  expected_accuracy = float(jnp.mean(jnp.argmax(logits, -1) == data.y))
+  expected_loss = float(optax.softmax_cross_entropy_with_integer_labels(logits, data.y).mean())
+  accuracy, loss = metrics.evaluate(model.apply, params, data.x, data.y, batch_size)
+  assert 0 < expected_accuracy < 1
+  np.testing.assert_allclose(float(accuracy), expected_accuracy, rtol=1e-6)
+  np.testing.assert_allclose(float(loss), expected_loss, rtol=1e-5)
