@@ -33,7 +33,7 @@ def test_sharded_round_equals_single_device_round():
       hp = server.HParams.create(0.05, 1.0, 0.5, False, 5)
       # 5 clients per round: not a multiple of 2, 4 or 8 devices; 8 lanes, the spare ones empty.
       outs = {}
-      for n in (1, 2, 4, 8):
+      for n in (1, 2, 8):
         mesh = distributed.make_mesh(n)
         spec = server.RoundSpec(clients_per_round=5, local_epochs=2, batch_size=4,
                                 max_client_size=95, num_lanes=8, mesh=mesh)
@@ -43,7 +43,7 @@ def test_sharded_round_equals_single_device_round():
         if n > 1:  # really spread: each device holds 8 / n lanes of parameters
           hlo = round_fn.lower(params, data, hp, jax.random.key(3)).compile().as_text()
           assert "all-reduce" in hlo
-      for n in (2, 4, 8):
+      for n in (2, 8):
         assert tree_max_abs_diff(outs[n][0], outs[1][0]) < 1e-5, (name, n)
         assert abs(outs[n][1] - outs[1][1]) < 1e-5
       looped, _ = reference.looped_round(model.apply, spec, params, data, hp, jax.random.key(3))

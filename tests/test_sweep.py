@@ -25,7 +25,7 @@ def test_vmapped_sweep_equals_experiments_one_by_one():
   assert len(specs) == 8  # 2 algorithms x 2 straggler levels x 2 seeds
   together, diverged = sweep.run_experiments(setup, specs, eval_rounds={2, 3})
   assert diverged == {}
-  for s in specs:
+  for s in specs[::2]:  # one seed of each (algorithm, stragglers): 4 programs of one
     alone = sweep.run_experiments(setup, [s], eval_rounds={2, 3})[0][s.name]
     assert_same_rows(together[s.name], alone, ("test_accuracy", "test_loss", "global_train_loss",
                                                "local_train_loss", "dissimilarity"),
