@@ -267,8 +267,9 @@ def prepare(c: ml_collections.ConfigDict, mnist: data_lib.Mnist | None,
   eval_model = models.make_model(c.model, eval_conv_impl(c), mlr_init=c.mlr_init)
   resolved = ml_collections.ConfigDict(c.to_dict())
   resolved.update(num_lanes=spec.num_lanes, num_devices=mesh.size, eval_batch_size=eval_batch,
-                  conv_impl=getattr(model, "conv_impl", c.conv_impl),
-                  eval_conv_impl=getattr(eval_model, "conv_impl", c.eval_conv_impl))
+                  # "none": the model has no convolution (the logistic regression)
+                  conv_impl=getattr(model, "conv_impl", "none"),
+                  eval_conv_impl=getattr(eval_model, "conv_impl", "none"))
   return Setup(resolved, exp, model, mesh, spec, eval_model,
                make_evaluate_fn(eval_model.apply, eval_batch))
 

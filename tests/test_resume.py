@@ -406,3 +406,12 @@ def test_tensorboard_events_are_written_and_readable(tmp_path):
   for (step, value), row in zip(scalars["test_accuracy"], rows):
     assert value == pytest.approx(row["test_accuracy"], rel=1e-6)
   assert {"local_train_loss", "test_loss", "step_efficiency", "num_stragglers"} <= set(scalars)
+
+
+def test_setup_records_the_convolutions_used():
+  cnn = experiment.prepare(experiment.validate_config(_config(model="cnn")), MNIST,
+                           lanes_over_devices=True).config
+  assert (cnn.conv_impl, cnn.eval_conv_impl, cnn.eval_batch_size) == ("im2col", "xla", 50)
+  mlr = experiment.prepare(experiment.validate_config(_config()), MNIST,
+                           lanes_over_devices=True).config
+  assert (mlr.conv_impl, mlr.eval_conv_impl) == ("none", "none")
