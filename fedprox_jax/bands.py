@@ -10,13 +10,15 @@ all must have evaluated the same rounds.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import sys
 
 import numpy as np
 
 from fedprox_jax import outputs
+from fedprox_jax.workdir import LAYOUT_FIELDS, NO_EFFECT_FIELDS
+
+IGNORED = ("seed",) + NO_EFFECT_FIELDS + LAYOUT_FIELDS
 
 
 def load_runs(workdirs: list) -> tuple:
@@ -27,8 +29,7 @@ def load_runs(workdirs: list) -> tuple:
   for w in workdirs:
     if not os.path.exists(os.path.join(w, "summary.json")):
       raise ValueError(f"{w} is not a finished run (no summary.json)")
-    with open(os.path.join(w, "config.json")) as f:
-      config = json.load(f)
+    config = outputs.read_json(os.path.join(w, "config.json"))
     rows = outputs.read_jsonl(os.path.join(w, "metrics.jsonl"))
     these = [r["round"] for r in rows]
     if rounds is not None and these != rounds:
@@ -37,7 +38,8 @@ def load_runs(workdirs: list) -> tuple:
     if config["seed"] in curves:
       raise ValueError(f"two runs with seed {config['seed']}")
     curves[config["seed"]] = [r["test_accuracy"] for r in rows]
-    configs.append({k: v for k, v in config.items() if k != "seed"})
+    # Where the data came from and how the work was laid out do not change the curve.
+    configs.append({k: v for k, v in config.items() if k not in IGNORED})
   differing = sorted({k for c in configs for k in c if c.get(k) != configs[0].get(k)})
   if differing:
     raise ValueError(f"the runs differ in more than the seed: {', '.join(differing)}")

@@ -105,11 +105,14 @@ def _train(setup: experiment.Setup, wd: Workdir, checkpoints, params, first_roun
         save = t % c.checkpoint_every == 0 or t == c.num_rounds or stop
         if not (evaluate or save):
           continue
-        if int(diverged_at):
-          raise _divergence(c, int(diverged_at), checkpoints)
+        # One wait for the host per evaluated or saved round: the evaluation is dispatched
+        # before the divergence flag is read (a diverged round's evaluation is discarded).
+        evaluation = setup.evaluate(params, exp.test_x, exp.test_y) if evaluate else ()
+        first_bad, m, evaluation = jax.device_get((diverged_at, m, evaluation))
+        if first_bad:
+          raise _divergence(c, int(first_bad), checkpoints)
         if evaluate:
-          accuracy, test_loss = setup.evaluate(params, exp.test_x, exp.test_y)
-          m, accuracy, test_loss = jax.device_get((m, accuracy, test_loss))
+          accuracy, test_loss = evaluation
           elapsed = time.perf_counter() - loop_start
           row = experiment.metrics_row(
               t, m, {"test_accuracy": accuracy, "test_loss": test_loss}, wall_offset + elapsed)

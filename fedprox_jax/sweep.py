@@ -185,7 +185,8 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
   size = len(specs)
   round_fn, evaluate_fn = make_sweep_fns(setup.model.apply, setup.eval_model.apply, setup.spec,
                                          size, c.eval_batch_size, c.sweep.dissimilarity)
-  rounds_keys = [rounds_key for _, rounds_key in seed_keys]
+  rounds_keys = jnp.stack([rounds_key for _, rounds_key in seed_keys])
+  fold_in = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))  # all experiments' keys
   hp = _stack_hparams(c, specs)
   train, test_x, test_y = exp.train, exp.test_x, exp.test_y
   shard = distributed.splitter(mesh)
@@ -207,8 +208,7 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
   try:
     with signals.deferred():
       for t in range(done + 1, c.num_rounds + 1):
-        keys = jnp.stack([jax.random.fold_in(k, t) for k in rounds_keys])
-        params, m = round_fn(state["params"], train, hp, shard(keys))
+        params, m = round_fn(state["params"], train, hp, shard(fold_in(rounds_keys, t)))
         diverged_at = jnp.where((state["diverged_at"] == 0) & ~m.finite, t, state["diverged_at"])
         state = {"params": params, "diverged_at": diverged_at}
         stop = signals.received()
@@ -217,7 +217,10 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
                                             or stop)
         if not (evaluate or save):
           continue
-        diverged = _to_host(diverged_at)[:real]
+        # One wait for the host: the evaluation is dispatched before the flags are read.
+        evaluation = evaluate_fn(params, train, test_x, test_y) if evaluate else ()
+        diverged, ev, m = _to_host((diverged_at, evaluation, m))
+        diverged = diverged[:real]
         for name, d, s in zip(names, diverged, specs):
           if d and name not in reported:
             reported[name] = int(d)
@@ -225,7 +228,6 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
                           "there. %s", name, d, c.lr, s.mu,
                           experiment.divergence_advice(c.lr, s.mu))
         if evaluate:
-          ev, m = _to_host((evaluate_fn(params, train, test_x, test_y), m))
           new = []
           for i, name in enumerate(names):
             if diverged[i]:

@@ -41,6 +41,12 @@ def _kill_at(round_index):
   return on_round
 
 
+def _run_killed_after(c, workdir, round_index):
+  """Runs ``c`` in ``workdir`` until a kill right after round ``round_index`` is saved."""
+  with pytest.raises(Killed):
+    simulate.run(c, workdir, mnist=MNIST, on_round=_kill_at(round_index))
+
+
 def _rows(workdir):
   return read_rows(os.path.join(workdir, "metrics.jsonl"))
 
@@ -63,8 +69,7 @@ def uninterrupted(tmp_path_factory):
 def test_kill_after_a_round_and_resume_equals_uninterrupted_run(tmp_path, uninterrupted, kills):
   workdir = str(tmp_path)
   for k in kills:
-    with pytest.raises(Killed):
-      simulate.run(_config(), workdir, mnist=MNIST, on_round=_kill_at(k))
+    _run_killed_after(_config(), workdir, k)
   summary = simulate.run(_config(), workdir, mnist=MNIST)
   last = kills[-1] // 2 * 2  # the newest checkpoint (checkpoint_every = 2, and round 6)
   assert summary["resumed_after_round"] == (last or None)
@@ -108,8 +113,7 @@ def test_one_round_run_killed_before_its_checkpoint_resumes(tmp_path, monkeypatc
 
 def test_damaged_last_line_does_not_block_resume(tmp_path, uninterrupted):
   workdir = str(tmp_path)
-  with pytest.raises(Killed):
-    simulate.run(_config(), workdir, mnist=MNIST, on_round=_kill_at(3))
+  _run_killed_after(_config(), workdir, 3)
   with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
     f.write('{"round": 4, "test_acc')  # a kill in the middle of writing a row
   simulate.run(_config(), workdir, mnist=MNIST)
@@ -118,8 +122,7 @@ def test_damaged_last_line_does_not_block_resume(tmp_path, uninterrupted):
 
 def test_wall_time_counts_every_segment(tmp_path):
   workdir = str(tmp_path)
-  with pytest.raises(Killed):
-    simulate.run(_config(), workdir, mnist=MNIST, on_round=_kill_at(4))
+  _run_killed_after(_config(), workdir, 4)
   before = outputs.read_jsonl(os.path.join(workdir, "metrics.jsonl"))[-1]["wall_time"]
   summary = simulate.run(_config(), workdir, mnist=MNIST)
   times = [r["wall_time"] for r in outputs.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
@@ -229,8 +232,7 @@ def test_sweep_never_writes_into_a_finished_run(tmp_path):
 
 
 def test_sweep_never_resumes_an_unfinished_run(tmp_path):
-  with pytest.raises(Killed):
-    simulate.run(_config(), str(tmp_path), mnist=MNIST, on_round=_kill_at(2))
+  _run_killed_after(_config(), str(tmp_path), 2)
   with pytest.raises(errors.WorkdirError, match="holds an unfinished run, and this is a sweep"):
     sweep.run_sweep(_config(mode="sweep"), str(tmp_path), mnist=MNIST)
 
@@ -245,8 +247,7 @@ def test_failed_start_leaves_the_workdir_usable(tmp_path):
 
 
 def test_fields_that_change_no_result_may_change_on_resume(tmp_path, uninterrupted):
-  with pytest.raises(Killed):
-    simulate.run(_config(), str(tmp_path), mnist=MNIST, on_round=_kill_at(3))
+  _run_killed_after(_config(), str(tmp_path), 3)
   # Where the data comes from, TensorBoard and the checkpoint interval do not block it ...
   simulate.run(_config(data_dir="/elsewhere", download=False, tensorboard=True,
                        checkpoint_every=3), str(tmp_path), mnist=MNIST)
@@ -254,22 +255,19 @@ def test_fields_that_change_no_result_may_change_on_resume(tmp_path, uninterrupt
 
 
 def test_config_change_on_resume_is_refused(tmp_path):
-  with pytest.raises(Killed):
-    simulate.run(_config(), str(tmp_path), mnist=MNIST, on_round=_kill_at(3))
+  _run_killed_after(_config(), str(tmp_path), 3)
   with pytest.raises(errors.ConfigError, match=r"different config \(mu: 1.0 -> 0.5\)"):
     simulate.run(_config(mu=0.5), str(tmp_path), mnist=MNIST)
 
 
 def test_other_data_on_resume_is_refused(tmp_path):
-  with pytest.raises(Killed):
-    simulate.run(_config(), str(tmp_path), mnist=MNIST, on_round=_kill_at(3))
+  _run_killed_after(_config(), str(tmp_path), 3)
   with pytest.raises(errors.ConfigError, match="training data .* differs"):
     simulate.run(_config(), str(tmp_path), mnist=tiny_mnist(seed=1))
 
 
 def test_config_json_records_the_layout_used_and_a_changed_layout_is_reported(tmp_path, caplog):
-  with pytest.raises(Killed):
-    simulate.run(_config(), str(tmp_path), mnist=MNIST, on_round=_kill_at(3))
+  _run_killed_after(_config(), str(tmp_path), 3)
   saved = outputs.read_json(str(tmp_path / "config.json"))
   assert (saved["num_lanes"], saved["num_devices"], saved["eval_batch_size"]) == (1, 1, 200)
   assert saved["weight_decay"] == 0.001  # the protocol's value, not None
@@ -279,8 +277,7 @@ def test_config_json_records_the_layout_used_and_a_changed_layout_is_reported(tm
 
 def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, uninterrupted):
   workdir = str(tmp_path)
-  with pytest.raises(Killed):
-    simulate.run(_config(), workdir, mnist=MNIST, on_round=_kill_at(5))
+  _run_killed_after(_config(), workdir, 5)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   assert checkpoints.Checkpoints(ckpt_dir).steps() == [2, 4]
   for path in glob.glob(os.path.join(ckpt_dir, "4", "**", "*"), recursive=True):
@@ -293,8 +290,7 @@ def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, uninterrup
 
 def test_all_checkpoints_corrupted_fails_clearly(tmp_path):
   workdir = str(tmp_path)
-  with pytest.raises(Killed):
-    simulate.run(_config(), workdir, mnist=MNIST, on_round=_kill_at(3))
+  _run_killed_after(_config(), workdir, 3)
   for path in glob.glob(os.path.join(workdir, "checkpoints", "*", "**", "*"), recursive=True):
     if os.path.isfile(path):
       with open(path, "wb") as f:
