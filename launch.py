@@ -17,7 +17,8 @@ DEFAULT_CONFIG = "configs/mnist.py"
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config, e.g. configs/mnist.py:fedprox (variants: fedprox, "
-    "fedavg, fedprox_mu0; sweeps: figure1, figure1_paper). Override fields with "
+    "fedavg, fedprox_mu0; sweeps: figure1, figure1_paper) or configs/synthetic.py:fedprox (the "
+    "paper's synthetic federations; sweeps: heterogeneity, adaptive_mu). Override fields with "
     "--config.FIELD=VALUE; --help lists the fields.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where the outputs go (default: a new outputs/YYYY-MM-DD/HH-MM-SS). "
@@ -48,6 +49,7 @@ def _print_help(config_arg: str) -> None:
   """The usage, the flags, and every config field with its help and its value in the
   variant named (None = set by the protocol)."""
   import importlib.util
+  from fedprox_jax import protocols  # no JAX import
   path, _, variant = config_arg.partition(":")
   print(__doc__.strip() + "\n")
   print(f"  --config   {flags.FLAGS['config'].help}")
@@ -58,11 +60,14 @@ def _print_help(config_arg: str) -> None:
   values = module.get_config(*([variant] if variant else [])).to_dict()
   print(f"Config fields of {path}:{variant or '(default)'} "
         "(set with --config.FIELD=VALUE):")
-  for name, text in config_fields_help(path).items():
+  documented = config_fields_help(os.path.join(ROOT, DEFAULT_CONFIG))  # every config's base
+  documented.update({k: v for k, v in config_fields_help(path).items() if v or k not in documented})
+  for name, text in documented.items():
     value = values
     for part in name.split("."):
       value = value[part]
-    shown = "the protocol's value" if value is None else repr(value)
+    shown = repr(value) if value is not None else (
+        "the protocol's value" if name in protocols.PROTOCOL_FIELDS else "unset")
     print(f"  {name:<30} {text}  [{shown}]")
 
 

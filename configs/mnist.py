@@ -41,6 +41,13 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.data_dir = ""            # tfds: a TFDS data dir ('' = $TFDS_DATA_DIR or TFDS's default)
   c.download = True          # tfds: download MNIST when it is not in the data dir
   c.train_subset = 0         # use only the first N training examples (0 = all), for quick runs
+  # data=synthetic: the paper's Synthetic(alpha, beta) federations (configs/synthetic.py);
+  # num_clients is then the number of devices and partition_seed the generator's seed.
+  c.data = "mnist"           # mnist | synthetic (the paper's generated federations)
+  c.synthetic = ml_collections.ConfigDict()
+  c.synthetic.alpha = 1.0    # data=synthetic: how much the devices' models differ (u_k ~ N(0, alpha))
+  c.synthetic.beta = 1.0     # data=synthetic: how much the devices' features differ (B_k ~ N(0, beta))
+  c.synthetic.iid = False    # data=synthetic: True = Synthetic-IID (one shared model; alpha, beta unused)
   # Partition.
   c.num_clients = 1000       # clients the training set is split over
   c.iid = False              # True: a random equal split instead of the power-law one
@@ -65,6 +72,7 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.weight_decay = config_dict.placeholder(float)  # seed 0.001 (torch SGD) | paper 0
   c.stragglers_fraction = 0.9  # share of sampled clients that run fewer local epochs
   c.drop_stragglers = False  # True: FedAvg drops stragglers; False: FedProx keeps partial work
+  c.adaptive_mu = False      # the paper's heuristic from mu: +0.1 when the global training loss rises, -0.1 after 5 falls
   # (the help of a field is the comment on its line)
   c.straggler_rule = config_dict.placeholder(str)  # bernoulli (seed) | exact (paper: a count)
   c.sampling = config_dict.placeholder(str)  # uniform (both) | weighted | weighted_replacement
@@ -80,11 +88,13 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.seed = 0                 # a sweep runs seeds seed .. seed + sweep.seeds - 1
   # Sweeps (mode='sweep').
   c.sweep = ml_collections.ConfigDict()
-  c.sweep.algorithms = "fedavg,fedprox_mu0,fedprox"  # comma-separated; fedprox uses sweep.mu
+  c.sweep.algorithms = "fedavg,fedprox_mu0,fedprox"  # comma-separated; fedprox uses sweep.mu; also fedprox_adaptive
   c.sweep.stragglers = "0,0.5,0.9"  # comma-separated straggler fractions
   c.sweep.seeds = 5                  # seeds seed .. seed + seeds - 1 per (algorithm, level)
   c.sweep.mu = 1.0                   # mu of the fedprox algorithm (> 0)
   c.sweep.dissimilarity = True        # log mean_k ||grad f_k - grad f||^2 at each evaluation
   c.sweep.experiments_per_program = 0  # experiments vmapped together (0 = backend default)
+  c.sweep.adaptive_mu_init = config_dict.placeholder(float)  # fedprox_adaptive's first mu (None: the paper's, 1 on Synthetic-IID, else 0)
+  c.sweep.federations = ""           # data=synthetic: comma-separated iid | ALPHA_BETA, e.g. iid,0_0,1_1 ('' = c.synthetic's)
   c.update(VARIANTS[variant])
   return c

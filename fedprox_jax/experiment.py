@@ -16,12 +16,13 @@ import numpy as np
 from absl import logging
 
 from fedprox_jax import data as data_lib
-from fedprox_jax import distributed, metrics, models, partition, protocols, server
+from fedprox_jax import distributed, metrics, models, partition, protocols, server, synthetic
 from fedprox_jax.client import FederatedData
 from fedprox_jax.errors import ConfigError
 
 # The paper's Table (MNIST, 1000 devices): for printing next to our partition's statistics.
 PAPER_STATS = {"clients": 1000, "examples": 69035, "mean": 69, "std": 106}
+DATASETS = ("mnist", "synthetic")  # prepare_data's registry
 MAX_SEED = 2**31 - 1  # jax.random.key and numpy's RandomState both take it
 
 # The columns of metrics.jsonl (a run) and results.csv (a sweep). One name, one meaning.
@@ -34,6 +35,7 @@ ROW_FIELDS = {
     "global_train_loss": "the global model's mean cross-entropy on all training examples "
                          "(sweeps; the paper's Figure 1 training loss)",
     "dissimilarity": "mean_k ||grad f_k - grad f||^2 at the global model (sweeps)",
+    "mu": "the proximal weight this round's clients trained with (moves only with adaptive mu)",
     "num_stragglers": "sampled clients that straggled this round",
     "num_aggregated": "clients whose models were averaged",
     "all_dropped": "every client was dropped: the global model was kept",
@@ -68,6 +70,19 @@ def validate_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(c.mode in ("single", "sweep"), "mode", c.mode, "use 'single' or 'sweep'")
   _require(c.data_source in data_lib.SOURCES, "data_source", c.data_source,
            f"use one of {data_lib.SOURCES}")
+  _require(c.data in DATASETS, "data", c.data, f"use one of {DATASETS}")
+  if c.data == "synthetic":
+    for field in ("alpha", "beta"):
+      _require(c.synthetic[field] >= 0 and math.isfinite(c.synthetic[field]), f"synthetic.{field}",
+               c.synthetic[field], "must be a finite number >= 0 (a standard deviation)")
+    _require(c.model == "mlr", "model", c.model, "data='synthetic' has 60 features, not images: "
+             "use --config.model=mlr (the paper's model for it)")
+    _require(c.protocol == "paper", "protocol", c.protocol, "data='synthetic' follows the "
+             "authors' code: use --config.protocol=paper (the seed's protocol is Flower's MNIST)")
+    _require(c.train_subset == 0, "train_subset", c.train_subset, "applies to data='mnist' only")
+  else:
+    _require(not c.sweep.federations, "sweep.federations", c.sweep.federations,
+             "applies to data='synthetic' only")
   for field in ("num_clients", "clients_per_round", "num_rounds", "local_epochs", "batch_size",
                 "eval_every", "labels_per_client", "min_per_client", "checkpoint_every"):
     _require(_is_int(c[field]) and c[field] >= 1, field, c[field], "must be an integer >= 1")
@@ -101,6 +116,10 @@ def validate_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(c.weighting in server.WEIGHTINGS, "weighting", c.weighting,
            f"use one of {server.WEIGHTINGS}")
   s = c.sweep
+  _require(s.adaptive_mu_init is None or (s.adaptive_mu_init >= 0
+                                           and math.isfinite(s.adaptive_mu_init)),
+           "sweep.adaptive_mu_init", s.adaptive_mu_init, "must be a finite number >= 0 "
+           "(or unset for the paper's: 1 on Synthetic-IID, 0 otherwise)")
   _require(s.mu > 0 and math.isfinite(s.mu), "sweep.mu", s.mu,
            "must be a finite number > 0 (the 'fedprox' algorithm is FedProx with mu > 0; "
            "'fedprox_mu0' is the mu = 0 one)")
@@ -134,7 +153,33 @@ def _federated(x, labels, split: partition.Partition) -> FederatedData:
                        offsets=split.offsets, sizes=split.sizes)
 
 
-def prepare_data(c: ml_collections.ConfigDict, mnist: data_lib.Mnist) -> Experiment:
+def prepare_data(c: ml_collections.ConfigDict, mnist: data_lib.Mnist | None) -> Experiment:
+  """The clients' training data and the test set of ``c.data``, as host arrays: the one
+  place that knows the datasets; everything after it (placement, rounds, evaluation, the
+  outputs) is the same for all of them."""
+  if c.data == "synthetic":
+    return _synthetic_data(c)
+  return _mnist_data(c, mnist)
+
+
+def _synthetic_data(c: ml_collections.ConfigDict) -> Experiment:
+  """The paper's federation (c.synthetic, partition_seed) over num_clients devices, each split
+  90 % train / 10 % test as the authors do; the test set is all devices' test splits."""
+  s = c.synthetic
+  fed = synthetic.generate(s.alpha, s.beta, s.iid, c.partition_seed, c.num_clients)
+  split = partition.from_sizes(fed.sizes)
+  train_split, test_split = partition.split_each_client(split, 0.9, c.partition_seed)
+  train = _federated(fed.x, fed.y, train_split)
+  test_x, test_y = fed.x[test_split.order], fed.y[test_split.order]
+  stats = {**partition.partition_stats(split, fed.y),
+           "federation": synthetic.name(s.alpha, s.beta, s.iid),
+           "test_examples": len(test_y), "train_examples": int(train.sizes.sum()),
+           "max_train": int(train.sizes.max()),
+           "data_sha256": data_lib.ordered_digest(train.x, train.y, train.sizes, test_x, test_y)}
+  return Experiment(train, test_x, test_y, stats)
+
+
+def _mnist_data(c: ml_collections.ConfigDict, mnist: data_lib.Mnist) -> Experiment:
   """The clients' training data and the test set of ``c.protocol``, as host arrays.
 
   * 'seed' (the Flower baseline): the 60k training set is partitioned; each client holds out
@@ -250,7 +295,7 @@ def prepare(c: ml_collections.ConfigDict, mnist: data_lib.Mnist | None,
   ``c``, builds the model and the round spec. ``lanes_over_devices``: a run spreads its lanes
   over the devices; a sweep spreads its experiments and keeps each one's lanes together."""
   mesh = make_mesh(c)
-  if mnist is None:
+  if mnist is None and c.data == "mnist":
     mnist = data_lib.load_mnist(c.data_source, c.data_dir, c.download)
   exp = prepare_data(c, mnist)
   replicate = distributed.replicator(mesh)
@@ -258,7 +303,7 @@ def prepare(c: ml_collections.ConfigDict, mnist: data_lib.Mnist | None,
                      test_x=replicate(jnp.asarray(exp.test_x)),
                      test_y=replicate(jnp.asarray(exp.test_y)))
   logging.info("partition: %s", partition.format_stats(exp.stats))
-  if c.protocol == "paper":
+  if c.protocol == "paper" and c.data == "mnist":
     logging.info("the paper's table: %s", PAPER_STATS)
   model = models.make_model(c.model, c.conv_impl, mlr_init=c.mlr_init)
   spec = round_spec(c, exp.stats["max_train"], mesh if lanes_over_devices else None)
@@ -274,11 +319,13 @@ def prepare(c: ml_collections.ConfigDict, mnist: data_lib.Mnist | None,
                make_evaluate_fn(eval_model.apply, eval_batch))
 
 
-def metrics_row(t: int, m: server.RoundMetrics, evaluation: dict, wall_time: float) -> dict:
+def metrics_row(t: int, m: server.RoundMetrics, evaluation: dict, wall_time: float,
+                mu: float) -> dict:
   """The row of round ``t`` from its (host) round metrics and evaluation results."""
   executed = int(m.lanes.executed_steps)
   return {"round": t, **{k: float(v) for k, v in evaluation.items()},
           "local_train_loss": None if bool(m.all_dropped) else float(m.train_loss),
+          "mu": float(mu),
           "num_stragglers": int(m.num_stragglers), "num_aggregated": int(m.num_aggregated),
           "all_dropped": bool(m.all_dropped), "useful_steps": int(m.lanes.useful_steps),
           "executed_steps": executed,

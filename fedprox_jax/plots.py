@@ -1,6 +1,6 @@
 """A sweep's results table, summary and Figure-1-style plot; re-drawable from a workdir.
 
-  python -m fedprox_jax.plots WORKDIR     # re-draws figure1.png and summary.md from results.csv
+  python -m fedprox_jax.plots WORKDIR     # re-draws a sweep's figures and summary.md from results.csv
 """
 
 from __future__ import annotations
@@ -15,13 +15,16 @@ import numpy as np
 from fedprox_jax import outputs
 from fedprox_jax.errors import UserError
 
-FIELDS = ("experiment", "algorithm", "stragglers", "seed", "mu", "round", "test_accuracy",
+FIELDS = ("experiment", "federation", "algorithm", "stragglers", "seed", "mu", "round",
+          "test_accuracy",
           "test_loss", "global_train_loss", "local_train_loss", "dissimilarity", "num_stragglers",
           "diverged_at_round", "wall_time")
 FLOAT_FIELDS = ("stragglers", "mu", "test_accuracy", "test_loss", "global_train_loss",
                 "local_train_loss", "dissimilarity", "wall_time")
-LABELS = {"fedavg": "FedAvg", "fedprox_mu0": "FedProx (mu=0)", "fedprox": "FedProx (mu>0)"}
-COLORS = {"fedavg": "tab:green", "fedprox_mu0": "tab:blue", "fedprox": "tab:red"}
+LABELS = {"fedavg": "FedAvg", "fedprox_mu0": "FedProx (mu=0)", "fedprox": "FedProx (mu>0)",
+          "fedprox_adaptive": "FedProx (adaptive mu)"}
+COLORS = {"fedavg": "tab:green", "fedprox_mu0": "tab:blue", "fedprox": "tab:red",
+          "fedprox_adaptive": "tab:purple"}
 THRESHOLDS = (0.8, 0.9)
 
 
@@ -33,15 +36,15 @@ def write_results_csv(path: str, specs, results: dict, diverged: dict) -> None:
     writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
     writer.writeheader()
     for s in specs:
+      # mu: the experiment's (an adaptive one's first); each row's own mu replaces it.
+      spec = {"experiment": s.name, "federation": s.federation, "algorithm": s.algorithm,
+              "stragglers": s.stragglers_fraction, "seed": s.seed, "mu": s.mu}
       for row in results[s.name]:
-        writer.writerow({"experiment": s.name, "algorithm": s.algorithm,
-                         "stragglers": s.stragglers_fraction, "seed": s.seed, "mu": s.mu,
-                         "diverged_at_round": diverged.get(s.name, ""),
+        writer.writerow({**spec, "diverged_at_round": diverged.get(s.name, ""),
                          **{k: "" if row[k] is None else row[k] for k in FIELDS if k in row}})
       if s.name in diverged:
-        writer.writerow({"experiment": s.name, "algorithm": s.algorithm,
-                         "stragglers": s.stragglers_fraction, "seed": s.seed, "mu": s.mu,
-                         "round": diverged[s.name], "diverged_at_round": diverged[s.name]})
+        writer.writerow({**spec, "round": diverged[s.name],
+                         "diverged_at_round": diverged[s.name]})
   os.replace(path + ".tmp", path)
 
 
@@ -54,6 +57,7 @@ def read_results_csv(path: str) -> list:
         r[k] = float(r[k]) if r.get(k) not in (None, "") else float("nan")
       r["seed"], r["round"] = int(r["seed"]), int(r["round"])
       r["diverged_at_round"] = int(r["diverged_at_round"]) if r.get("diverged_at_round") else None
+      r["federation"] = r.get("federation") or ""  # results.csv of MNIST sweeps before it
       if not r["algorithm"]:
         raise ValueError("a row without its algorithm")
   except (KeyError, ValueError, TypeError, csv.Error) as e:
@@ -65,12 +69,12 @@ def read_results_csv(path: str) -> list:
 
 
 def _curves(rows):
-  """{(algorithm, stragglers): {seed: (rounds, {metric: values})}} of the experiments that did
-  not diverge."""
+  """{(federation, algorithm, stragglers): {seed: (rounds, {metric: values})}} of the
+  experiments that did not diverge."""
   by = defaultdict(lambda: defaultdict(list))
   for r in rows:
     if r["diverged_at_round"] is None:
-      by[(r["algorithm"], r["stragglers"])][r["seed"]].append(r)
+      by[(r["federation"], r["algorithm"], r["stragglers"])][r["seed"]].append(r)
   out = {}
   for key, seeds in by.items():
     out[key] = {}
@@ -78,36 +82,41 @@ def _curves(rows):
       rs = sorted(rs, key=lambda r: r["round"])
       out[key][seed] = ([r["round"] for r in rs],
                         {m: np.array([r[m] for r in rs]) for m in
-                         ("test_accuracy", "global_train_loss", "dissimilarity")})
+                         ("test_accuracy", "global_train_loss", "dissimilarity", "mu")})
   return out
 
 
 def _diverged_seeds(rows) -> dict:
-  """{(algorithm, stragglers): number of seeds that diverged}."""
-  seen = {(r["algorithm"], r["stragglers"], r["seed"]) for r in rows
+  """{(federation, algorithm, stragglers): number of seeds that diverged}."""
+  seen = {(r["federation"], r["algorithm"], r["stragglers"], r["seed"]) for r in rows
           if r["diverged_at_round"] is not None}
   counts = defaultdict(int)
-  for algorithm, stragglers, _ in seen:
-    counts[(algorithm, stragglers)] += 1
+  for *key, _ in seen:
+    counts[tuple(key)] += 1
   return counts
 
 
 def summary_table(rows) -> list:
-  """Per (algorithm, stragglers): final/best accuracy mean and std over the seeds that did not
-  diverge, rounds to 80/90 %, and how many seeds diverged."""
+  """Per (federation, algorithm, stragglers): final/best accuracy and final training loss,
+  mean and std (ddof 0) over the seeds that did not diverge, rounds to 80/90 %, and how many
+  seeds diverged."""
   curves, diverged = _curves(rows), _diverged_seeds(rows)
-  order = lambda key: (key[1], list(LABELS).index(key[0]) if key[0] in LABELS else 9)
+  order = lambda key: (_federation_order(key[0]), key[2],
+                       list(LABELS).index(key[1]) if key[1] in LABELS else 9)
   table = []
   for key in sorted(set(curves) | set(diverged), key=order):
-    algorithm, stragglers = key
+    federation, algorithm, stragglers = key
     seeds = curves.get(key, {})
-    entry = {"algorithm": algorithm, "stragglers": stragglers, "seeds": len(seeds),
-             "seeds_diverged": diverged.get(key, 0)}
+    entry = {"federation": federation, "algorithm": algorithm, "stragglers": stragglers,
+             "seeds": len(seeds), "seeds_diverged": diverged.get(key, 0)}
     if seeds:
       final = np.array([m["test_accuracy"][-1] for _, m in seeds.values()])
       best = np.array([m["test_accuracy"].max() for _, m in seeds.values()])
+      loss = np.array([m["global_train_loss"][-1] for _, m in seeds.values()])
       entry.update(final_accuracy_mean=float(final.mean()), final_accuracy_std=float(final.std()),
-                   best_accuracy_mean=float(best.mean()), best_accuracy_std=float(best.std()))
+                   best_accuracy_mean=float(best.mean()), best_accuracy_std=float(best.std()),
+                   final_train_loss_mean=float(loss.mean()),
+                   final_train_loss_std=float(loss.std()))
     for th in THRESHOLDS:
       reached = [rounds[int(np.argmax(m["test_accuracy"] >= th))]
                  for rounds, m in seeds.values() if (m["test_accuracy"] >= th).any()]
@@ -118,59 +127,60 @@ def summary_table(rows) -> list:
 
 
 def format_markdown(table) -> str:
-  lines = ["| stragglers | algorithm | final accuracy | best accuracy | rounds to 80 % | "
-           "rounds to 90 % |", "|---:|---|---|---|---|---|"]
+  with_federation = any(e["federation"] for e in table)
+  lead = "| federation " if with_federation else ""
+  lines = [lead + "| stragglers | algorithm | final accuracy | best accuracy | final training "
+           "loss | rounds to 80 % | rounds to 90 % |",
+           ("|---" if with_federation else "") + "|---:|---|---|---|---|---|---|"]
   for e in table:
+    start = (f"| {e['federation']} " if with_federation else "") + (
+        f"| {e['stragglers']:g} | {LABELS.get(e['algorithm'], e['algorithm'])} | ")
     diverged = f" ({e['seeds_diverged']} diverged)" if e["seeds_diverged"] else ""
     if not e["seeds"]:
-      lines.append(f"| {e['stragglers']:g} | {LABELS.get(e['algorithm'], e['algorithm'])} | "
-                   f"diverged ({e['seeds_diverged']} seeds) | | | |")
+      lines.append(start + f"diverged ({e['seeds_diverged']} seeds) | | | | |")
       continue
 
     def reach(th):
       r = e[f"rounds_to_{th}"]
       return "never" if r is None else f"{r:.0f} ({e[f'seeds_reaching_{th}']}/{e['seeds']} seeds)"
-    lines.append(f"| {e['stragglers']:g} | {LABELS.get(e['algorithm'], e['algorithm'])} | "
-                 f"{e['final_accuracy_mean']:.4f} ± {e['final_accuracy_std']:.4f} | "
-                 f"{e['best_accuracy_mean']:.4f} ± {e['best_accuracy_std']:.4f} | "
-                 f"{reach(80)} | {reach(90)} |{diverged}")
+
+    def band(name):
+      return f"{e[name + '_mean']:.4f} ± {e[name + '_std']:.4f}"
+    lines.append(start + f"{band('final_accuracy')} | {band('best_accuracy')} | "
+                 f"{band('final_train_loss')} | {reach(80)} | {reach(90)} |{diverged}")
   return "\n".join(lines) + "\n"
 
 
-def plot_figure1(rows, path: str, title: str = "") -> None:
-  """Columns = straggler levels; rows = training loss, test accuracy (and dissimilarity);
-  one line per algorithm (mean over seeds), the seeds' min-max band shaded."""
+METRIC_NAMES = {"global_train_loss": "training loss (global model)",
+                "test_accuracy": "test accuracy", "dissimilarity": "gradient dissimilarity",
+                "mu": "mu"}
+
+
+def _draw_panels(curves, columns, path: str, title: str, metrics: list) -> None:
+  """One column per (label, federation, stragglers) of ``columns``; one row per metric; one line
+  per algorithm (mean over seeds), the seeds' min-max band shaded."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  curves = _curves(rows)
-  levels = sorted({s for _, s in curves})
-  if not levels:
-    return  # every experiment diverged: nothing to draw
-  metrics = ["global_train_loss", "test_accuracy"]
-  if any(not np.isnan(r["dissimilarity"]) for r in rows):
-    metrics.append("dissimilarity")
-  fig, axes = plt.subplots(len(metrics), len(levels), figsize=(4.2 * len(levels),
-                                                                3.2 * len(metrics)),
+  fig, axes = plt.subplots(len(metrics), len(columns), figsize=(4.2 * len(columns),
+                                                                 3.2 * len(metrics)),
                            squeeze=False, sharex=True)
-  for col, level in enumerate(levels):
+  for col, (label, federation, level) in enumerate(columns):
     for algorithm in LABELS:
-      if (algorithm, level) not in curves:
+      seeds = curves.get((federation, algorithm, level))
+      if not seeds:
         continue
-      seeds = curves[(algorithm, level)]
       rounds = next(iter(seeds.values()))[0]
       for row, metric in enumerate(metrics):
         values = np.stack([m[metric] for _, m in seeds.values()])
         ax = axes[row, col]
         ax.plot(rounds, values.mean(0), color=COLORS[algorithm], label=LABELS[algorithm])
         ax.fill_between(rounds, values.min(0), values.max(0), color=COLORS[algorithm], alpha=0.2)
-    axes[0, col].set_title(f"{level:.0%} stragglers")
+    axes[0, col].set_title(label)
     axes[-1, col].set_xlabel("round")
-  names = {"global_train_loss": "training loss (global model)", "test_accuracy": "test accuracy",
-           "dissimilarity": "gradient dissimilarity"}
   for row, metric in enumerate(metrics):
-    axes[row, 0].set_ylabel(names[metric])
+    axes[row, 0].set_ylabel(METRIC_NAMES[metric])
     for ax in axes[row]:
       ax.grid(alpha=0.3)
   axes[0, 0].legend()
@@ -178,6 +188,48 @@ def plot_figure1(rows, path: str, title: str = "") -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def figure_paths(rows, workdir: str) -> list:
+  """The figures a sweep's rows make: figure1.png (one federation: a column per straggler
+  level, as the paper's Figure 1), else heterogeneity_stragglers{level}.png (a column per
+  federation, as its Figure 2), one per level."""
+  federations = sorted({r["federation"] for r in rows})
+  if len(federations) <= 1:
+    return [os.path.join(workdir, "figure1.png")]
+  return [os.path.join(workdir, f"heterogeneity_stragglers{level:g}.png")
+          for level in sorted({r["stragglers"] for r in rows})]
+
+
+def plot_sweep(rows, workdir: str, title: str = "") -> list:
+  """Draws ``figure_paths(rows, workdir)``; returns them."""
+  curves = _curves(rows)
+  if not curves:
+    return []  # every experiment diverged: nothing to draw
+  metrics = ["global_train_loss", "test_accuracy"]
+  if any(not np.isnan(r["dissimilarity"]) for r in rows):
+    metrics.append("dissimilarity")
+  if any(r["algorithm"] == "fedprox_adaptive" for r in rows):
+    metrics.append("mu")
+  federations = sorted({f for f, _, _ in curves}, key=_federation_order)
+  levels = sorted({s for _, _, s in curves})
+  paths = figure_paths(rows, workdir)
+  if len(federations) <= 1:
+    fed = federations[0]
+    _draw_panels(curves, [(f"{level:.0%} stragglers", fed, level) for level in levels],
+                 paths[0], f"{fed} {title}".strip() if fed else title, metrics)
+    return paths
+  for path, level in zip(paths, levels):
+    _draw_panels(curves, [(f, f, level) for f in federations], path,
+                 f"{title}; {level:.0%} stragglers", metrics)
+  return paths
+
+
+def _federation_order(name: str):
+  """synthetic_iid first, then by (alpha, beta): the paper's left-to-right order."""
+  parts = name.split("_")[1:]
+  return (0, 0.0, 0.0) if parts == ["iid"] else (1, *(float(p) for p in parts)) \
+      if len(parts) == 2 else (2, name)
 
 
 def _with_gaps(rounds, values, step: int):
@@ -218,12 +270,12 @@ def plot_metrics(rows: list, path: str, title: str = "", eval_every: int = 1) ->
 
 
 def redraw(workdir: str, title: str = "") -> list:
-  """Writes summary.md and figure1.png of ``workdir`` from its results.csv; returns the table."""
+  """Writes summary.md and the figures of ``workdir`` from its results.csv; returns the table."""
   rows = read_results_csv(os.path.join(workdir, "results.csv"))
   table = summary_table(rows)
   with open(os.path.join(workdir, "summary.md"), "w") as f:
     f.write(format_markdown(table))
-  plot_figure1(rows, os.path.join(workdir, "figure1.png"), title)
+  plot_sweep(rows, workdir, title)
   return table
 
 
@@ -262,7 +314,8 @@ def main(argv):
     if os.path.exists(os.path.join(workdir, "results.csv")):
       table = redraw(workdir)
       print(format_markdown(table))
-      print(f"wrote {os.path.join(workdir, 'figure1.png')} and summary.md")
+      rows = read_results_csv(os.path.join(workdir, "results.csv"))
+      print(f"wrote {', '.join(figure_paths(rows, workdir))} and summary.md")
     elif os.path.exists(os.path.join(workdir, "metrics.jsonl")):
       print(f"wrote {redraw_run(workdir)}")
     else:

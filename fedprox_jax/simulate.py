@@ -19,7 +19,8 @@ from absl import logging
 
 from fedprox_jax import checkpoints as checkpoints_lib
 from fedprox_jax import data as data_lib
-from fedprox_jax import distributed, experiment, models, outputs, plots, server, signals
+from fedprox_jax import adaptive_mu, distributed, experiment, metrics, models, outputs, plots
+from fedprox_jax import server, signals
 from fedprox_jax.errors import DivergenceError, Interrupted
 from fedprox_jax.workdir import Workdir, open_workdir
 
@@ -45,8 +46,8 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
                  time.perf_counter() - start)
     checkpoints = checkpoints_lib.Checkpoints(wd.file("checkpoints"))
     try:
-      params, first_round, rows = _restore(setup, wd, checkpoints)
-      rows, compilations = _train(setup, wd, checkpoints, params, first_round, rows, on_round)
+      state, first_round, rows = _restore(setup, wd, checkpoints)
+      rows, compilations = _train(setup, wd, checkpoints, state, first_round, rows, on_round)
     finally:
       checkpoints.close()
     return _finish(setup, wd, rows, first_round, compilations, time.perf_counter() - start)
@@ -55,17 +56,20 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
 
 
 def _restore(setup: experiment.Setup, wd: Workdir, checkpoints: checkpoints_lib.Checkpoints):
-  """(params, first round to run, rows so far): from scratch, or after the newest checkpoint."""
-  init_key, _ = jax.random.split(jax.random.key(setup.config.seed))
-  params = models.init_params(setup.model, init_key)
+  """(state, first round to run, rows so far): from scratch, or after the newest checkpoint.
+  The state is {"params"} and, with adaptive mu, {"mu": the adaptive-mu state's arrays}."""
+  c = setup.config
+  init_key, _ = jax.random.split(jax.random.key(c.seed))
+  state = {"params": models.init_params(setup.model, init_key, setup.data.train.x.shape[1:])}
+  if c.adaptive_mu:
+    state["mu"] = dict(adaptive_mu.init(c.mu)._asdict())
   done = 0
-  restored = checkpoints.restore_latest({"params": params}) if wd.resuming else None
+  restored = checkpoints.restore_latest(state) if wd.resuming else None
   if restored is not None:
     done, state = restored
-    params = state["params"]
     logging.info("resuming %s after round %d", wd.path, done)
   rows = outputs.keep_jsonl(wd.path, "metrics.jsonl", lambda r: r["round"] <= done, wd.write)
-  return distributed.replicator(setup.mesh)(params), done + 1, rows
+  return distributed.replicator(setup.mesh)(state), done + 1, rows
 
 
 def _divergence(c, t: int, checkpoints) -> DivergenceError:
@@ -78,7 +82,19 @@ def _divergence(c, t: int, checkpoints) -> DivergenceError:
       + experiment.divergence_advice(c.lr, c.mu) + ", and start a new --workdir.")
 
 
-def _train(setup: experiment.Setup, wd: Workdir, checkpoints, params, first_round: int,
+def make_adapt_fn(setup: experiment.Setup):
+  """Jitted (params, train data, mu state) -> the mu state after the global model ``params``
+  (its training loss on all training examples; on the device, no wait for the host)."""
+  c = setup.config
+
+  def adapt(params, train, mu_state):
+    _, loss = metrics.evaluate(setup.eval_model.apply, params, train.x, train.y,
+                               c.eval_batch_size)
+    return adaptive_mu.update(mu_state, loss)
+  return jax.jit(adapt)
+
+
+def _train(setup: experiment.Setup, wd: Workdir, checkpoints, state: dict, first_round: int,
            rows: list, on_round):
   """Runs rounds first_round..num_rounds; returns (all rows, compilations of the round)."""
   c, exp = setup.config, setup.data
@@ -87,6 +103,9 @@ def _train(setup: experiment.Setup, wd: Workdir, checkpoints, params, first_roun
   hp = replicate(server.HParams.create(c.lr, c.mu, c.stragglers_fraction, c.drop_stragglers,
                                        c.clients_per_round, c.weight_decay))
   round_fn = server.make_round_fn(setup.model.apply, setup.spec)
+  adapt = make_adapt_fn(setup) if c.adaptive_mu else None
+  params = state["params"]
+  mu_state = adaptive_mu.MuState(**state["mu"]) if adapt else None
   writer = (outputs.TensorBoard(wd.file("tensorboard")) if c.tensorboard and wd.write
             else None)
   # Time of the earlier segments of a resumed run (from its last kept row).
@@ -98,7 +117,11 @@ def _train(setup: experiment.Setup, wd: Workdir, checkpoints, params, first_roun
       # evaluations are dispatched without waiting for the host.
       diverged_at = jnp.int32(0)
       for t in range(first_round, c.num_rounds + 1):
-        params, m = round_fn(params, exp.train, hp, replicate(jax.random.fold_in(rounds_key, t)))
+        mu = mu_state.mu if adapt else hp.mu
+        params, m = round_fn(params, exp.train, hp._replace(mu=mu),
+                             replicate(jax.random.fold_in(rounds_key, t)))
+        if adapt:
+          mu_state = adapt(params, exp.train, mu_state)
         diverged_at = jnp.where((diverged_at == 0) & ~m.finite, t, diverged_at)
         stop = signals.received()
         evaluate = t % c.eval_every == 0 or t == c.num_rounds
@@ -108,14 +131,15 @@ def _train(setup: experiment.Setup, wd: Workdir, checkpoints, params, first_roun
         # One wait for the host per evaluated or saved round: the evaluation is dispatched
         # before the divergence flag is read (a diverged round's evaluation is discarded).
         evaluation = setup.evaluate(params, exp.test_x, exp.test_y) if evaluate else ()
-        first_bad, m, evaluation = jax.device_get((diverged_at, m, evaluation))
+        first_bad, m, evaluation, mu = jax.device_get((diverged_at, m, evaluation, mu))
         if first_bad:
           raise _divergence(c, int(first_bad), checkpoints)
         if evaluate:
           accuracy, test_loss = evaluation
           elapsed = time.perf_counter() - loop_start
           row = experiment.metrics_row(
-              t, m, {"test_accuracy": accuracy, "test_loss": test_loss}, wall_offset + elapsed)
+              t, m, {"test_accuracy": accuracy, "test_loss": test_loss}, wall_offset + elapsed,
+              mu)
           if wd.write:  # the row is on disk before the checkpoint that makes round t final
             outputs.append_jsonl(wd.path, "metrics.jsonl", [row])
           rows.append(row)
@@ -123,7 +147,8 @@ def _train(setup: experiment.Setup, wd: Workdir, checkpoints, params, first_roun
             writer.write(t, row)
           _log_round(c, row, (t - first_round + 1) / elapsed)
         if save:
-          checkpoints.save(t, {"params": params})
+          checkpoints.save(t, {"params": params, **(
+              {"mu": dict(mu_state._asdict())} if adapt else {})})
         if evaluate and on_round:
           on_round(t, row)
         if stop:

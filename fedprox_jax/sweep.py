@@ -22,32 +22,38 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 
 from fedprox_jax import checkpoints as checkpoints_lib
 from fedprox_jax import data as data_lib
-from fedprox_jax import distributed, experiment, metrics, models, outputs, plots, server, signals
+from fedprox_jax import adaptive_mu, distributed, experiment, metrics, models, outputs, plots
+from fedprox_jax import server, signals, synthetic
 from fedprox_jax.errors import ConfigError, DivergenceError, Interrupted
 from fedprox_jax.workdir import Workdir, open_workdir
 
-ALGORITHMS = {  # name -> (mu, drop_stragglers); mu None = the sweep's mu
-    "fedavg": (0.0, True),
-    "fedprox_mu0": (0.0, False),
-    "fedprox": (None, False),
+ALGORITHMS = {  # name -> (mu, drop_stragglers, adaptive mu); mu None = the sweep's
+    "fedavg": (0.0, True, False),
+    "fedprox_mu0": (0.0, False, False),
+    "fedprox": (None, False, False),  # sweep.mu
+    "fedprox_adaptive": (None, False, True),  # from sweep.adaptive_mu_init or the paper's
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentSpec:
   algorithm: str
-  mu: float
+  mu: float  # adaptive: the first round's
   drop_stragglers: bool
   stragglers_fraction: float
   seed: int
+  adaptive: bool = False
+  federation: str = ""  # data=synthetic: the federation's name (synthetic_A_B, synthetic_iid)
 
   @property
   def name(self) -> str:
-    return f"{self.algorithm}_s{self.stragglers_fraction:g}_seed{self.seed}"
+    prefix = f"{self.federation}_" if self.federation else ""
+    return f"{prefix}{self.algorithm}_s{self.stragglers_fraction:g}_seed{self.seed}"
 
 
 def _parse_list(field: str, value, cast):
@@ -65,8 +71,36 @@ def _parse_list(field: str, value, cast):
   return items
 
 
+def federations(c: ml_collections.ConfigDict) -> dict:
+  """{federation name: (alpha, beta, iid)} of a synthetic sweep (c.sweep.federations, else
+  c.synthetic's one); {"": None} for MNIST."""
+  if c.data != "synthetic":
+    return {"": None}
+  if not c.sweep.federations:
+    s = c.synthetic
+    return {synthetic.name(s.alpha, s.beta, s.iid): (s.alpha, s.beta, s.iid)}
+  out = {}
+  for item in _parse_list("federations", c.sweep.federations, str):
+    try:
+      alpha, beta, iid = synthetic.parse_name(item)
+    except ValueError as e:
+      raise ConfigError(f"config.sweep.federations: {e}") from e
+    out[synthetic.name(alpha, beta, iid)] = (alpha, beta, iid)
+  return out
+
+
+def federation_config(c: ml_collections.ConfigDict, federation) -> ml_collections.ConfigDict:
+  """``c`` with c.synthetic set to ``federation`` = (alpha, beta, iid) (None: ``c`` itself)."""
+  if federation is None:
+    return c
+  out = ml_collections.ConfigDict(c.to_dict())
+  out.synthetic.alpha, out.synthetic.beta, out.synthetic.iid = federation
+  return out
+
+
 def experiment_grid(c: ml_collections.ConfigDict) -> list:
-  """The sweep's experiments, from ``c.sweep`` (algorithms, stragglers, seeds, mu)."""
+  """The sweep's experiments, from ``c.sweep`` (federations, stragglers, algorithms, seeds,
+  mu), federation after federation."""
   algorithms = _parse_list("algorithms", c.sweep.algorithms, str)
   for a in algorithms:
     if a not in ALGORITHMS:
@@ -76,21 +110,30 @@ def experiment_grid(c: ml_collections.ConfigDict) -> list:
     if not 0 <= f <= 1:
       raise ConfigError(f"config.sweep.stragglers: {f} is not between 0 and 1")
   grid = []
-  for fraction in fractions:
-    for algorithm in algorithms:
-      mu, drop = ALGORITHMS[algorithm]
-      for seed in range(c.seed, c.seed + c.sweep.seeds):
-        grid.append(ExperimentSpec(algorithm, c.sweep.mu if mu is None else mu, drop, fraction,
-                                   seed))
+  for name, federation in federations(c).items():
+    iid = c.data == "synthetic" and federation[2]
+    for fraction in fractions:
+      for algorithm in algorithms:
+        mu, drop, adaptive = ALGORITHMS[algorithm]
+        if adaptive:
+          mu = (adaptive_mu.initial_mu(iid) if c.sweep.adaptive_mu_init is None
+                else c.sweep.adaptive_mu_init)
+        for seed in range(c.seed, c.seed + c.sweep.seeds):
+          grid.append(ExperimentSpec(algorithm, c.sweep.mu if mu is None else mu, drop, fraction,
+                                     seed, adaptive, name))
   return grid
 
 
 def default_experiments_per_program(model: str, num_experiments: int,
-                                    backend: str | None = None) -> int:
-  """All experiments in one program, except the CNN on CPU: a wide vmapped CNN step is slower
-  there than the same steps in turn (see benchmarks/README.md), so one experiment at a time."""
+                                    backend: str | None = None, data: str = "mnist") -> int:
+  """All experiments in one program, except on CPU for the CNN and the synthetic federations:
+  one experiment at a time. A wide vmapped CNN step is slower there than the same steps in
+  turn (see benchmarks/README.md); so are the synthetic federations' tiny steps (2-core AMD
+  EPYC, 9 experiments of Synthetic(1,1): 2.5 s per vmapped round vs 9 x 0.11 s in turn), whose
+  long data-order tables (E = 20 epochs of up to ~5000 examples) a vmapped step reads slowly."""
   backend = backend or jax.default_backend()
-  return 1 if (backend == "cpu" and model == "cnn") else num_experiments
+  one_by_one = backend == "cpu" and (model == "cnn" or data == "synthetic")
+  return 1 if one_by_one else num_experiments
 
 
 
@@ -120,11 +163,23 @@ def _over_experiments(fn, in_axes, size: int):
 
 @functools.lru_cache(maxsize=8)
 def make_sweep_fns(apply_fn, eval_apply_fn, spec: server.RoundSpec, size: int,
-                   eval_batch_size: int, with_dissimilarity: bool):
+                   eval_batch_size: int, with_dissimilarity: bool, with_adaptive: bool):
   """Jitted round and evaluation over an experiment axis of ``size``; the same arguments give
-  the same functions, so the programs of a sweep (and a resumed one) compile once."""
-  round_fn = jax.jit(_over_experiments(
-      lambda p, d, hp, k: server.run_round(apply_fn, spec, p, d, hp, k), (0, None, 0, 0), size))
+  the same functions, so the programs of a sweep (and a resumed one) compile once.
+
+  The round takes and returns each experiment's adaptive-mu state: an adaptive experiment
+  trains with the state's mu, then its state sees the new global model's training loss, all
+  in the one program (``with_adaptive``: some experiment of the program adapts)."""
+
+  def round_one(params, mu_state, data, hp, key, adaptive):
+    hp = hp._replace(mu=jnp.where(adaptive, mu_state.mu, hp.mu))
+    params, m = server.run_round(apply_fn, spec, params, data, hp, key)
+    if with_adaptive:
+      _, loss = metrics.evaluate(eval_apply_fn, params, data.x, data.y, eval_batch_size)
+      mu_state = adaptive_mu.update(mu_state, loss)
+    return params, m, mu_state, hp.mu
+
+  round_fn = jax.jit(_over_experiments(round_one, (0, 0, None, 0, 0, 0), size))
 
   def evaluate_one(params, train, test_x, test_y):
     accuracy, test_loss = metrics.evaluate(eval_apply_fn, params, test_x, test_y,
@@ -165,11 +220,15 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
   # The same seed gives the same initial model and the same round keys (common random numbers).
   seed_keys = [jax.random.split(jax.random.key(s.seed)) for s in specs]
   # The state of the real experiments (what is checkpointed: independent of the device count).
+  input_shape = setup.data.train.x.shape[1:]
   state = {"params": jax.tree_util.tree_map(
                lambda *leaves: jnp.stack(leaves),
-               *[models.init_params(setup.model, init_key) for init_key, _ in seed_keys]),
+               *[models.init_params(setup.model, init_key, input_shape)
+                 for init_key, _ in seed_keys]),
            # the first non-finite round of each experiment (0 = none so far)
-           "diverged_at": jnp.zeros(real, jnp.int32)}
+           "diverged_at": jnp.zeros(real, jnp.int32),
+           # adaptive mu (the fixed-mu experiments carry it unused)
+           "mu": dict(adaptive_mu.init(jnp.array([s.mu for s in specs], jnp.float32))._asdict())}
   checkpoints = checkpoints_lib.Checkpoints(checkpoint_dir) if checkpoint_dir else None
   done = 0
   if checkpoints is not None and wd.resuming:
@@ -184,13 +243,15 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
         lambda a: jnp.concatenate([a] + [a[-1:]] * padding) if padding else a, state)
   size = len(specs)
   round_fn, evaluate_fn = make_sweep_fns(setup.model.apply, setup.eval_model.apply, setup.spec,
-                                         size, c.eval_batch_size, c.sweep.dissimilarity)
+                                         size, c.eval_batch_size, c.sweep.dissimilarity,
+                                         any(s.adaptive for s in specs))
   rounds_keys = jnp.stack([rounds_key for _, rounds_key in seed_keys])
   fold_in = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))  # all experiments' keys
   hp = _stack_hparams(c, specs)
   train, test_x, test_y = exp.train, exp.test_x, exp.test_y
   shard = distributed.splitter(mesh)
   hp = shard(hp)
+  adaptive = shard(jnp.array([s.adaptive for s in specs]))
   if mesh is not None:  # the data, replicated on the devices the experiments are spread over
     train, test_x, test_y = distributed.replicator(mesh)((train, test_x, test_y))
   names = [s.name for s in specs[:real]]
@@ -208,9 +269,11 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
   try:
     with signals.deferred():
       for t in range(done + 1, c.num_rounds + 1):
-        params, m = round_fn(state["params"], train, hp, shard(fold_in(rounds_keys, t)))
+        params, m, mu_state, mu = round_fn(
+            state["params"], adaptive_mu.MuState(**state["mu"]), train, hp,
+            shard(fold_in(rounds_keys, t)), adaptive)
         diverged_at = jnp.where((state["diverged_at"] == 0) & ~m.finite, t, state["diverged_at"])
-        state = {"params": params, "diverged_at": diverged_at}
+        state = {"params": params, "diverged_at": diverged_at, "mu": dict(mu_state._asdict())}
         stop = signals.received()
         evaluate = t in eval_rounds
         save = checkpoints is not None and (t % c.checkpoint_every == 0 or t == c.num_rounds
@@ -219,7 +282,7 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
           continue
         # One wait for the host: the evaluation is dispatched before the flags are read.
         evaluation = evaluate_fn(params, train, test_x, test_y) if evaluate else ()
-        diverged, ev, m = _to_host((diverged_at, evaluation, m))
+        diverged, ev, m, mu = _to_host((diverged_at, evaluation, m, mu))
         diverged = diverged[:real]
         for name, d, s in zip(names, diverged, specs):
           if d and name not in reported:
@@ -234,7 +297,8 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
               continue
             row = experiment.metrics_row(
                 t, jax.tree_util.tree_map(lambda a: a[i], m),
-                {k: v[i] for k, v in ev.items()}, wall_offset + time.perf_counter() - start)
+                {k: v[i] for k, v in ev.items()}, wall_offset + time.perf_counter() - start,
+                mu=mu[i])
             rows[name].append(row)
             new.append({"experiment": name, **row})
           if wd is not None and wd.write and new:
@@ -263,7 +327,7 @@ def _experiments_per_program(c, num_experiments: int, wd: Workdir) -> int:
                       f"the sweep in {wd.path} was started with {started}, which lays out its "
                       "checkpoints; resume with that value (or 0), or pass a new --workdir")
   return (c.sweep.experiments_per_program or started
-          or default_experiments_per_program(c.model, num_experiments))
+          or default_experiments_per_program(c.model, num_experiments, data=c.data))
 
 
 def run_sweep(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None = None):
@@ -274,26 +338,45 @@ def run_sweep(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist 
   specs = experiment_grid(c)
   wd = open_workdir(workdir, "sweep", c.to_dict())
   try:
-    setup = experiment.prepare(c, mnist, lanes_over_devices=False)
-    per_program = _experiments_per_program(c, len(specs), wd)
-    setup.config.sweep.experiments_per_program = per_program
-    wd.commit(setup.config.to_dict(), setup.data.stats)
+    # One set-up per federation (MNIST: one); all checked before anything is written.
+    setups = {name: experiment.prepare(federation_config(c, federation), mnist,
+                                       lanes_over_devices=False)
+              for name, federation in federations(c).items()}
+    first_setup = next(iter(setups.values()))
+    per_program = _experiments_per_program(
+        c, max(sum(s.federation == name for s in specs) for name in setups), wd)
+    resolved = ml_collections.ConfigDict(first_setup.config.to_dict())
+    resolved.synthetic = c.synthetic
+    resolved.sweep.experiments_per_program = per_program
+    if len(setups) == 1:
+      stats = first_setup.data.stats
+    else:  # each federation's statistics and evaluation batch; one digest over all their data
+      stats = {"federations": {name: {**s.data.stats, "eval_batch_size": s.config.eval_batch_size}
+                               for name, s in setups.items()},
+               "data_sha256": data_lib.ordered_digest(np.array(
+                   [s.data.stats["data_sha256"] for s in setups.values()]))}
+    wd.commit(resolved.to_dict(), stats)
     distributed.barrier("workdir ready")
     eval_rounds = set(range(c.eval_every, c.num_rounds + 1, c.eval_every)) | {c.num_rounds}
     results, diverged = {}, {}
-    for program, first in enumerate(range(0, len(specs), per_program)):
-      chunk = specs[first:first + per_program]
-      logging.info("experiments %d-%d of %d: %s", first + 1, first + len(chunk), len(specs),
-                   ", ".join(s.name for s in chunk))
-      rows, bad = run_experiments(setup, chunk, eval_rounds, setup.mesh, wd,
-                                  wd.file(os.path.join("checkpoints", f"program_{program}")))
-      results.update(rows)
-      diverged.update(bad)
+    program = 0
+    for name, setup in setups.items():  # a program never mixes federations (their data differ)
+      own = [s for s in specs if s.federation == name]
+      for first in range(0, len(own), per_program):
+        chunk = own[first:first + per_program]
+        logging.info("%sexperiments %d-%d of %d: %s", f"{name}: " if name else "", first + 1,
+                     first + len(chunk), len(own), ", ".join(s.name for s in chunk))
+        rows, bad = run_experiments(setup, chunk, eval_rounds, setup.mesh, wd,
+                                    wd.file(os.path.join("checkpoints", f"program_{program}")))
+        results.update(rows)
+        diverged.update(bad)
+        program += 1
     seconds = time.perf_counter() - start
     if wd.write:
       table = plots.write_sweep_outputs(
           wd.path, specs, results, diverged,
-          title=f"{c.model}, protocol={c.protocol}, mu={c.sweep.mu}")
+          title=(f"{c.model}, protocol={c.protocol}, mu={c.sweep.mu}" if c.data == "mnist" else
+                 f"synthetic federations, {c.model}, mu={c.sweep.mu}"))
       outputs.write_json(wd.path, "summary.json",  # last: it marks the sweep finished
                          {"experiments": len(specs), "this_segment_seconds": seconds,
                           "diverged": diverged, "table": table})
