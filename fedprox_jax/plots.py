@@ -25,6 +25,8 @@ LABELS = {"fedavg": "FedAvg", "fedprox_mu0": "FedProx (mu=0)", "fedprox": "FedPr
           "fedprox_adaptive": "FedProx (adaptive mu)"}
 COLORS = {"fedavg": "tab:green", "fedprox_mu0": "tab:blue", "fedprox": "tab:red",
           "fedprox_adaptive": "tab:purple"}
+# Dashed: without stragglers FedAvg and FedProx (mu=0) are the same run, and their lines coincide.
+STYLES = {"fedprox_mu0": "--"}
 THRESHOLDS = (0.8, 0.9)
 
 
@@ -175,7 +177,8 @@ def _draw_panels(curves, columns, path: str, title: str, metrics: list) -> None:
       for row, metric in enumerate(metrics):
         values = np.stack([m[metric] for _, m in seeds.values()])
         ax = axes[row, col]
-        ax.plot(rounds, values.mean(0), color=COLORS[algorithm], label=LABELS[algorithm])
+        ax.plot(rounds, values.mean(0), color=COLORS[algorithm], label=LABELS[algorithm],
+                linestyle=STYLES.get(algorithm, "-"))
         ax.fill_between(rounds, values.min(0), values.max(0), color=COLORS[algorithm], alpha=0.2)
     axes[0, col].set_title(label)
     axes[-1, col].set_xlabel("round")
@@ -221,7 +224,7 @@ def plot_sweep(rows, workdir: str, title: str = "") -> list:
     return paths
   for path, level in zip(paths, levels):
     _draw_panels(curves, [(f, f, level) for f in federations], path,
-                 f"{title}; {level:.0%} stragglers", metrics)
+                 "; ".join(filter(None, [title, f"{level:.0%} stragglers"])), metrics)
   return paths
 
 
@@ -269,9 +272,20 @@ def plot_metrics(rows: list, path: str, title: str = "", eval_every: int = 1) ->
   plt.close(fig)
 
 
+def sweep_title(c: dict) -> str:
+  """A sweep's figure title from its config (as a dict)."""
+  if c.get("data", "mnist") == "synthetic":
+    return f"synthetic federations, {c['model']}, mu={c['sweep']['mu']}"
+  return f"{c['model']}, protocol={c['protocol']}, mu={c['sweep']['mu']}"
+
+
 def redraw(workdir: str, title: str = "") -> list:
-  """Writes summary.md and the figures of ``workdir`` from its results.csv; returns the table."""
+  """Writes summary.md and the figures of ``workdir`` from its results.csv; returns the table.
+  The title defaults to the one of the sweep's config.json."""
   rows = read_results_csv(os.path.join(workdir, "results.csv"))
+  config_path = os.path.join(workdir, "config.json")
+  if not title and os.path.exists(config_path):
+    title = sweep_title(outputs.read_json(config_path))
   table = summary_table(rows)
   with open(os.path.join(workdir, "summary.md"), "w") as f:
     f.write(format_markdown(table))

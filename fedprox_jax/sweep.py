@@ -375,8 +375,7 @@ def run_sweep(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist 
     if wd.write:
       table = plots.write_sweep_outputs(
           wd.path, specs, results, diverged,
-          title=(f"{c.model}, protocol={c.protocol}, mu={c.sweep.mu}" if c.data == "mnist" else
-                 f"synthetic federations, {c.model}, mu={c.sweep.mu}"))
+          title=plots.sweep_title(c.to_dict()))
       outputs.write_json(wd.path, "summary.json",  # last: it marks the sweep finished
                          {"experiments": len(specs), "this_segment_seconds": seconds,
                           "diverged": diverged, "table": table})

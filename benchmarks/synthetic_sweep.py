@@ -1,0 +1,85 @@
+"""A synthetic sweep's experiments as one vmapped program vs one by one.
+
+  python benchmarks/synthetic_sweep.py [--federation=1_1] [--experiments=9] [--rounds=5]
+      [--repeats=3]
+
+The first ``--experiments`` experiments of configs/synthetic.py:heterogeneity on one federation
+(algorithms x stragglers x seeds, the paper's settings: E = 20, B = 10, 10 of 30 devices per
+round, evaluation every round) run ``--rounds`` rounds, alternately as one program and one by
+one (compiled before timing). Prints seconds per round of all the experiments, the ratio, and
+the 5-seed grid's time (180 experiments x 200 rounds) extrapolated from the faster path.
+"""
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+from absl import app, flags
+
+import common  # noqa: F401  (puts the project on sys.path)
+from configs import synthetic as synthetic_config
+from fedprox_jax import experiment, sweep, synthetic
+
+flags.DEFINE_string("federation", "1_1", "iid or ALPHA_BETA")
+flags.DEFINE_integer("experiments", 9, "experiments timed")
+flags.DEFINE_integer("rounds", 5, "rounds per timing")
+flags.DEFINE_integer("repeats", 3, "alternating repeats (medians)")
+F = flags.FLAGS
+
+
+def _cpu_model() -> str:
+  try:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    return next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
+  except (OSError, StopIteration):
+    return "unknown"
+
+
+def main(argv):
+  del argv
+  c = synthetic_config.get_config("heterogeneity")
+  c.sweep.seeds = -(-F.experiments // 9)
+  c.sweep.federations = F.federation
+  c = experiment.validate_config(c)
+  federation = synthetic.parse_name(F.federation)
+  setup = experiment.prepare(sweep.federation_config(c, federation), None,
+                             lanes_over_devices=False)
+  setup.config.num_rounds = F.rounds
+  specs = sweep.experiment_grid(c)[:F.experiments]
+  eval_rounds = set(range(1, F.rounds + 1))
+  paths = {
+      "one program": lambda: sweep.run_experiments(setup, specs, eval_rounds, setup.mesh),
+      "one by one": lambda: [sweep.run_experiments(setup, [s], eval_rounds, setup.mesh) for s in specs],
+  }
+  times = {name: [] for name in paths}
+  for fn in paths.values():
+    fn()  # compile
+  for _ in range(F.repeats):
+    for name, fn in paths.items():
+      start = time.perf_counter()
+      fn()
+      times[name].append((time.perf_counter() - start) / F.rounds)
+  med = {name: statistics.median(t) for name, t in times.items()}
+  print(f"command: python {' '.join(sys.argv)}")
+  print(f"cpu: {_cpu_model()} ({os.cpu_count()} cores); backend={jax.default_backend()} "
+        f"jax={jax.__version__}; {time.strftime('%Y-%m-%d')}; federation "
+        f"{synthetic.name(*federation)}, {len(specs)} experiments, {F.rounds} rounds x "
+        f"{F.repeats} alternating repeats (medians); largest device "
+        f"{setup.data.stats['max_train']} training examples")
+  print("| path | s per round (all experiments) | per experiment-round |")
+  print("|---|---:|---:|")
+  for name, t in med.items():
+    print(f"| {name} | {t:.3f} | {t / len(specs) * 1e3:.1f} ms |")
+  ratio = med["one by one"] / med["one program"]
+  print(f"one program / one by one: {ratio:.2f}x faster" if ratio >= 1 else
+        f"one program is {1 / ratio:.2f}x slower than one by one")
+  best = min(med.values()) / len(specs)
+  print(f"extrapolated 5-seed grid (180 experiments x 200 rounds) at the faster path's rate on "
+        f"this federation: {best * 180 * 200 / 60:.0f} min")
+
+
+if __name__ == "__main__":
+  app.run(main)
