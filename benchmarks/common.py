@@ -1,6 +1,7 @@
 """Shared set-up for the benchmarks: the default experiment's data on the device."""
 
 import os
+import subprocess
 import sys
 import time
 
@@ -29,3 +30,12 @@ def header():
   return (f"command: python {' '.join(sys.argv)}\n"
           f"backend={jax.default_backend()} device={jax.devices()[0].device_kind} "
           f"jax={jax.__version__} date={time.strftime('%Y-%m-%d')}")
+
+
+def cpu_model() -> str:
+  """The CPU's model name as ``lscpu`` prints it (the figure every CPU timing goes with)."""
+  try:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    return next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
+  except (OSError, StopIteration):
+    return "unknown"

@@ -12,14 +12,13 @@ the 5-seed grid's time (180 experiments x 200 rounds) extrapolated from the fast
 
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 import jax
 from absl import app, flags
 
-import common  # noqa: F401  (puts the project on sys.path)
+import common  # puts the project on sys.path
 from configs import synthetic as synthetic_config
 from fedprox_jax import experiment, sweep, synthetic
 
@@ -28,14 +27,6 @@ flags.DEFINE_integer("experiments", 9, "experiments timed")
 flags.DEFINE_integer("rounds", 5, "rounds per timing")
 flags.DEFINE_integer("repeats", 3, "alternating repeats (medians)")
 F = flags.FLAGS
-
-
-def _cpu_model() -> str:
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
-  except (OSError, StopIteration):
-    return "unknown"
 
 
 def main(argv):
@@ -64,7 +55,7 @@ def main(argv):
       times[name].append((time.perf_counter() - start) / F.rounds)
   med = {name: statistics.median(t) for name, t in times.items()}
   print(f"command: python {' '.join(sys.argv)}")
-  print(f"cpu: {_cpu_model()} ({os.cpu_count()} cores); backend={jax.default_backend()} "
+  print(f"cpu: {common.cpu_model()} ({os.cpu_count()} cores); backend={jax.default_backend()} "
         f"jax={jax.__version__}; {time.strftime('%Y-%m-%d')}; federation "
         f"{synthetic.name(*federation)}, {len(specs)} experiments, {F.rounds} rounds x "
         f"{F.repeats} alternating repeats (medians); largest device "

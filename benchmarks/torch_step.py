@@ -39,14 +39,6 @@ FORWARD_FLOP = 2 * (26 * 26 * 32 * 25 + 12 * 12 * 64 * 800 + 3136 * 512 + 512 * 
 STEP_FLOP = 3 * FORWARD_FLOP * BATCH
 
 
-def _cpu_model() -> str:
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
-  except (OSError, StopIteration):
-    return "unknown"
-
-
 def torch_worker():
   import numpy as np
   import torch
@@ -155,6 +147,7 @@ def main(argv):
   if not F.torch_python:
     raise app.UsageError("--torch_python=PATH: an interpreter with torch (see the docstring)")
   time_steps, matmul_gflops, jax_version = jax_side()
+  import common  # after jax_side put the project on sys.path
   cmd = [F.torch_python, os.path.abspath(__file__), "--worker", f"--steps={F.steps}",
          f"--threads={F.threads}"]
   results = {k: [] for k in ("jax_mu0", "jax_mu1", "jax_peak", "torch_mu0", "torch_mu1",
@@ -175,7 +168,7 @@ def main(argv):
   med = {k: statistics.median(v) for k, v in results.items()}
   peak = max(med["jax_peak"], med["torch_peak"])
   print(f"command: python {' '.join(sys.argv)}")
-  print(f"cpu: {_cpu_model()} ({os.cpu_count()} cores); jax {jax_version}; torch {torch_version} "
+  print(f"cpu: {common.cpu_model()} ({os.cpu_count()} cores); jax {jax_version}; torch {torch_version} "
         f"({threads} threads); {F.repeats} alternating rounds of {F.steps} steps, medians; "
         f"{time.strftime('%Y-%m-%d')}")
   print(f"f32 matmul 1024x1024: jax {med['jax_peak']:.0f} GFLOP/s, torch "

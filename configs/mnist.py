@@ -72,7 +72,7 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.weight_decay = config_dict.placeholder(float)  # seed 0.001 (torch SGD) | paper 0
   c.stragglers_fraction = 0.9  # share of sampled clients that run fewer local epochs
   c.drop_stragglers = False  # True: FedAvg drops stragglers; False: FedProx keeps partial work
-  c.adaptive_mu = False      # the paper's heuristic from mu: +0.1 when the global training loss rises, -0.1 after 5 falls
+  c.adaptive_mu = False      # the paper's heuristic from mu: +0.1 when the global training loss rises, -0.1 after 5 falls (costs an evaluation on all training data per round)
   # (the help of a field is the comment on its line)
   c.straggler_rule = config_dict.placeholder(str)  # bernoulli (seed) | exact (paper: a count)
   c.sampling = config_dict.placeholder(str)  # uniform (both) | weighted | weighted_replacement

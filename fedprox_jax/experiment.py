@@ -80,6 +80,8 @@ def validate_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(c.protocol == "paper", "protocol", c.protocol, "data='synthetic' follows the "
              "authors' code: use --config.protocol=paper (the seed's protocol is Flower's MNIST)")
     _require(c.train_subset == 0, "train_subset", c.train_subset, "applies to data='mnist' only")
+    _require(not c.iid, "iid", c.iid, "applies to data='mnist' only: Synthetic-IID is "
+             "--config.synthetic.iid=True")
   else:
     _require(not c.sweep.federations, "sweep.federations", c.sweep.federations,
              "applies to data='synthetic' only")

@@ -166,7 +166,8 @@ def _log_round(c, row: dict, rate: float) -> None:
                "%.2f rounds/s  ETA %s", row["round"], c.num_rounds, row["test_accuracy"],
                row["test_loss"], "none" if local is None else f"{local:.4f}",
                row["num_stragglers"],
-               "  (all dropped: global model kept)" if row["all_dropped"] else "", rate,
+               ("  (all dropped: global model kept)" if row["all_dropped"] else "")
+               + (f"  mu {row['mu']:.2f}" if c.adaptive_mu else ""), rate,
                experiment.format_duration((c.num_rounds - row["round"]) / rate))
 
 

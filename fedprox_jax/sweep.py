@@ -128,9 +128,10 @@ def default_experiments_per_program(model: str, num_experiments: int,
                                     backend: str | None = None, data: str = "mnist") -> int:
   """All experiments in one program, except on CPU for the CNN and the synthetic federations:
   one experiment at a time. A wide vmapped CNN step is slower there than the same steps in
-  turn (see benchmarks/README.md); so are the synthetic federations' tiny steps (2-core AMD
-  EPYC, 9 experiments of Synthetic(1,1): 2.5 s per vmapped round vs 9 x 0.11 s in turn), whose
-  long data-order tables (E = 20 epochs of up to ~5000 examples) a vmapped step reads slowly."""
+  turn; the synthetic federations' tiny steps cost per XLA kernel, not per experiment, so a
+  program is no faster (2-core AMD EPYC, 9 experiments of Synthetic(1,1): 2.19 vs 2.32 s per
+  round, benchmarks/README.md), and with several seeds its rounds last as long as the longest
+  experiment's (the devices' sizes are heavy-tailed)."""
   backend = backend or jax.default_backend()
   one_by_one = backend == "cpu" and (model == "cnn" or data == "synthetic")
   return 1 if one_by_one else num_experiments

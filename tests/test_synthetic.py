@@ -213,6 +213,7 @@ def test_adaptive_mu_run_equals_the_sweeps_adaptive_experiment_and_resumes(tmp_p
     ("protocol", "seed", "use --config.protocol=paper"),
     ("sweep.adaptive_mu_init", -0.5, "config.sweep.adaptive_mu_init=-0.5: must be a finite"),
     ("mu", -1.0, "config.mu=-1.0: must be a finite number >= 0"),
+    ("iid", True, "Synthetic-IID is --config.synthetic.iid=True"),
 ])
 def test_bad_synthetic_configs_are_one_clear_error(field, value, match):
   c = _tiny()
