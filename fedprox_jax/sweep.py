@@ -129,7 +129,7 @@ def default_experiments_per_program(model: str, num_experiments: int,
   """All experiments in one program, except on CPU for the CNN and the synthetic federations:
   one experiment at a time. A wide vmapped CNN step is slower there than the same steps in
   turn; the synthetic federations' tiny steps cost per XLA kernel, not per experiment, so a
-  program is no faster (2-core AMD EPYC, 9 experiments of Synthetic(1,1): 2.19 vs 2.32 s per
+  program is no faster (2-core AMD EPYC, 9 experiments of Synthetic(1,1): 1.17 vs 1.14 s per
   round, benchmarks/README.md), and with several seeds its rounds last as long as the longest
   experiment's (the devices' sizes are heavy-tailed)."""
   backend = backend or jax.default_backend()
