@@ -220,7 +220,7 @@ def plot_sweep(rows, workdir: str, title: str = "") -> list:
   if len(federations) <= 1:
     fed = federations[0]
     _draw_panels(curves, [(f"{level:.0%} stragglers", fed, level) for level in levels],
-                 paths[0], f"{fed} {title}".strip() if fed else title, metrics)
+                 paths[0], ": ".join(filter(None, [fed, title])), metrics)
     return paths
   for path, level in zip(paths, levels):
     _draw_panels(curves, [(f, f, level) for f in federations], path,

@@ -150,13 +150,37 @@ def _tiny(variant="fedprox", **overrides):
   return c
 
 
-def test_synthetic_sweep_vmapped_equals_its_experiments_one_by_one(tmp_path):
-  c = _tiny("heterogeneity")
+def test_synthetic_sweep_vmapped_equals_its_experiments_one_by_one_killed_and_resumed(
+    tmp_path, monkeypatch):
+  """A 2-federation sweep with adaptive mu: one program per federation == one experiment per
+  program, the latter killed at checkpoint saves in each federation and resumed (so the
+  adaptive-mu state must survive the resume)."""
+  from fedprox_jax import checkpoints
+  c = _tiny("heterogeneity", checkpoint_every=1)
   c.sweep.update(dict(federations="iid,1_1", algorithms="fedavg,fedprox,fedprox_adaptive",
                       experiments_per_program=3))
   together = sweep.run_sweep(c, str(tmp_path / "together"))
   assert len(together) == 6  # 2 federations x 3 algorithms
   c.sweep.experiments_per_program = 1
+  real_save, count = checkpoints.Checkpoints.save, {"n": 0}
+
+  class Killed(Exception):
+    pass
+
+  def save(self, t, state):
+    count["n"] += 1
+    if count["n"] == kill_at:
+      raise Killed
+    return real_save(self, t, state)
+
+  monkeypatch.setattr(checkpoints.Checkpoints, "save", save)
+  # 6 programs of 4 rounds: a fresh sweep's 1st save is Synthetic-IID's first program; the
+  # re-run redoes that program and the next two (12 saves), so its 13th is Synthetic(1,1)'s.
+  for kill_at in (1, 13):
+    count["n"] = 0
+    with pytest.raises(Killed):
+      sweep.run_sweep(c, str(tmp_path / "alone"))
+  kill_at = None
   alone = sweep.run_sweep(c, str(tmp_path / "alone"))
   assert together.keys() == alone.keys()
   for name in together:
@@ -271,46 +295,3 @@ def test_launch_runs_a_synthetic_config_and_its_help_lists_the_synthetic_fields(
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1].startswith("error: config.synthetic.alpha=-1.0")
 
-
-def test_two_federation_adaptive_sweep_killed_midway_resumes_to_identical_results(
-    tmp_path, monkeypatch):
-  """Kills at checkpoint saves in the first and the second federation's programs; the re-runs
-  end with the results.csv (mu included) of an uninterrupted sweep."""
-  from fedprox_jax import checkpoints, plots
-
-  def config():
-    c = _tiny("heterogeneity", checkpoint_every=1, num_rounds=2)
-    c.sweep.update(dict(federations="0_0,1_1", algorithms="fedprox_adaptive",
-                        experiments_per_program=1))
-    return c
-
-  def results(workdir):  # without the wall time; empty cells (NaN) as None, equal to themselves
-    return [{k: None if isinstance(v, float) and np.isnan(v) else v for k, v in r.items()
-             if k != "wall_time"}
-            for r in plots.read_results_csv(os.path.join(workdir, "results.csv"))]
-
-  sweep.run_sweep(config(), str(tmp_path / "full"))
-  real_save, count = checkpoints.Checkpoints.save, {"n": 0}
-
-  class Killed(Exception):
-    pass
-
-  def save(self, t, state):
-    count["n"] += 1
-    if count["n"] == kill_at:
-      raise Killed
-    return real_save(self, t, state)
-
-  monkeypatch.setattr(checkpoints.Checkpoints, "save", save)
-  # 2 programs (a federation each) of 2 rounds: the kills fall at the first save of a fresh
-  # sweep (federation 0_0), then at the re-run's 3rd save (the first of federation 1_1).
-  for kill_at in (1, 3):
-    count["n"] = 0
-    with pytest.raises(Killed):
-      sweep.run_sweep(config(), str(tmp_path / "killed"))
-  kill_at = None
-  sweep.run_sweep(config(), str(tmp_path / "killed"))
-  full = results(tmp_path / "full")
-  assert len(full) == 2 * 2 and {r["federation"] for r in full} == {"synthetic_0_0",
-                                                                     "synthetic_1_1"}
-  assert results(tmp_path / "killed") == full
