@@ -19,6 +19,7 @@ The convolution has two interchangeable implementations with the same parameters
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -155,7 +156,14 @@ def make_model(name: str, conv_impl: str = "auto", num_classes: int = 10,
   raise ValueError(f"model={name!r} is not one of {MODEL_NAMES}")
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted_init(model: nn.Module):
+  # One jitted init per model (flax modules are hashable): a fresh jax.jit per call would
+  # trace and compile again each time (~1 s per experiment of a one-by-one sweep on CPU).
+  return jax.jit(model.init)
+
+
 def init_params(model: nn.Module, key: jax.Array, input_shape=(28, 28, 1)):
   """Initial parameters for one example of ``input_shape`` (no batch axis); one compiled
   program, not one per parameter (the same values as flax's eager init)."""
-  return jax.jit(model.init)(key, jnp.zeros((1,) + tuple(input_shape), jnp.float32))
+  return _jitted_init(model)(key, jnp.zeros((1,) + tuple(input_shape), jnp.float32))
