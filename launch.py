@@ -25,7 +25,8 @@ _WORKDIR = flags.DEFINE_string(
     "Passing the workdir of an interrupted run or sweep resumes it.")
 flags.mark_flags_as_required(["config"])
 
-USAGE = ("Flags: --config=configs/mnist.py:VARIANT [--config.FIELD=VALUE ...] [--workdir=DIR]; "
+USAGE = ("Flags: --config=configs/mnist.py:VARIANT (or configs/synthetic.py:VARIANT) "
+         "[--config.FIELD=VALUE ...] [--workdir=DIR]; "
          "--help lists the config fields.")
 
 
