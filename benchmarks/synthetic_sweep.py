@@ -1,13 +1,15 @@
 """A synthetic sweep's experiments as one vmapped program vs one by one.
 
   python benchmarks/synthetic_sweep.py [--federation=1_1] [--experiments=9] [--rounds=5]
-      [--repeats=3]
+      [--repeats=3] [--concurrent=0]
 
 The first ``--experiments`` experiments of configs/synthetic.py:heterogeneity on one federation
 (algorithms x stragglers x seeds, the paper's settings: E = 20, B = 10, 10 of 30 devices per
-round, evaluation every round) run ``--rounds`` rounds, alternately as one program and one by
-one (compiled before timing). Prints seconds per round of all the experiments, the ratio, and
-the 5-seed grid's time (180 experiments x 200 rounds) extrapolated from the faster path.
+round, evaluation every round) run ``--rounds`` rounds, alternately as one program, one by one,
+and one by one with programs side by side in threads (``--concurrent``; 0 = one per core, as a
+CPU sweep runs them), all compiled before timing. Prints seconds per round of all the
+experiments, the ratios, and the 5-seed grid's time (180 experiments x 200 rounds)
+extrapolated from the fastest path.
 """
 
 import os
@@ -26,6 +28,7 @@ flags.DEFINE_string("federation", "1_1", "iid or ALPHA_BETA")
 flags.DEFINE_integer("experiments", 9, "experiments timed")
 flags.DEFINE_integer("rounds", 5, "rounds per timing")
 flags.DEFINE_integer("repeats", 3, "alternating repeats (medians)")
+flags.DEFINE_integer("concurrent", 0, "programs side by side (0 = the sweep's CPU default)")
 F = flags.FLAGS
 
 
@@ -41,9 +44,13 @@ def main(argv):
   setup.config.num_rounds = F.rounds
   specs = sweep.experiment_grid(c)[:F.experiments]
   eval_rounds = set(range(1, F.rounds + 1))
+  side_by_side = F.concurrent or sweep.default_concurrent_programs(1, "cpu")
   paths = {
       "one program": lambda: sweep.run_experiments(setup, specs, eval_rounds, setup.mesh),
       "one by one": lambda: [sweep.run_experiments(setup, [s], eval_rounds, setup.mesh) for s in specs],
+      f"one by one, {side_by_side} side by side": lambda: sweep._run_side_by_side(
+          lambda i, stop: sweep.run_experiments(setup, [specs[i]], eval_rounds, setup.mesh),
+          len(specs), side_by_side),
   }
   times = {name: [] for name in paths}
   for fn in paths.values():
@@ -64,11 +71,13 @@ def main(argv):
   print("|---|---:|---:|")
   for name, t in med.items():
     print(f"| {name} | {t:.3f} | {t / len(specs) * 1e3:.1f} ms |")
-  ratio = med["one by one"] / med["one program"]
-  print(f"one program / one by one: {ratio:.2f}x faster" if ratio >= 1 else
-        f"one program is {1 / ratio:.2f}x slower than one by one")
+  for name in med:
+    if name != "one by one":
+      ratio = med["one by one"] / med[name]
+      print(f"{name} vs one by one: {ratio:.2f}x faster" if ratio >= 1 else
+            f"{name} is {1 / ratio:.2f}x slower than one by one")
   best = min(med.values()) / len(specs)
-  print(f"extrapolated 5-seed grid (180 experiments x 200 rounds) at the faster path's rate on "
+  print(f"extrapolated 5-seed grid (180 experiments x 200 rounds) at the fastest path's rate on "
         f"this federation: {best * 180 * 200 / 60:.0f} min")
 
 

@@ -130,6 +130,9 @@ def validate_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(_is_int(s.experiments_per_program) and s.experiments_per_program >= 0,
            "sweep.experiments_per_program", s.experiments_per_program,
            "must be an integer >= 0 (0 = backend default)")
+  _require(_is_int(s.concurrent_programs) and s.concurrent_programs >= 0,
+           "sweep.concurrent_programs", s.concurrent_programs,
+           "must be an integer >= 0 (0 = backend default)")
   return c
 
 

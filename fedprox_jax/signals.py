@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 
 from fedprox_jax.errors import Interrupted
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 _state = {"received": None, "deferring": 0}
+_lock = threading.Lock()  # a sweep's programs enter deferred() from several threads
 
 
 def _handler(signum, frame):
@@ -34,11 +36,13 @@ def install() -> None:
 @contextlib.contextmanager
 def deferred():
   """Inside this block a first signal is only noted (see ``received()``)."""
-  _state["deferring"] += 1
+  with _lock:
+    _state["deferring"] += 1
   try:
     yield
   finally:
-    _state["deferring"] -= 1
+    with _lock:
+      _state["deferring"] -= 1
 
 
 def received() -> str | None:

@@ -14,9 +14,12 @@ non-finite is named with its round, and none of its rows from then on is written
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import os
+import threading
 import time
 
 import jax
@@ -127,11 +130,12 @@ def experiment_grid(c: ml_collections.ConfigDict) -> list:
 def default_experiments_per_program(model: str, num_experiments: int,
                                     backend: str | None = None, data: str = "mnist") -> int:
   """All experiments in one program, except on CPU for the CNN and the synthetic federations:
-  one experiment at a time. A wide vmapped CNN step is slower there than the same steps in
-  turn; the synthetic federations' tiny steps cost per XLA kernel, not per experiment, so a
-  program is no faster (2-core AMD EPYC, 9 experiments of Synthetic(1,1): 1.17 vs 1.14 s per
-  round, benchmarks/README.md), and with several seeds its rounds last as long as the longest
-  experiment's (the devices' sizes are heavy-tailed)."""
+  one experiment per program (and ``default_concurrent_programs`` programs side by side). A
+  wide vmapped CNN step is slower there than the same steps in turn; a vmapped step of the
+  synthetic federations' tiny model costs about as much per experiment as a single one, and
+  with several seeds a program's rounds last as long as its longest experiment's (the devices'
+  sizes are heavy-tailed): 9 experiments of Synthetic(1,1) on a 2-core AMD EPYC, 0.85 s per
+  round as one program, 0.61 s one by one (benchmarks/README.md)."""
   backend = backend or jax.default_backend()
   one_by_one = backend == "cpu" and (model == "cnn" or data == "synthetic")
   return 1 if one_by_one else num_experiments
@@ -212,15 +216,19 @@ def _to_host(tree):
 
 def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
                     mesh: jax.sharding.Mesh | None = None, wd: Workdir | None = None,
-                    checkpoint_dir: str | None = None):
+                    checkpoint_dir: str | None = None, rows_lock=None,
+                    sweep_stopping: threading.Event | None = None):
   """Runs ``specs`` as one vmapped program -> ({name: [row per evaluated round]},
   {name: round it diverged at}).
 
   With a ``mesh`` of several devices the experiment axis is spread over them (padded with
   copies of the last experiment, whose results are dropped); the data is replicated. With
   ``wd`` and ``checkpoint_dir`` rows go to ``wd``'s rows.jsonl and the program checkpoints
-  (and resumes) there.
+  (and resumes) there. Programs running side by side share ``rows_lock`` (rows.jsonl is
+  rewritten on a resume) and ``sweep_stopping``: once it is set, the program saves the round
+  it is in and stops, as on a signal.
   """
+  rows_lock = rows_lock or contextlib.nullcontext()
   c, exp = setup.config, setup.data
   real = len(specs)
   # The same seed gives the same initial model and the same round keys (common random numbers).
@@ -260,12 +268,15 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
   if mesh is not None:  # the data, replicated on the devices the experiments are spread over
     train, test_x, test_y = distributed.replicator(mesh)((train, test_x, test_y))
   names = [s.name for s in specs[:real]]
+  label = names[0] if real == 1 else f"{names[0]} .. {names[-1]}"
   state = shard(state)
   rows = {name: [] for name in names}
   if wd is not None:
-    for r in outputs.keep_jsonl(wd.path, "rows.jsonl",
+    with rows_lock:
+      kept = outputs.keep_jsonl(wd.path, "rows.jsonl",
                                 lambda r: r["experiment"] not in rows or r["round"] <= done,
-                                wd.write):
+                                wd.write)
+    for r in kept:
       if r["experiment"] in rows:
         rows[r["experiment"]].append({k: v for k, v in r.items() if k != "experiment"})
   wall_offset = max((r[-1]["wall_time"] for r in rows.values() if r), default=0.0)
@@ -279,7 +290,8 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
             shard(_fold_in_each(rounds_keys, t)), adaptive)
         diverged_at = jnp.where((state["diverged_at"] == 0) & ~m.finite, t, state["diverged_at"])
         state = {"params": params, "diverged_at": diverged_at, "mu": dict(mu_state._asdict())}
-        stop = signals.received()
+        stop = signals.received() or (sweep_stopping is not None and sweep_stopping.is_set()
+                                      and "the sweep's stop")
         evaluate = t in eval_rounds
         save = checkpoints is not None and (t % c.checkpoint_every == 0 or t == c.num_rounds
                                             or stop)
@@ -307,8 +319,9 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
             rows[name].append(row)
             new.append({"experiment": name, **row})
           if wd is not None and wd.write and new:
-            outputs.append_jsonl(wd.path, "rows.jsonl", new)
-          logging.info("round %d/%d: accuracy %s", t, c.num_rounds,
+            with rows_lock:
+              outputs.append_jsonl(wd.path, "rows.jsonl", new)
+          logging.info("round %d/%d (%s): accuracy %s", t, c.num_rounds, label,
                        " ".join("diverged" if diverged[i] else f"{ev['test_accuracy'][i]:.3f}"
                                 for i in range(real)))
         if save:
@@ -321,6 +334,52 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
     if checkpoints is not None:
       checkpoints.close()
   return rows, reported
+
+
+def default_concurrent_programs(experiments_per_program: int, backend: str | None = None) -> int:
+  """On CPU, programs of one experiment run one per core: their steps are too small for
+  XLA:CPU to spread over the cores, so a second program in a second thread nearly doubles a
+  2-core machine's throughput (benchmarks/README.md). Elsewhere one at a time."""
+  backend = backend or jax.default_backend()
+  if backend != "cpu" or experiments_per_program != 1 or jax.process_count() > 1:
+    return 1
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _run_side_by_side(run_program, count: int, workers: int) -> list:
+  """[run_program(i, sweep_stopping) for i in range(count)], ``workers`` at a time in threads
+  (JAX releases the GIL while a program runs). When one fails, or a stop is asked for, the
+  programs still running save their round and stop, those not started never start, and the
+  first failure (else the first stop) is raised: the workdir resumes as after any stop."""
+  if workers <= 1:
+    return [run_program(i, None) for i in range(count)]
+  sweep_stopping = threading.Event()
+
+  def guarded(i):
+    if sweep_stopping.is_set() or signals.received():
+      return None  # never started; a resume runs it
+    try:
+      return run_program(i, sweep_stopping)
+    except BaseException:
+      sweep_stopping.set()
+      raise
+
+  pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="program")
+  try:
+    futures = [pool.submit(guarded, i) for i in range(count)]
+    # Short waits: a signal that lands on a worker thread is handled only once the main
+    # thread runs Python again, and the programs stop on what the handler notes.
+    while concurrent.futures.wait(futures, timeout=0.2).not_done:
+      pass
+  except BaseException:  # e.g. Ctrl-C without signals.install(): the programs stop too
+    sweep_stopping.set()
+    raise
+  finally:
+    pool.shutdown(wait=True)
+  errors = [f.exception() for f in futures if f.exception() is not None]
+  if errors:
+    raise next((e for e in errors if not isinstance(e, Interrupted)), errors[0])
+  return [f.result() for f in futures]
 
 
 def _experiments_per_program(c, num_experiments: int, wd: Workdir) -> int:
@@ -350,9 +409,17 @@ def run_sweep(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist 
     first_setup = next(iter(setups.values()))
     per_program = _experiments_per_program(
         c, max(sum(s.federation == name for s in specs) for name in setups), wd)
+    programs = []  # (set-up, experiments); a program never mixes federations (their data differ)
+    for name, setup in setups.items():
+      own = [s for s in specs if s.federation == name]
+      programs += [(setup, own[first:first + per_program])
+                   for first in range(0, len(own), per_program)]
+    side_by_side = min(len(programs),
+                       c.sweep.concurrent_programs or default_concurrent_programs(per_program))
     resolved = ml_collections.ConfigDict(first_setup.config.to_dict())
     resolved.synthetic = c.synthetic
     resolved.sweep.experiments_per_program = per_program
+    resolved.sweep.concurrent_programs = side_by_side
     if len(setups) == 1:
       stats = first_setup.data.stats
     else:  # each federation's statistics and evaluation batch; one digest over all their data
@@ -363,19 +430,20 @@ def run_sweep(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist 
     wd.commit(resolved.to_dict(), stats)
     distributed.barrier("workdir ready")
     eval_rounds = set(range(c.eval_every, c.num_rounds + 1, c.eval_every)) | {c.num_rounds}
+    rows_lock = threading.Lock()
+
+    def run_program(index, sweep_stopping):
+      setup, chunk = programs[index]
+      logging.info("program %d of %d: %s", index + 1, len(programs),
+                   ", ".join(s.name for s in chunk))
+      return run_experiments(setup, chunk, eval_rounds, setup.mesh, wd,
+                             wd.file(os.path.join("checkpoints", f"program_{index}")),
+                             rows_lock, sweep_stopping)
+
     results, diverged = {}, {}
-    program = 0
-    for name, setup in setups.items():  # a program never mixes federations (their data differ)
-      own = [s for s in specs if s.federation == name]
-      for first in range(0, len(own), per_program):
-        chunk = own[first:first + per_program]
-        logging.info("%sexperiments %d-%d of %d: %s", f"{name}: " if name else "", first + 1,
-                     first + len(chunk), len(own), ", ".join(s.name for s in chunk))
-        rows, bad = run_experiments(setup, chunk, eval_rounds, setup.mesh, wd,
-                                    wd.file(os.path.join("checkpoints", f"program_{program}")))
-        results.update(rows)
-        diverged.update(bad)
-        program += 1
+    for rows, bad in _run_side_by_side(run_program, len(programs), side_by_side):
+      results.update(rows)
+      diverged.update(bad)
     seconds = time.perf_counter() - start
     if wd.write:
       table = plots.write_sweep_outputs(

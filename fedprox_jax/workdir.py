@@ -27,7 +27,7 @@ from fedprox_jax.errors import ConfigError, WorkdirError
 
 # Fields that cannot change a run's results (the data itself is compared by its digest).
 NO_EFFECT_FIELDS = ("variant", "data_source", "data_dir", "download", "tensorboard",
-                    "checkpoint_every")
+                    "checkpoint_every", "sweep.concurrent_programs")
 # Fields that change how the work is laid out, at most the last float bits of the results.
 LAYOUT_FIELDS = ("num_lanes", "num_devices", "conv_impl", "eval_conv_impl", "eval_batch_size",
                  "sweep.experiments_per_program")

@@ -103,6 +103,7 @@ def test_plot_entry_point_explains_its_usage(tmp_path):
     ("mu", -1.0, "sweep.mu=-1.0: must be a finite number > 0"),
     ("mu", 0.0, "'fedprox_mu0' is the mu = 0 one"),
     ("experiments_per_program", -2, "must be an integer >= 0"),
+    ("concurrent_programs", -1, "sweep.concurrent_programs=-1: must be an integer >= 0"),
     ("algorithms", "fedavg,fedavg", "lists fedavg more than once"),
     ("stragglers", "0.5,0.50", "lists 0.5 more than once"),
     ("algorithms", "", "is empty"),
@@ -112,6 +113,30 @@ def test_bad_sweep_grids(field, value, match):
   c.sweep[field] = value
   with pytest.raises(errors.ConfigError, match=match):
     sweep.experiment_grid(experiment.validate_config(c))
+
+
+def test_programs_side_by_side_stop_together_and_raise_the_first_failure():
+  """Program 0 fails while program 1 runs beside it: program 1 sees the sweep stopping and
+  stops (as on a signal), programs 2-3 never start, and program 0's error is what is raised."""
+  import threading
+  started, failed = [], threading.Event()
+
+  def run_program(i, sweep_stopping):
+    started.append(i)
+    if i == 0:
+      while len(started) < 2:  # fail once the program beside it runs
+        pass
+      failed.set()
+      raise ZeroDivisionError("program 0")
+    assert failed.wait(30) and sweep_stopping.wait(30), "program 1 never saw the sweep stop"
+    raise errors.Interrupted("stopped by the sweep's stop after round 1")
+
+  with pytest.raises(ZeroDivisionError, match="program 0"):
+    sweep._run_side_by_side(run_program, 4, 2)
+  assert sorted(started) == [0, 1]
+  # Without failures: every program's result, in program order, whatever order they end in.
+  assert sweep._run_side_by_side(lambda i, stop: i * i, 5, 3) == [0, 1, 4, 9, 16]
+  assert sweep._run_side_by_side(lambda i, stop: (i, stop), 2, 1) == [(0, None), (1, None)]
 
 
 def test_paper_protocol_splits_each_client_90_10():

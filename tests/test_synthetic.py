@@ -1,13 +1,16 @@
 """The paper's synthetic federations, adaptive mu, and their runs and sweeps."""
 
+import json
 import os
+import signal
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedprox_jax import adaptive_mu, experiment, simulate, sweep, synthetic
+from fedprox_jax import adaptive_mu, errors, experiment, signals, simulate, sweep, synthetic
 from fedprox_jax.errors import ConfigError
 from helpers import ROOT, assert_same_rows, read_rows  # noqa: F401  (ROOT: configs importable)
 
@@ -153,35 +156,48 @@ def _tiny(variant="fedprox", **overrides):
 def test_synthetic_sweep_vmapped_equals_its_experiments_one_by_one_killed_and_resumed(
     tmp_path, monkeypatch):
   """A 2-federation sweep with adaptive mu: one program per federation == one experiment per
-  program, the latter killed at checkpoint saves in each federation and resumed (so the
-  adaptive-mu state must survive the resume)."""
+  program, two programs side by side, the latter killed by a failing checkpoint save in each
+  federation and resumed (so the adaptive-mu state and the shared rows file must survive)."""
   from fedprox_jax import checkpoints
   c = _tiny("heterogeneity", checkpoint_every=1)
   c.sweep.update(dict(federations="iid,1_1", algorithms="fedavg,fedprox,fedprox_adaptive",
-                      experiments_per_program=3))
+                      experiments_per_program=3, concurrent_programs=1))
   together = sweep.run_sweep(c, str(tmp_path / "together"))
   assert len(together) == 6  # 2 federations x 3 algorithms
-  c.sweep.experiments_per_program = 1
-  real_save, count = checkpoints.Checkpoints.save, {"n": 0}
+  c.sweep.update(dict(experiments_per_program=1, concurrent_programs=2))
+  real_save = checkpoints.Checkpoints.save
 
   class Killed(Exception):
     pass
 
   def save(self, t, state):
-    count["n"] += 1
-    if count["n"] == kill_at:
-      raise Killed
+    if self.directory.endswith(stop_in) and t == 2:
+      if stop_by is Killed:
+        raise Killed
+      os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID`: any thread may receive it
+      deadline = time.time() + 30
+      while not signals.received() and time.time() < deadline:
+        time.sleep(0.01)
     return real_save(self, t, state)
 
   monkeypatch.setattr(checkpoints.Checkpoints, "save", save)
-  # 6 programs of 4 rounds: a fresh sweep's 1st save is Synthetic-IID's first program; the
-  # re-run redoes that program and the next two (12 saves), so its 13th is Synthetic(1,1)'s.
-  for kill_at in (1, 13):
-    count["n"] = 0
-    with pytest.raises(Killed):
-      sweep.run_sweep(c, str(tmp_path / "alone"))
-  kill_at = None
+  monkeypatch.setitem(signals._state, "received", None)
+  handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+  signals.install()
+  try:
+    # Programs 0-2 are Synthetic-IID's experiments, 3-5 Synthetic(1,1)'s. A failure: it is
+    # raised, not the stop it causes in the program beside it. A SIGTERM: both stop.
+    for stop_in, stop_by in (("program_1", Killed), ("program_4", errors.Interrupted)):
+      with pytest.raises(stop_by, match=None if stop_by is Killed else "stopped by SIGTERM"):
+        sweep.run_sweep(c, str(tmp_path / "alone"))
+  finally:
+    for sig, handler in handlers.items():
+      signal.signal(sig, handler)
+  signals._state["received"] = None
+  stop_in = "none"
   alone = sweep.run_sweep(c, str(tmp_path / "alone"))
+  config = json.load(open(tmp_path / "alone" / "config.json"))
+  assert config["sweep"]["concurrent_programs"] == 2
   assert together.keys() == alone.keys()
   for name in together:
     assert_same_rows(together[name], alone[name],
