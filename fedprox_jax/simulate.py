@@ -111,11 +111,38 @@ def _train(setup: experiment.Setup, wd: Workdir, checkpoints, state: dict, first
   # Time of the earlier segments of a resumed run (from its last kept row).
   wall_offset = rows[-1]["wall_time"] if rows else 0.0
   loop_start = time.perf_counter()
+
+  def record(t, params, m, mu, mu_state, diverged_at, evaluation, evaluate, save, stop):
+    """The host's part of round t: its row, then its checkpoint (which makes it final)."""
+    first_bad, m, evaluation, mu = jax.device_get((diverged_at, m, evaluation, mu))
+    if first_bad:
+      raise _divergence(c, int(first_bad), checkpoints)
+    if evaluate:
+      accuracy, test_loss = evaluation
+      elapsed = time.perf_counter() - loop_start
+      row = experiment.metrics_row(
+          t, m, {"test_accuracy": accuracy, "test_loss": test_loss}, wall_offset + elapsed, mu)
+      if wd.write:  # the row is on disk before the checkpoint that makes round t final
+        outputs.append_jsonl(wd.path, "metrics.jsonl", [row])
+      rows.append(row)
+      if writer:
+        writer.write(t, row)
+      _log_round(c, row, (t - first_round + 1) / elapsed)
+    if save:
+      checkpoints.save(t, {"params": params, **(
+          {"mu": dict(mu_state._asdict())} if adapt else {})})
+    if evaluate and on_round:
+      on_round(t, row)
+    if stop:
+      raise Interrupted(f"stopped by {stop} after round {t}, with its metrics and checkpoint "
+                        f"saved: run the same command with --workdir={wd.path} to resume")
+
   try:
     with signals.deferred():
       # The first non-finite round, tracked on the device: rounds between checkpoints and
       # evaluations are dispatched without waiting for the host.
       diverged_at = jnp.int32(0)
+      pending = None  # an evaluated or saved round the host has not recorded yet
       for t in range(first_round, c.num_rounds + 1):
         mu = mu_state.mu if adapt else hp.mu
         params, m = round_fn(params, exp.train, hp._replace(mu=mu),
@@ -126,34 +153,20 @@ def _train(setup: experiment.Setup, wd: Workdir, checkpoints, state: dict, first
         stop = signals.received()
         evaluate = t % c.eval_every == 0 or t == c.num_rounds
         save = t % c.checkpoint_every == 0 or t == c.num_rounds or stop
-        if not (evaluate or save):
-          continue
-        # One wait for the host per evaluated or saved round: the evaluation is dispatched
-        # before the divergence flag is read (a diverged round's evaluation is discarded).
-        evaluation = setup.evaluate(params, exp.test_x, exp.test_y) if evaluate else ()
-        first_bad, m, evaluation, mu = jax.device_get((diverged_at, m, evaluation, mu))
-        if first_bad:
-          raise _divergence(c, int(first_bad), checkpoints)
-        if evaluate:
-          accuracy, test_loss = evaluation
-          elapsed = time.perf_counter() - loop_start
-          row = experiment.metrics_row(
-              t, m, {"test_accuracy": accuracy, "test_loss": test_loss}, wall_offset + elapsed,
-              mu)
-          if wd.write:  # the row is on disk before the checkpoint that makes round t final
-            outputs.append_jsonl(wd.path, "metrics.jsonl", [row])
-          rows.append(row)
-          if writer:
-            writer.write(t, row)
-          _log_round(c, row, (t - first_round + 1) / elapsed)
-        if save:
-          checkpoints.save(t, {"params": params, **(
-              {"mu": dict(mu_state._asdict())} if adapt else {})})
-        if evaluate and on_round:
-          on_round(t, row)
+        current = None
+        if evaluate or save:
+          # Dispatched, not awaited (a diverged round's evaluation is discarded).
+          evaluation = setup.evaluate(params, exp.test_x, exp.test_y) if evaluate else ()
+          current = (t, params, m, mu, mu_state, diverged_at, evaluation, evaluate, save, stop)
+        # Round t is queued on the device: the host records the previous one meanwhile (its
+        # row, log line and checkpoint cost no round time). A stop records at once.
+        if pending is not None:
+          record(*pending)
+        pending = current
         if stop:
-          raise Interrupted(f"stopped by {stop} after round {t}, with its metrics and checkpoint "
-                            f"saved: run the same command with --workdir={wd.path} to resume")
+          break
+      if pending is not None:
+        record(*pending)
   finally:
     if writer:
       writer.close()
