@@ -249,6 +249,7 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
     restored = checkpoints.restore_latest(state)
     if restored is not None:
       done, state = restored
+      logging.info("resuming %s after round %d", ", ".join(s.name for s in specs), done)
   if mesh is not None and mesh.size > 1:
     padding = distributed.round_up(real, mesh) - real
     specs = specs + [specs[-1]] * padding
@@ -377,8 +378,14 @@ def _run_side_by_side(run_program, count: int, workers: int) -> list:
   finally:
     pool.shutdown(wait=True)
   errors = [f.exception() for f in futures if f.exception() is not None]
+  failure = next((e for e in errors if not isinstance(e, Interrupted)), None)
+  if failure is not None:
+    raise failure
+  if len(errors) > 1:
+    raise Interrupted(f"{errors[0]} ({len(errors) - 1} other program(s) running beside it "
+                      "stopped after their own current round, saved too)")
   if errors:
-    raise next((e for e in errors if not isinstance(e, Interrupted)), errors[0])
+    raise errors[0]
   return [f.result() for f in futures]
 
 

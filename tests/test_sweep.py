@@ -134,6 +134,15 @@ def test_programs_side_by_side_stop_together_and_raise_the_first_failure():
   with pytest.raises(ZeroDivisionError, match="program 0"):
     sweep._run_side_by_side(run_program, 4, 2)
   assert sorted(started) == [0, 1]
+  # A stop (a signal) in both programs: one line that says the other one stopped too.
+  both_running = threading.Barrier(2, timeout=30)
+
+  def stopped(i, sweep_stopping):
+    both_running.wait()
+    raise errors.Interrupted(f"stopped by SIGTERM after round {i + 3}")
+
+  with pytest.raises(errors.Interrupted, match=r"after round [34] \(1 other program\(s\)"):
+    sweep._run_side_by_side(stopped, 2, 2)
   # Without failures: every program's result, in program order, whatever order they end in.
   assert sweep._run_side_by_side(lambda i, stop: i * i, 5, 3) == [0, 1, 4, 9, 16]
   assert sweep._run_side_by_side(lambda i, stop: (i, stop), 2, 1) == [(0, None), (1, None)]
