@@ -423,6 +423,11 @@ def run_sweep(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist 
                    for first in range(0, len(own), per_program)]
     side_by_side = min(len(programs),
                        c.sweep.concurrent_programs or default_concurrent_programs(per_program))
+    if side_by_side > 1 and jax.process_count() > 1:
+      # Every process must run the same collective programs in the same order.
+      logging.warning("sweep.concurrent_programs=%d: several processes run programs one at a "
+                      "time", c.sweep.concurrent_programs)
+      side_by_side = 1
     resolved = ml_collections.ConfigDict(first_setup.config.to_dict())
     resolved.synthetic = c.synthetic
     resolved.sweep.experiments_per_program = per_program
