@@ -131,11 +131,11 @@ def default_experiments_per_program(model: str, num_experiments: int,
                                     backend: str | None = None, data: str = "mnist") -> int:
   """All experiments in one program, except on CPU for the CNN and the synthetic federations:
   one experiment per program (and ``default_concurrent_programs`` programs side by side). A
-  wide vmapped CNN step is slower there than the same steps in turn; a vmapped step of the
-  synthetic federations' tiny model costs about as much per experiment as a single one, and
-  with several seeds a program's rounds last as long as its longest experiment's (the devices'
-  sizes are heavy-tailed): 9 experiments of Synthetic(1,1) on a 2-core AMD EPYC, 0.85 s per
-  round as one program, 0.61 s one by one (benchmarks/README.md)."""
+  wide vmapped CNN step is slower there than the same steps in turn; a vmapped step of 9
+  experiments of the synthetic federations' tiny model is only 1.8x cheaper per experiment
+  than single steps, and a program's rounds last as long as its longest experiment's (the
+  devices' sizes are heavy-tailed): 9 experiments of Synthetic(1,1) on a 2-core AMD EPYC,
+  0.85 s per round as one program, 0.61 s one by one (benchmarks/README.md)."""
   backend = backend or jax.default_backend()
   one_by_one = backend == "cpu" and (model == "cnn" or data == "synthetic")
   return 1 if one_by_one else num_experiments
