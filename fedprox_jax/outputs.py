@@ -6,11 +6,16 @@ import importlib.metadata
 import json
 import os
 import platform
+import threading
 
 import jax
 from absl import logging
 
 from fedprox_jax.errors import WorkdirError
+
+# A sweep's programs run side by side in threads and share its rows.jsonl: one append or
+# rewrite at a time, so a resume's rewrite never drops another program's new rows.
+_jsonl_lock = threading.Lock()
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "ml-collections", "absl-py",
             "tensorflow-datasets", "tensorflow-cpu", "tensorflow", "matplotlib")
@@ -45,7 +50,7 @@ def read_json(path: str):
 def append_jsonl(workdir: str, name: str, rows: list) -> None:
   """Appends ``rows`` and waits until they are on disk: a row is durable before the
   checkpoint that makes its round final is written."""
-  with open(os.path.join(workdir, name), "a") as f:
+  with _jsonl_lock, open(os.path.join(workdir, name), "a") as f:
     f.writelines(json.dumps(row, sort_keys=True) + "\n" for row in rows)
     f.flush()
     os.fsync(f.fileno())
@@ -55,14 +60,15 @@ def keep_jsonl(workdir: str, name: str, keep, rewrite: bool = True) -> list:
   """Keeps the rows for which ``keep(row)`` holds (a resume redoes the others); returns them.
   With ``rewrite`` False (a process that does not write the workdir) only reads them."""
   path = os.path.join(workdir, name)
-  if not os.path.exists(path):
-    return []
-  rows = [r for r in read_jsonl(path) if keep(r)]
-  if not rewrite:
-    return rows
-  with open(path + ".tmp", "w") as f:
-    f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-  os.replace(path + ".tmp", path)
+  with _jsonl_lock:
+    if not os.path.exists(path):
+      return []
+    rows = [r for r in read_jsonl(path) if keep(r)]
+    if not rewrite:
+      return rows
+    with open(path + ".tmp", "w") as f:
+      f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    os.replace(path + ".tmp", path)
   return rows
 
 

@@ -10,6 +10,7 @@ resume ends with exactly the rows of an uninterrupted run.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
@@ -157,16 +158,17 @@ def _train(setup: experiment.Setup, wd: Workdir, checkpoints, state: dict, first
         if evaluate or save:
           # Dispatched, not awaited (a diverged round's evaluation is discarded).
           evaluation = setup.evaluate(params, exp.test_x, exp.test_y) if evaluate else ()
-          current = (t, params, m, mu, mu_state, diverged_at, evaluation, evaluate, save, stop)
+          current = functools.partial(record, t, params, m, mu, mu_state, diverged_at,
+                                      evaluation, evaluate, save, stop)
         # Round t is queued on the device: the host records the previous one meanwhile (its
         # row, log line and checkpoint cost no round time). A stop records at once.
         if pending is not None:
-          record(*pending)
+          pending()
         pending = current
         if stop:
           break
       if pending is not None:
-        record(*pending)
+        pending()
   finally:
     if writer:
       writer.close()

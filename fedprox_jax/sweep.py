@@ -15,7 +15,6 @@ non-finite is named with its round, and none of its rows from then on is written
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import functools
 import os
@@ -216,7 +215,7 @@ def _to_host(tree):
 
 def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
                     mesh: jax.sharding.Mesh | None = None, wd: Workdir | None = None,
-                    checkpoint_dir: str | None = None, rows_lock=None,
+                    checkpoint_dir: str | None = None,
                     sweep_stopping: threading.Event | None = None):
   """Runs ``specs`` as one vmapped program -> ({name: [row per evaluated round]},
   {name: round it diverged at}).
@@ -224,11 +223,9 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
   With a ``mesh`` of several devices the experiment axis is spread over them (padded with
   copies of the last experiment, whose results are dropped); the data is replicated. With
   ``wd`` and ``checkpoint_dir`` rows go to ``wd``'s rows.jsonl and the program checkpoints
-  (and resumes) there. Programs running side by side share ``rows_lock`` (rows.jsonl is
-  rewritten on a resume) and ``sweep_stopping``: once it is set, the program saves the round
-  it is in and stops, as on a signal.
+  (and resumes) there. Programs running side by side share ``sweep_stopping``: once it is
+  set, the program saves the round it is in and stops, as on a signal.
   """
-  rows_lock = rows_lock or contextlib.nullcontext()
   c, exp = setup.config, setup.data
   real = len(specs)
   # The same seed gives the same initial model and the same round keys (common random numbers).
@@ -273,11 +270,9 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
   state = shard(state)
   rows = {name: [] for name in names}
   if wd is not None:
-    with rows_lock:
-      kept = outputs.keep_jsonl(wd.path, "rows.jsonl",
+    for r in outputs.keep_jsonl(wd.path, "rows.jsonl",
                                 lambda r: r["experiment"] not in rows or r["round"] <= done,
-                                wd.write)
-    for r in kept:
+                                wd.write):
       if r["experiment"] in rows:
         rows[r["experiment"]].append({k: v for k, v in r.items() if k != "experiment"})
   wall_offset = max((r[-1]["wall_time"] for r in rows.values() if r), default=0.0)
@@ -320,8 +315,7 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
             rows[name].append(row)
             new.append({"experiment": name, **row})
           if wd is not None and wd.write and new:
-            with rows_lock:
-              outputs.append_jsonl(wd.path, "rows.jsonl", new)
+            outputs.append_jsonl(wd.path, "rows.jsonl", new)
           logging.info("round %d/%d (%s): accuracy %s", t, c.num_rounds, label,
                        " ".join("diverged" if diverged[i] else f"{ev['test_accuracy'][i]:.3f}"
                                 for i in range(real)))
@@ -442,15 +436,13 @@ def run_sweep(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist 
     wd.commit(resolved.to_dict(), stats)
     distributed.barrier("workdir ready")
     eval_rounds = set(range(c.eval_every, c.num_rounds + 1, c.eval_every)) | {c.num_rounds}
-    rows_lock = threading.Lock()
-
     def run_program(index, sweep_stopping):
       setup, chunk = programs[index]
       logging.info("program %d of %d: %s", index + 1, len(programs),
                    ", ".join(s.name for s in chunk))
       return run_experiments(setup, chunk, eval_rounds, setup.mesh, wd,
                              wd.file(os.path.join("checkpoints", f"program_{index}")),
-                             rows_lock, sweep_stopping)
+                             sweep_stopping)
 
     results, diverged = {}, {}
     for rows, bad in _run_side_by_side(run_program, len(programs), side_by_side):

@@ -310,4 +310,3 @@ def test_launch_runs_a_synthetic_config_and_its_help_lists_the_synthetic_fields(
                        capture_output=True, text=True, cwd=ROOT)
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1].startswith("error: config.synthetic.alpha=-1.0")
-
