@@ -87,7 +87,8 @@ def _locate_config(argv: list) -> list:
     if not os.path.isfile(path):
       in_project = os.path.join(ROOT, path)
       if not os.path.isfile(in_project):
-        where = "" if os.path.isabs(path) else f" (looked in {os.getcwd()} and in {ROOT})"
+        places = list(dict.fromkeys([os.getcwd(), ROOT]))  # once when launched from ROOT
+        where = "" if os.path.isabs(path) else f" (looked in {' and in '.join(places)})"
         _fail(f"config file {path!r} not found{where}; e.g. --config={DEFAULT_CONFIG}:fedprox")
       value = in_project + sep + variant
       out[i] = value if out[i] != arg else f"--config={value}"
@@ -116,10 +117,10 @@ def _parse_flags(argv):
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    _fail(f"unexpected argument(s) {' '.join(argv[1:])!r}: every setting is a flag. {USAGE}")
   # Imported here so that --help and flag errors answer without loading JAX.
   from fedprox_jax import cache, distributed, signals, simulate, sweep, workdir
-  from fedprox_jax.errors import UserError
+  from fedprox_jax.errors import Interrupted, UserError
   logging.get_absl_handler().addFilter(_QuietLibraries())
   signals.install()
   try:
@@ -128,35 +129,52 @@ def main(argv):
   except Exception as e:
     reason = str(e.__cause__ or e).strip().splitlines()[-1].strip()
     _fail(f"cannot load the --config file ({reason}); e.g. --config={DEFAULT_CONFIG}:fedprox")
-  path = _WORKDIR.value
+  path, created = _WORKDIR.value, False
   try:
     cache.enable_compilation_cache()
     distributed.maybe_initialize()
-    path = _WORKDIR.value
-    path = path or workdir.default_workdir()
+    if not path:
+      path, created = workdir.default_workdir(), True
     logging.info("workdir: %s", path)
     if config.mode == "sweep":
       sweep.run_sweep(config, path)
     else:
       simulate.run(config, path)
-  except UserError as e:
-    logging.error("%s", e)
+  except (UserError, Interrupted) as e:
+    signals.restore_default()  # the run has stopped: a further Ctrl-C ends the process at once
     message = str(e)
     if signals.received() and "resume" not in message:
       message += f": run the same command with --workdir={path} to resume or restart it"
+    _remove_if_unused(path if created else None)
     _fail(message, signals.EXIT_CODES.get(signals.received(), 2))
   except OSError as e:  # a full disk, a vanished directory, ...
+    _remove_if_unused(path if created else None)
     _fail(f"{e.strerror or e} ({getattr(e, 'filename', '') or type(e).__name__}): free disk "
           "space or fix the path's permissions; an interrupted run resumes with the same "
           "command and --workdir")
 
 
+def _remove_if_unused(path: str | None) -> None:
+  """A default workdir whose run failed before it started leaves no empty directory behind."""
+  if path is None:
+    return
+  for directory in (path, os.path.dirname(path)):  # outputs/DATE/TIME, then outputs/DATE
+    try:
+      os.rmdir(directory)  # only when empty
+    except OSError:
+      return
+
+
 class _QuietLibraries:
-  """Drops orbax's per-save INFO chatter (its warnings and errors still show)."""
+  """Drops orbax's per-save INFO chatter and JAX's INFO lines about the backends it probes
+  and does not find ("Unable to initialize backend 'tpu'", which reads like an error);
+  warnings and errors still show."""
 
   def filter(self, record):
     import logging as std_logging
-    return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+    if record.levelno >= std_logging.WARNING:
+      return True
+    return "orbax" not in record.pathname and "xla_bridge" not in record.pathname
 
 
 if __name__ == "__main__":

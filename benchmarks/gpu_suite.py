@@ -62,6 +62,7 @@ def _base_config(a, variant="fedprox"):
     c.update(dict(train_subset=600, num_clients=10, clients_per_round=2, local_epochs=1,
                   num_rounds=2, checkpoint_every=100))
     c.sweep.dissimilarity = False
+    c.allow_modified_mnist = True  # the smoke test's generated digits
   return c
 
 

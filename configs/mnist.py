@@ -40,6 +40,7 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.data_source = "tfds"     # tfds | idx (a directory of the four raw IDX files)
   c.data_dir = ""            # tfds: a TFDS data dir ('' = $TFDS_DATA_DIR or TFDS's default)
   c.download = True          # tfds: download MNIST when it is not in the data dir
+  c.allow_modified_mnist = False  # train on MNIST whose examples differ from the published files (refused otherwise; config.json records genuine_mnist)
   c.train_subset = 0         # use only the first N training examples (0 = all), for quick runs
   # data=synthetic: the paper's Synthetic(alpha, beta) federations (configs/synthetic.py);
   # num_clients is then the number of devices and partition_seed the generator's seed.

@@ -53,25 +53,22 @@ def write_band(out_dir: str, name: str, workdirs: list, title: str = "") -> np.n
   acc = np.array([curves[s] for s in seeds])
   mean, std = acc.mean(axis=0), acc.std(axis=0, ddof=1)
   os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, f"{name}.csv"), "w", newline="") as f:
+  with outputs.atomic_write(os.path.join(out_dir, f"{name}.csv")) as f:
     w = csv.writer(f)
     w.writerow(["round", "mean_test_accuracy", "std_test_accuracy", "n"]
                + [f"seed{s}" for s in seeds])
     for i, t in enumerate(rounds):
       w.writerow([t, f"{mean[i]:.6f}", f"{std[i]:.6f}", len(seeds)]
                  + [f"{acc[j, i]:.6f}" for j in range(len(seeds))])
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig = outputs.new_figure(figsize=(6, 4))
+  ax = fig.subplots()
   ax.plot(rounds, mean, color="tab:red", label=f"mean of {len(seeds)} seeds")
   ax.fill_between(rounds, mean - std, mean + std, color="tab:red", alpha=0.25, label="± 1 std")
   ax.set(xlabel="round", ylabel="test accuracy", title=title or name, ylim=(0, 1))
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, f"{name}.png"), dpi=100)
-  plt.close(fig)
+  outputs.save_figure(fig, os.path.join(out_dir, f"{name}.png"))
   return np.stack([rounds, mean, std], axis=1)
 
 

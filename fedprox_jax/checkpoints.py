@@ -17,6 +17,7 @@ was not used: after a failed save its threads wait 5 minutes before the process 
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import os
 import shutil
 
@@ -26,6 +27,19 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from fedprox_jax.errors import UserError
+
+
+DIGEST_BYTES = 32
+
+
+def digest(state: dict) -> np.ndarray:
+  """sha256 of every array of ``state`` (host arrays) with its dtype and shape, in tree order,
+  as 32 uint8."""
+  h = hashlib.sha256()
+  for leaf in jax.tree_util.tree_leaves(state):
+    a = np.ascontiguousarray(leaf)
+    h.update(str((a.dtype.str, a.shape)).encode() + a.tobytes())
+  return np.frombuffer(h.digest(), np.uint8).copy()
 
 
 class CheckpointError(UserError):
@@ -40,6 +54,7 @@ class Checkpoints:
     self.directory = os.path.abspath(directory)
     self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
     self._pending = None  # the save in progress
+    self.saved = set()  # rounds saved by this object
     try:
       self._manager = ocp.CheckpointManager(
           self.directory,
@@ -52,6 +67,7 @@ class Checkpoints:
   def save(self, round_index: int, state: dict) -> None:
     """Starts saving ``state`` as round ``round_index``, once the previous save is on disk."""
     self.wait()
+    self.saved.add(round_index)
     # Multi-process saves are collective (orbax's barriers): those stay in the caller's thread.
     if jax.process_count() > 1:
       self._write(round_index, state)
@@ -61,6 +77,9 @@ class Checkpoints:
 
   def _write(self, round_index: int, state: dict) -> None:
     state = {**state, "round": np.asarray(round_index, np.int64)}
+    # orbax does not checksum the arrays: a digest stored beside them catches a damaged file.
+    state["digest"] = (digest(state) if jax.process_count() == 1  # host arrays
+                       else np.zeros(DIGEST_BYTES, np.uint8))  # multi-process: not verified
     try:
       self._manager.save(round_index, args=ocp.args.StandardSave(state), force=True)
       self._manager.wait_until_finished()
@@ -80,32 +99,42 @@ class Checkpoints:
     self._manager.reload()
     return sorted(self._manager.all_steps())
 
-  def restore_latest(self, state_like: dict):
-    """(round, state) of the newest checkpoint that loads (``state_like`` gives its structure),
-    or None when there is none."""
+  def restore_latest(self, state_like: dict, max_round: int | None = None):
+    """(round, state) of the newest checkpoint (of a round <= ``max_round``, if given) that
+    loads and matches its digest (``state_like`` gives its structure), or None when there is
+    none."""
     steps = self.steps()
-    template = {**state_like, "round": np.asarray(0, np.int64)}
+    template = {**state_like, "round": np.asarray(0, np.int64),
+                "digest": np.zeros(DIGEST_BYTES, np.uint8)}
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
     damaged = []
     for step in reversed(steps):
+      if max_round is not None and step > max_round:
+        continue
       try:
         state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
         if int(state["round"]) != step:
           raise ValueError(f"it claims round {int(state['round'])}")
+        stored = np.asarray(state.pop("digest"), np.uint8)
+        if stored.any() and not np.array_equal(stored, digest(jax.device_get(state))):
+          raise ValueError("its arrays do not match the digest saved with them")
       except Exception as e:  # orbax/tensorstore raise many types for damaged files
         logging.warning("checkpoint of round %d in %s does not load (%s: %s); trying the "
                         "previous one", step, self.directory, type(e).__name__, e)
         damaged.append(step)
         continue
-      for bad in damaged:  # the resumed run will write these rounds again
-        shutil.rmtree(os.path.join(self.directory, str(bad)), ignore_errors=True)
+      for later in steps[steps.index(step) + 1:]:  # the resumed run writes these rounds again
+        shutil.rmtree(os.path.join(self.directory, str(later)), ignore_errors=True)
       self._manager.reload()
       state.pop("round")
       return step, state
-    if steps:
+    if damaged:
       raise CheckpointError(
-          f"none of the checkpoints {steps} in {self.directory} can be loaded. Delete that "
+          f"none of the checkpoints {damaged} in {self.directory} can be loaded. Delete that "
           "directory to restart the run from round 0, or use a new --workdir.")
+    for later in steps:  # all after max_round: the run restarts from round 0
+      shutil.rmtree(os.path.join(self.directory, str(later)), ignore_errors=True)
+    self._manager.reload()
     return None
 
   def close(self) -> None:

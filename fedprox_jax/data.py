@@ -10,12 +10,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import stat
 import subprocess
 import sys
 import zipfile
 from typing import NamedTuple
 
 import numpy as np
+from absl import logging
 
 from fedprox_jax import cache
 from fedprox_jax.errors import UserError
@@ -80,11 +82,13 @@ def ordered_digest(*arrays: np.ndarray) -> str:
   return digest.hexdigest()
 
 
-def load_mnist(source: str = "tfds", data_dir: str = "", download: bool = True) -> Mnist:
+def load_mnist(source: str = "tfds", data_dir: str = "", download: bool = True,
+               allow_modified: bool = False) -> Mnist:
   """MNIST from ``source``: 'tfds' (data_dir: a TFDS data dir; '' = $TFDS_DATA_DIR or TFDS's
-  default) or 'idx' (data_dir: a directory holding the four IDX files, gzipped or not)."""
+  default) or 'idx' (data_dir: a directory holding the four IDX files, gzipped or not).
+  ``check_genuine`` says whether what was read is genuine MNIST."""
   if source == "tfds":
-    return load_tfds(data_dir or None, download)
+    return load_tfds(data_dir or None, download, allow_modified)
   if source == "idx":
     if not data_dir:
       raise DataError("data_source='idx' needs data_dir: the directory holding the four MNIST "
@@ -98,6 +102,10 @@ OFFLINE_ADVICE = ("Without internet, point TFDS at a prepared copy (--config.dat
                   "TFDS_DATA_DIR environment variable, e.g. ../shared/data/tensorflow_datasets), "
                   "or read the raw IDX files with --config.data_source=idx "
                   "--config.data_dir=DIR (e.g. ../shared/data/mnist).")
+
+
+# The TFDS worker's time limit (download and preparation; a local copy takes ~20 s).
+TIMEOUT_ENV, DEFAULT_TIMEOUT_S = "FEDPROX_JAX_DATA_TIMEOUT", 1800.0
 
 
 def _offline_help(where: str) -> str:
@@ -122,16 +130,64 @@ def tfds_cache_path(data_dir: str) -> str:
   return os.path.join(cache.cache_dir(), f"mnist-tfds-{tag}.npz")
 
 
-def _read_cache(path: str) -> Mnist | None:
+# ordered_digest() of genuine MNIST in the orders its sources give it: one sha256 pass (~0.15 s)
+# checks every load; another order of the same examples is recognised by fingerprint().
+GENUINE_ORDERS = {
+    "00b71055d835a7467dbc639d9487819318963e7e485b4561dbb427c14460388b": "the IDX files' order",
+    "2820b1d420c12e801da73fdd078cd67321128386b03468a17dd70333d2264360": "TFDS 3.0.1's order",
+}
+
+
+def is_genuine(mnist: Mnist) -> bool:
+  """Whether ``mnist`` holds exactly the published MNIST examples (any order)."""
+  return (ordered_digest(*mnist) in GENUINE_ORDERS
+          or fingerprint(mnist) == MNIST_FINGERPRINT)
+
+
+def check_genuine(mnist: Mnist, where: str, allow_modified: bool) -> bool:
+  """Refuses data that is not genuine MNIST with one line, unless ``allow_modified`` (then a
+  warning); returns whether it is genuine."""
+  if is_genuine(mnist):
+    return True
+  what = (f"{where} is not genuine MNIST: its examples differ from the published files "
+          f"({len(mnist.train_labels)} train and {len(mnist.test_labels)} test examples; a "
+          "changed, damaged or partial copy)")
+  if not allow_modified:
+    raise DataError(f"{what}. Replace it with a fresh copy, or pass "
+                    "--config.allow_modified_mnist=True to train on it anyway (recorded in "
+                    "config.json as genuine_mnist=False)")
+  logging.warning("%s: training on it, as allow_modified_mnist=True asks (config.json records "
+                  "genuine_mnist=False)", what)
+  return False
+
+
+def _open_regular(path: str, mode: str = "rb"):
+  """``open(path)`` for a regular file only: a FIFO or a device would block or never end."""
+  if not stat.S_ISREG(os.stat(path).st_mode):
+    raise DataError(f"{path} is not a regular file: replace it with the data file")
+  return open(path, mode)
+
+
+def _read_cache(path: str, allow_modified: bool = False) -> Mnist | None:
+  """The cached arrays if they are genuine MNIST in TFDS's order (or ``allow_modified``);
+  None (rebuilt) otherwise."""
   try:
-    with np.load(path) as f:
+    with _open_regular(path) as raw, np.load(raw) as f:
       mnist = Mnist(*(f[k] for k in _ARRAY_KEYS))
-    return _checked(mnist, path)
-  except (OSError, ValueError, KeyError, zipfile.BadZipFile, DataError, EOFError):
-    return None  # missing or damaged: rebuilt from TFDS
+    mnist = _checked(mnist, path)
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile, DataError, EOFError) as e:
+    logging.warning("the array cache %s is damaged (%s): rebuilt from TFDS", path, e)
+    return None
+  if not allow_modified and ordered_digest(*mnist) not in GENUINE_ORDERS:
+    logging.warning("the array cache %s is not genuine MNIST in TFDS's order (changed or "
+                    "damaged): rebuilt from TFDS", path)
+    return None
+  return mnist
 
 
-def load_tfds(data_dir: str | None, download: bool) -> Mnist:
+def load_tfds(data_dir: str | None, download: bool, allow_modified: bool = False) -> Mnist:
   """MNIST through tensorflow-datasets, in TFDS's example order.
 
   TFDS (and TensorFlow under it) runs in a child process that prepares the data once and
@@ -142,7 +198,7 @@ def load_tfds(data_dir: str | None, download: bool) -> Mnist:
                     + _offline_help(data_dir))
   resolved = tfds_data_dir(data_dir)
   cache_path = tfds_cache_path(resolved)
-  mnist = _read_cache(cache_path)
+  mnist = _read_cache(cache_path, allow_modified)
   if mnist is not None:
     return mnist
   try:
@@ -152,10 +208,18 @@ def load_tfds(data_dir: str | None, download: bool) -> Mnist:
                     f"set {cache.CACHE_ENV} to a writable directory") from e
   from fedprox_jax import tfds_worker  # no TensorFlow import here: the child does that
   cmd = [sys.executable, "-m", "fedprox_jax.tfds_worker", f"--data_dir={resolved}",
-         f"--download={int(bool(download))}", f"--out={cache_path}"]
+         f"--download={int(bool(download))}", f"--out={cache_path}",
+         f"--allow_modified={int(bool(allow_modified))}"]
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
          "PYTHONPATH": os.pathsep.join(filter(None, [_PROJECT_ROOT, os.environ.get("PYTHONPATH")]))}
-  proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  timeout = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S)
+  try:
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, timeout=timeout)
+  except subprocess.TimeoutExpired:
+    raise DataError(f"preparing MNIST through tensorflow-datasets took more than {timeout:g} s "
+                    f"(a stalled or very slow download?) and was stopped. {OFFLINE_ADVICE} "
+                    f"({TIMEOUT_ENV}=SECONDS sets the limit.)") from None
   if proc.returncode != 0:
     lines = proc.stderr.strip().splitlines()
     reported = [line[len(tfds_worker.ERROR_PREFIX):] for line in lines
@@ -166,7 +230,7 @@ def load_tfds(data_dir: str | None, download: bool) -> Mnist:
                     f"(exit {proc.returncode}): {lines[-1] if lines else 'no message'}. Use "
                     "--config.data_source=idx --config.data_dir=DIR to read the raw IDX files "
                     "instead.")
-  mnist = _read_cache(cache_path)
+  mnist = _read_cache(cache_path, allow_modified)
   if mnist is None:
     raise DataError(f"the TFDS worker wrote no readable {cache_path}: check the disk it is on, "
                     f"or set {cache.CACHE_ENV} to another directory")
@@ -174,18 +238,21 @@ def load_tfds(data_dir: str | None, download: bool) -> Mnist:
 
 
 def _read_maybe_gz(directory: str, stem: str) -> tuple[bytes, str]:
+  found = []
   for name in (stem, stem + ".gz"):
     path = os.path.join(directory, name)
     if os.path.exists(path):
       try:
-        if name.endswith(".gz"):
-          with gzip.open(path, "rb") as f:
-            return f.read(), path
-        with open(path, "rb") as f:
-          return f.read(), path
-      except (OSError, EOFError) as e:
+        with _open_regular(path) as raw:
+          found.append((gzip.open(raw).read() if name.endswith(".gz") else raw.read(), path))
+      except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise DataError(f"{path} could not be read ({e}); the file is corrupt or truncated: "
                         "replace it with a fresh copy") from e
+  if len(found) == 2 and found[0][0] != found[1][0]:
+    raise DataError(f"{found[0][1]} and {found[1][1]} both exist and hold different data: "
+                    "delete the one that is not the genuine file")
+  if found:
+    return found[0]
   raise DataError(f"{directory} has no {stem} (or {stem}.gz). data_source='idx' needs the four "
                   f"MNIST files {', '.join(IDX_FILES.values())} (gzipped or not).")
 

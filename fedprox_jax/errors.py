@@ -1,10 +1,11 @@
-"""Errors a user causes and can fix. ``launch.py`` catches ``UserError`` and prints its message
-(which names what was wrong and what to do) as one line, never a traceback."""
+"""Errors a user causes and can fix. ``launch.py`` catches ``UserError`` and ``Interrupted`` and
+prints the message (which names what was wrong and what to do) as one line, never a
+traceback."""
 
 
 class UserError(Exception):
   """Base of every user-facing error: bad config, missing or damaged data, unusable
-  checkpoints or workdir, divergence, a stop requested by a signal."""
+  checkpoints or workdir, divergence."""
 
 
 class ConfigError(UserError, ValueError):
@@ -19,5 +20,8 @@ class DivergenceError(UserError):
   """Training produced a non-finite loss or parameters."""
 
 
-class Interrupted(UserError):
-  """SIGTERM or SIGINT stopped the run between two rounds; its workdir resumes."""
+class Interrupted(BaseException):
+  """SIGTERM or SIGINT stopped the run; its workdir resumes. Like KeyboardInterrupt, not an
+  ``Exception``: the signal handler raises it wherever the main thread is, and code that
+  catches ``Exception`` (logging's handlers, a damaged-checkpoint fallback) must not swallow
+  it."""

@@ -51,6 +51,21 @@ def _require(ok: bool, field: str, value, what: str):
     raise ConfigError(f"config.{field}={value!r}: {what}")
 
 
+def _require_float32(field: str, value, positive: bool = False) -> None:
+  """A finite number >= 0 (> 0 with ``positive``) that float32, the training's precision,
+  holds as such: 1e-46 is 0 there (no training at all) and 1e39 is inf."""
+  bound = "> 0" if positive else ">= 0"
+  _require(isinstance(value, (int, float)) and not isinstance(value, bool)
+           and math.isfinite(value) and (value > 0 if positive else value >= 0), field, value,
+           f"must be a finite number {bound}")
+  as_trained = float(np.float32(value)) if abs(value) < 3.4e38 else math.inf
+  tiny = float(np.finfo(np.float32).tiny)
+  _require(math.isfinite(as_trained) and (value == 0 or as_trained >= tiny), field, value,
+           f"{'overflows to inf' if not math.isfinite(as_trained) else 'is too small'} in "
+           f"float32, the precision training computes in: use a value from {tiny:.3g} to 3.4e38"
+           + ("" if positive else " (or 0)"))
+
+
 def _is_int(v) -> bool:
   return isinstance(v, int) and not isinstance(v, bool)
 
@@ -95,10 +110,9 @@ def validate_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            c.labels_per_client, f"must be between 1 and {partition.NUM_CLASSES}")
   _require(c.clients_per_round <= c.num_clients, "clients_per_round", c.clients_per_round,
            f"cannot exceed num_clients={c.num_clients}")
-  _require(c.lr > 0 and math.isfinite(c.lr), "lr", c.lr, "must be a finite number > 0")
-  _require(c.mu >= 0 and math.isfinite(c.mu), "mu", c.mu, "must be a finite number >= 0")
-  _require(c.weight_decay >= 0 and math.isfinite(c.weight_decay), "weight_decay",
-           c.weight_decay, "must be a finite number >= 0")
+  _require_float32("lr", c.lr, positive=True)
+  _require_float32("mu", c.mu)
+  _require_float32("weight_decay", c.weight_decay)
   _require(0 <= c.client_val_fraction < 1, "client_val_fraction", c.client_val_fraction,
            "must be in [0, 1)")
   _require(c.protocol == "seed" or c.client_val_fraction == 0, "client_val_fraction",
@@ -125,6 +139,7 @@ def validate_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(s.mu > 0 and math.isfinite(s.mu), "sweep.mu", s.mu,
            "must be a finite number > 0 (the 'fedprox' algorithm is FedProx with mu > 0; "
            "'fedprox_mu0' is the mu = 0 one)")
+  _require_float32("sweep.mu", s.mu, positive=True)
   _require(_is_int(s.seeds) and 1 <= s.seeds and c.seed + s.seeds - 1 <= MAX_SEED, "sweep.seeds",
            s.seeds, f"must be an integer >= 1 with seed + seeds - 1 <= {MAX_SEED}")
   _require(_is_int(s.experiments_per_program) and s.experiments_per_program >= 0,
@@ -300,8 +315,15 @@ def prepare(c: ml_collections.ConfigDict, mnist: data_lib.Mnist | None,
   ``c``, builds the model and the round spec. ``lanes_over_devices``: a run spreads its lanes
   over the devices; a sweep spreads its experiments and keeps each one's lanes together."""
   mesh = make_mesh(c)
-  if mnist is None and c.data == "mnist":
-    mnist = data_lib.load_mnist(c.data_source, c.data_dir, c.download)
+  genuine = None
+  if c.data == "mnist":
+    if mnist is None:
+      mnist = data_lib.load_mnist(c.data_source, c.data_dir, c.download, c.allow_modified_mnist)
+      genuine = data_lib.check_genuine(
+          mnist, f"the MNIST read from {c.data_dir or 'the default TFDS data dir'} "
+          f"(data_source={c.data_source})", c.allow_modified_mnist)
+    else:  # the caller's own arrays: recorded as they are
+      genuine = data_lib.is_genuine(mnist)
   exp = prepare_data(c, mnist)
   replicate = distributed.replicator(mesh)
   exp = exp._replace(train=replicate(jax.tree_util.tree_map(jnp.asarray, exp.train)),
@@ -316,7 +338,8 @@ def prepare(c: ml_collections.ConfigDict, mnist: data_lib.Mnist | None,
   # The same parameters, another convolution (equal logits: tests/test_models.py).
   eval_model = models.make_model(c.model, eval_conv_impl(c), mlr_init=c.mlr_init)
   resolved = ml_collections.ConfigDict(c.to_dict())
-  resolved.update(num_lanes=spec.num_lanes, num_devices=mesh.size, eval_batch_size=eval_batch,
+  resolved.update(genuine_mnist=genuine,  # None: not MNIST
+                  num_lanes=spec.num_lanes, num_devices=mesh.size, eval_batch_size=eval_batch,
                   # "none": the model has no convolution (the logistic regression)
                   conv_impl=getattr(model, "conv_impl", "none"),
                   eval_conv_impl=getattr(eval_model, "conv_impl", "none"))

@@ -6,19 +6,37 @@ import importlib.metadata
 import json
 import os
 import platform
+import subprocess
 import threading
 
 import jax
 from absl import logging
 
 from fedprox_jax.errors import WorkdirError
+from fedprox_jax.files import atomic_write, write_text  # noqa: F401  (re-exported)
 
 # A sweep's programs run side by side in threads and share its rows.jsonl: one append or
 # rewrite at a time, so a resume's rewrite never drops another program's new rows.
 _jsonl_lock = threading.Lock()
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "ml-collections", "absl-py",
-            "tensorflow-datasets", "tensorflow-cpu", "tensorflow", "matplotlib")
+            "orbax-checkpoint", "tensorboardX", "tensorflow-datasets", "tensorflow-cpu",
+            "tensorflow", "matplotlib")
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def project_version() -> dict:
+  """The project's own version: its git commit (with "+changes" when the tree differs from
+  it), or "unknown" outside a git checkout (e.g. the notebook's unpacked copy)."""
+  def git(*args):
+    return subprocess.run(["git", "-C", _PROJECT_ROOT, *args], capture_output=True, text=True,
+                          timeout=10, check=True).stdout.strip()
+  try:
+    commit = git("rev-parse", "HEAD")
+    changed = bool(git("status", "--porcelain", "--untracked-files=no"))
+  except (OSError, subprocess.SubprocessError):
+    return {"commit": "unknown"}
+  return {"commit": commit + ("+changes" if changed else "")}
 
 
 def environment() -> dict:
@@ -28,18 +46,35 @@ def environment() -> dict:
       versions[name] = importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
       pass
-  return {"python": platform.python_version(), "platform": platform.platform(),
+  return {"fedprox_jax": project_version(),
+          "python": platform.python_version(), "platform": platform.platform(),
           "packages": versions, "backend": jax.default_backend(),
           "devices": [str(d) for d in jax.devices()],
           "device_kind": jax.devices()[0].device_kind}
 
 
+def dumps(obj, **kwargs) -> str:
+  """Strict JSON (``allow_nan=False``): a non-finite number raises instead of writing the
+  invalid tokens NaN / Infinity that other JSON readers refuse."""
+  return json.dumps(obj, allow_nan=False, **kwargs)
+
+
 def write_json(workdir: str, name: str, obj) -> None:
-  path = os.path.join(workdir, name)
-  with open(path + ".tmp", "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(path + ".tmp", path)  # never a half-written file
+  with atomic_write(os.path.join(workdir, name)) as f:
+    f.write(dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def save_figure(fig, path: str) -> None:
+  """Writes a matplotlib figure as a PNG through ``atomic_write``."""
+  with atomic_write(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=100)
+
+
+def new_figure(**kwargs):
+  """A matplotlib Figure made without pyplot: library code never touches the caller's backend
+  or figure list (a notebook's inline plots keep working)."""
+  from matplotlib.figure import Figure
+  return Figure(**kwargs)
 
 
 def read_json(path: str):
@@ -50,8 +85,12 @@ def read_json(path: str):
 def append_jsonl(workdir: str, name: str, rows: list) -> None:
   """Appends ``rows`` and waits until they are on disk: a row is durable before the
   checkpoint that makes its round final is written."""
-  with _jsonl_lock, open(os.path.join(workdir, name), "a") as f:
-    f.writelines(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+  lines = [dumps(row, sort_keys=True) + "\n" for row in rows]  # all valid before any is written
+  # O_NOFOLLOW: a symbolic link planted at the file's name is refused, not written through.
+  fd = os.open(os.path.join(workdir, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
+               0o644)
+  with _jsonl_lock, os.fdopen(fd, "a") as f:
+    f.writelines(lines)
     f.flush()
     os.fsync(f.fileno())
 
@@ -66,10 +105,30 @@ def keep_jsonl(workdir: str, name: str, keep, rewrite: bool = True) -> list:
     rows = [r for r in read_jsonl(path) if keep(r)]
     if not rewrite:
       return rows
-    with open(path + ".tmp", "w") as f:
-      f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-    os.replace(path + ".tmp", path)
+    with atomic_write(path) as f:
+      f.writelines(dumps(r, sort_keys=True) + "\n" for r in rows)
   return rows
+
+
+def ensure_jsonl(workdir: str, name: str, rows: list) -> None:
+  """Checks that the file holds exactly ``rows`` (what the run computed and kept in memory);
+  rewrites it, with a warning, when it was changed or deleted while the run went on."""
+  path = os.path.join(workdir, name)
+  if not os.path.isdir(workdir):
+    raise WorkdirError(f"the workdir {workdir!r} was deleted while the run went on: its outputs "
+                       "are lost; run again with a new --workdir")
+  try:
+    on_disk = read_jsonl(path) if os.path.exists(path) else None
+  except WorkdirError:
+    on_disk = None
+  expected = [json.loads(dumps(r)) for r in rows]  # as the file holds them
+  if on_disk == expected:
+    return
+  logging.warning("%s was %s while the run went on: rewritten from the run's own %d rows", path,
+                  "deleted" if on_disk is None and not os.path.exists(path) else "changed",
+                  len(rows))
+  with _jsonl_lock, atomic_write(path) as f:
+    f.writelines(dumps(r, sort_keys=True) + "\n" for r in rows)
 
 
 class TensorBoard:

@@ -34,7 +34,7 @@ def write_results_csv(path: str, specs, results: dict, diverged: dict) -> None:
   """One row per (experiment, evaluated round). An experiment that diverged has its finite
   rows, then one row at the round it diverged at with no metrics; ``diverged_at_round`` is set
   on all its rows (empty for the others)."""
-  with open(path + ".tmp", "w", newline="") as f:
+  with outputs.atomic_write(path) as f:
     writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
     writer.writeheader()
     for s in specs:
@@ -47,7 +47,6 @@ def write_results_csv(path: str, specs, results: dict, diverged: dict) -> None:
       if s.name in diverged:
         writer.writerow({**spec, "round": diverged[s.name],
                          "diverged_at_round": diverged[s.name]})
-  os.replace(path + ".tmp", path)
 
 
 def read_results_csv(path: str) -> list:
@@ -161,13 +160,8 @@ METRIC_NAMES = {"global_train_loss": "training loss (global model)",
 def _draw_panels(curves, columns, path: str, title: str, metrics: list) -> None:
   """One column per (label, federation, stragglers) of ``columns``; one row per metric; one line
   per algorithm (mean over seeds), the seeds' min-max band shaded."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, axes = plt.subplots(len(metrics), len(columns), figsize=(4.2 * len(columns),
-                                                                 3.2 * len(metrics)),
-                           squeeze=False, sharex=True)
+  fig = outputs.new_figure(figsize=(4.2 * len(columns), 3.2 * len(metrics)))
+  axes = fig.subplots(len(metrics), len(columns), squeeze=False, sharex=True)
   for col, (label, federation, level) in enumerate(columns):
     for algorithm in LABELS:
       seeds = curves.get((federation, algorithm, level))
@@ -189,8 +183,7 @@ def _draw_panels(curves, columns, path: str, title: str, metrics: list) -> None:
   axes[0, 0].legend()
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  outputs.save_figure(fig, path)
 
 
 def figure_paths(rows, workdir: str) -> list:
@@ -250,14 +243,11 @@ def _with_gaps(rounds, values, step: int):
 def plot_metrics(rows: list, path: str, title: str = "", eval_every: int = 1) -> None:
   """A single run's test accuracy and losses vs round, as a PNG (gaps where rounds are
   missing or the local loss is undefined because every client was dropped)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
   rounds = [r["round"] for r in rows]
   # Rows come every eval_every rounds (and at the last round, which is closer).
   line = lambda key: _with_gaps(rounds, [r.get(key) for r in rows], eval_every)
-  fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+  fig = outputs.new_figure(figsize=(10, 4))
+  ax_acc, ax_loss = fig.subplots(1, 2)
   ax_acc.plot(*line("test_accuracy"), marker="." if len(rows) < 30 else None)
   ax_acc.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1))
   ax_loss.plot(*line("test_loss"), label="test loss (global model)")
@@ -268,8 +258,7 @@ def plot_metrics(rows: list, path: str, title: str = "", eval_every: int = 1) ->
     ax.grid(alpha=0.3)
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  outputs.save_figure(fig, path)
 
 
 def sweep_title(c: dict) -> str:
@@ -287,7 +276,7 @@ def redraw(workdir: str, title: str = "") -> list:
   if not title and os.path.exists(config_path):
     title = sweep_title(outputs.read_json(config_path))
   table = summary_table(rows)
-  with open(os.path.join(workdir, "summary.md"), "w") as f:
+  with outputs.atomic_write(os.path.join(workdir, "summary.md")) as f:
     f.write(format_markdown(table))
   plot_sweep(rows, workdir, title)
   return table

@@ -1,10 +1,16 @@
 """SIGTERM and SIGINT (Ctrl-C, a scheduler's preemption) as a clean, resumable stop.
 
 ``install()`` (launch.py calls it) makes both signals raise ``Interrupted``. Inside
-``deferred()`` (a run's round loop) the signal is only noted: the loop reads ``received()``
-after each round, saves that round's rows and checkpoint, and stops. A second signal stops at
-once (the workdir still resumes from its last checkpoint). Without ``install()`` (a notebook)
-nothing changes: Ctrl-C is Python's KeyboardInterrupt.
+``deferred()`` (a round loop) the first signal is only noted: the loop reads ``received()``
+and stops after the round that was running when it came, with that round's rows and
+checkpoint saved. A second signal stops at once (the workdir still resumes from its last
+checkpoint). Without ``install()`` (a notebook) nothing changes: Ctrl-C is Python's
+KeyboardInterrupt.
+
+Python runs a signal handler only between bytecodes of the main thread, so a main thread
+blocked in one long C call (waiting on the device) would handle a signal late and merge two
+signals into one: ``wait_ready`` waits in short sleeps instead, during which each signal is
+handled when it comes.
 """
 
 from __future__ import annotations
@@ -12,6 +18,9 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
+
+import jax
 
 from fedprox_jax.errors import Interrupted
 
@@ -25,7 +34,7 @@ def _handler(signum, frame):
   first = _state["received"] is None
   _state["received"] = name
   if not _state["deferring"] or not first:
-    raise Interrupted(f"stopped by {name}")
+    raise Interrupted(f"stopped by {name}" + ("" if first else " (a second signal: at once)"))
 
 
 def install() -> None:
@@ -48,3 +57,29 @@ def deferred():
 def received() -> str | None:
   """The name of the signal that asked to stop, or None."""
   return _state["received"]
+
+
+def wait_ready(tree, stop_early: bool = True, stop_asked=received) -> bool:
+  """Waits until every array of ``tree`` is computed: True. With ``stop_early``, False as soon
+  as ``stop_asked()`` holds (a signal came) before they are. Signals are handled during the
+  wait."""
+  leaves = [x for x in jax.tree_util.tree_leaves(tree) if isinstance(x, jax.Array)]
+  if stop_early and stop_asked():
+    return False
+  if jax.process_count() > 1:  # global arrays: one collective wait
+    jax.block_until_ready(leaves)
+    return True
+  pause = 1e-4
+  for x in leaves:
+    while not x.is_ready():
+      if stop_early and stop_asked():
+        return False
+      time.sleep(pause)
+      pause = min(2 * pause, 2e-3)  # ~1 ms late at most on a 16 ms round
+  return True
+
+
+def restore_default() -> None:
+  """After the stop: a further signal ends the process at once (the default action)."""
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, signal.SIG_DFL)

@@ -278,16 +278,24 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
   wall_offset = max((r[-1]["wall_time"] for r in rows.values() if r), default=0.0)
   reported = {n: int(d) for n, d in zip(names, _to_host(state["diverged_at"])[:real]) if d}
   start = time.perf_counter()
+  stop_asked = lambda: signals.received() or (sweep_stopping is not None
+                                              and sweep_stopping.is_set() and "the sweep's stop")
   try:
     with signals.deferred():
       for t in range(done + 1, c.num_rounds + 1):
+        before = state  # round t - 1's, still computing
         params, m, mu_state, mu = round_fn(
             state["params"], adaptive_mu.MuState(**state["mu"]), train, hp,
             shard(_fold_in_each(rounds_keys, t)), adaptive)
         diverged_at = jnp.where((state["diverged_at"] == 0) & ~m.finite, t, state["diverged_at"])
         state = {"params": params, "diverged_at": diverged_at, "mu": dict(mu_state._asdict())}
-        stop = signals.received() or (sweep_stopping is not None and sweep_stopping.is_set()
-                                      and "the sweep's stop")
+        # One round queued behind the running one, never more: a stop ends the sweep after the
+        # round running when it came (round t, queued, is then discarded).
+        if t > done + 1 and not signals.wait_ready(before, stop_asked=stop_asked):
+          if checkpoints is not None and t - 1 not in checkpoints.saved:
+            checkpoints.save(t - 1, jax.tree_util.tree_map(lambda a: a[:real], before))
+          raise _stopped(stop_asked(), t - 1, checkpoints, wd)
+        stop = stop_asked()
         evaluate = t in eval_rounds
         save = checkpoints is not None and (t % c.checkpoint_every == 0 or t == c.num_rounds
                                             or stop)
@@ -295,8 +303,18 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
           continue
         # One wait for the host: the evaluation is dispatched before the flags are read.
         evaluation = evaluate_fn(params, train, test_x, test_y) if evaluate else ()
+        signals.wait_ready((diverged_at, evaluation, m, mu), stop_early=False)  # signals handled
         diverged, ev, m, mu = _to_host((diverged_at, evaluation, m, mu))
         diverged = diverged[:real]
+        if evaluate:
+          # Finite parameters whose evaluation is not (the model's outputs overflow): diverged
+          # too, from this round on (a row of NaN or inf is never written).
+          bad = np.array([i < real and not diverged[i]
+                          and not all(np.isfinite(v[i]) for v in ev.values())
+                          for i in range(size)])
+          if bad.any():
+            diverged = np.where(bad[:real], t, diverged)
+            state["diverged_at"] = jnp.where(jnp.asarray(bad), t, state["diverged_at"])
         for name, d, s in zip(names, diverged, specs):
           if d and name not in reported:
             reported[name] = int(d)
@@ -322,13 +340,17 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
         if save:
           checkpoints.save(t, jax.tree_util.tree_map(lambda a: a[:real], state))
         if stop:
-          raise Interrupted(f"stopped by {stop} after round {t}" + (
-              f", with its rows and checkpoint saved: run the same command with "
-              f"--workdir={wd.path} to resume" if checkpoints is not None else ""))
+          raise _stopped(stop, t, checkpoints, wd)
   finally:
     if checkpoints is not None:
       checkpoints.close()
   return rows, reported
+
+
+def _stopped(stop: str, t: int, checkpoints, wd) -> Interrupted:
+  return Interrupted(f"stopped by {stop} after round {t}" + (
+      f", with its rows and checkpoint saved: run the same command with --workdir={wd.path} to "
+      "resume" if checkpoints is not None else ""))
 
 
 def default_concurrent_programs(experiments_per_program: int, backend: str | None = None) -> int:

@@ -20,7 +20,7 @@ import socket
 import sys
 import urllib.parse
 
-from fedprox_jax import data  # numpy only: no TensorFlow until _import_tfds
+from fedprox_jax import data, files  # numpy only: no TensorFlow until _import_tfds
 
 ERROR_PREFIX = "fedprox_jax data error: "
 MIRROR_ENV = "FEDPROX_JAX_MNIST_URL"
@@ -76,7 +76,7 @@ def _use_mirror(tfds, mirror: str) -> str:
   return mirror
 
 
-def export(data_dir: str, download: bool, out: str) -> None:
+def export(data_dir: str, download: bool, out: str, allow_modified: bool = False) -> None:
   tfds = _import_tfds()
   import numpy as np
   from tensorflow_datasets.core.download import downloader
@@ -130,14 +130,15 @@ def export(data_dir: str, download: bool, out: str) -> None:
                       "it, or use another copy.") from e
   mnist = data.Mnist(train["image"].astype(np.uint8), train["label"].astype(np.int32),
                      test["image"].astype(np.uint8), test["label"].astype(np.int32))
-  if data.fingerprint(mnist) != data.MNIST_FINGERPRINT:
+  if not allow_modified and data.fingerprint(mnist) != data.MNIST_FINGERPRINT:
     raise WorkerError(f"the MNIST that TFDS prepared in {data_dir} is not genuine MNIST (its "
                       "examples differ from the published files"
                       + (f", downloaded from the mirror {url}" if mirror else "")
                       + f"). Delete {data_dir}/mnist and {data_dir}/downloads and run again.")
-  tmp = out + f".{os.getpid()}.tmp.npz"
-  np.savez(tmp, **mnist._asdict())
-  os.replace(tmp, out)  # a reader never sees a half-written cache
+  # A reader never sees a half-written cache, and a name planted in the cache directory (a
+  # symbolic link) is never written through.
+  with files.atomic_write(out, "wb") as f:
+    np.savez(f, **mnist._asdict())
 
 
 def main(argv=None) -> int:
@@ -145,9 +146,10 @@ def main(argv=None) -> int:
   parser.add_argument("--data_dir", required=True)
   parser.add_argument("--download", type=int, choices=(0, 1), required=True)
   parser.add_argument("--out", required=True)
+  parser.add_argument("--allow_modified", type=int, choices=(0, 1), default=0)
   args = parser.parse_args(argv)
   try:
-    export(args.data_dir, bool(args.download), args.out)
+    export(args.data_dir, bool(args.download), args.out, bool(args.allow_modified))
   except ImportError as e:  # TFDS imports some of its dependencies lazily, deep in a call
     print(ERROR_PREFIX + _missing_package(e), file=sys.stderr)
     return 3

@@ -13,6 +13,7 @@ Policy (the same for runs and sweeps):
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import json
@@ -26,8 +27,9 @@ from fedprox_jax import distributed, outputs
 from fedprox_jax.errors import ConfigError, WorkdirError
 
 # Fields that cannot change a run's results (the data itself is compared by its digest).
-NO_EFFECT_FIELDS = ("variant", "data_source", "data_dir", "download", "tensorboard",
-                    "checkpoint_every", "sweep.concurrent_programs")
+NO_EFFECT_FIELDS = ("variant", "data_source", "data_dir", "download", "allow_modified_mnist",
+                    "genuine_mnist", "tensorboard", "checkpoint_every",
+                    "sweep.concurrent_programs")
 # Fields that change how the work is laid out, at most the last float bits of the results.
 LAYOUT_FIELDS = ("num_lanes", "num_devices", "conv_impl", "eval_conv_impl", "eval_batch_size",
                  "sweep.experiments_per_program")
@@ -47,6 +49,18 @@ def default_workdir(now: datetime.datetime | None = None) -> str:
     except FileExistsError:
       continue
   raise WorkdirError(f"no free workdir name under {base}: pass --workdir")
+
+
+# orbax reads a checkpoint directory's path as a glob pattern.
+_GLOB_CHARACTERS = "*?[]"
+
+
+def check_path(path: str) -> None:
+  """One clear line for a workdir path the checkpoint library cannot use."""
+  bad = sorted(set(os.path.abspath(path)) & set(_GLOB_CHARACTERS))
+  if bad:
+    raise WorkdirError(f"workdir {path!r} contains {' '.join(bad)}: the checkpoint library "
+                       "reads paths as glob patterns; pass a --workdir without *, ?, [ or ]")
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -86,26 +100,45 @@ class Workdir:
     if not write:
       self.resuming = self.saved is not None
       return
+    check_path(path)
+    self._created = not os.path.exists(path)
     try:
       os.makedirs(path, exist_ok=True)
-      self._lock = open(self.file(".lock"), "a+")
+      # The lock is on the directory itself: a lock file can be deleted from under a run.
+      self._lock = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
       raise WorkdirError(f"workdir {path!r} cannot be written ({e.strerror or e}): pass a "
                          "--workdir in a writable place") from e
     try:
       fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-      self._lock.seek(0)
-      owner = self._lock.read().strip() or "another process"
-      self._lock.close()
+      os.close(self._lock)
       self._lock = None
+      try:
+        owner = open(self.file(".lock")).read().strip() or "another process"
+      except OSError:
+        owner = "another process"
       raise WorkdirError(f"workdir {path!r} is in use by {owner}: wait for it to end, or pass "
                          "another --workdir")
-    self._lock.seek(0)
-    self._lock.truncate()
-    self._lock.write(f"process {os.getpid()}\n")
-    self._lock.flush()
-    self.resuming = self._check(config)
+    try:
+      self._refuse_symlinks()
+      # Only says who holds the lock (the lock itself is on the directory).
+      outputs.write_text(self.file(".lock"), f"process {os.getpid()}\n")
+      self.resuming = self._check(config)
+    except BaseException:
+      self.close()
+      raise
+
+  def _refuse_symlinks(self) -> None:
+    """Everything the run writes is created inside the workdir: an entry that is a symbolic
+    link would make it write wherever the link points."""
+    for root, dirs, files in os.walk(self.path):
+      for name in dirs + files:
+        entry = os.path.join(root, name)
+        if os.path.islink(entry):
+          raise WorkdirError(f"workdir {self.path!r} holds a symbolic link {entry!r} -> "
+                             f"{os.readlink(entry)!r}; a run writes only real files inside "
+                             "its workdir: remove the link, or pass another --workdir")
 
   def file(self, name: str) -> str:
     return os.path.join(self.path, name)
@@ -159,8 +192,12 @@ class Workdir:
 
   def close(self) -> None:
     if self._lock is not None:
+      with contextlib.suppress(OSError):
+        os.unlink(self.file(".lock"))
+        if self._created and not os.listdir(self.path):
+          os.rmdir(self.path)  # a start that failed before writing anything leaves nothing
       fcntl.flock(self._lock, fcntl.LOCK_UN)
-      self._lock.close()
+      os.close(self._lock)
       self._lock = None
 
   def __enter__(self):

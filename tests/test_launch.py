@@ -82,7 +82,8 @@ def _launch(*args, cwd=ROOT, env=None):
 
 def _tiny_args(data_dir, workdir, *extra):
   return ["--config=" + os.path.join(ROOT, "configs", "mnist.py") + ":fedprox",
-          "--config.data_source=idx", f"--config.data_dir={data_dir}", "--config.model=mlr",
+          "--config.data_source=idx", f"--config.data_dir={data_dir}",
+          "--config.allow_modified_mnist=True", "--config.model=mlr",
           "--config.num_clients=20", "--config.clients_per_round=5", "--config.num_rounds=3",
           "--config.local_epochs=2", "--config.mu=0.5", f"--workdir={workdir}", *extra]
 

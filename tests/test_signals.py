@@ -1,0 +1,149 @@
+"""SIGINT/SIGTERM as the README promises: a run stops after the round running when the signal
+came (not the one queued behind it), a second signal stops at once, and neither is lost inside
+a logging call. Real signals, sent to this process or to a launched one."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fedprox_jax import checkpoints as checkpoints_lib
+from fedprox_jax import errors, outputs, signals, simulate
+from helpers import ROOT, read_rows, tiny_mnist, tiny_run_config, write_idx_dir
+
+MNIST = tiny_mnist()
+
+
+@pytest.fixture
+def installed(monkeypatch):
+  """signals.install() for the test, the handlers and the noted signal restored after it."""
+  handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+  monkeypatch.setitem(signals._state, "received", None)
+  signals.install()
+  yield
+  for sig, handler in handlers.items():
+    signal.signal(sig, handler)
+
+
+def _config():
+  return tiny_run_config(num_rounds=12, checkpoint_every=100, eval_every=1)
+
+
+def _steps(workdir):
+  c = checkpoints_lib.Checkpoints(os.path.join(workdir, "checkpoints"))
+  try:
+    return c.steps()
+  finally:
+    c.close()
+
+
+def _rounds(workdir):
+  return [r["round"] for r in outputs.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def _resumed_equals_uninterrupted(tmp_path, workdir):
+  simulate.run(_config(), workdir, mnist=MNIST)
+  simulate.run(_config(), str(tmp_path / "full"), mnist=MNIST)
+  assert read_rows(os.path.join(workdir, "metrics.jsonl")) == read_rows(
+      str(tmp_path / "full" / "metrics.jsonl"))
+
+
+def test_a_signal_while_a_round_is_recorded_stops_after_the_round_then_running(tmp_path,
+                                                                              installed):
+  # While the host records round 5 (its on_round call), round 6 runs: the run ends after 6.
+  def on_round(t, row):
+    if t == 5:
+      os.kill(os.getpid(), signal.SIGINT)
+  workdir = str(tmp_path / "run")
+  with pytest.raises(errors.Interrupted, match="stopped by SIGINT after round 6, with its"):
+    simulate.run(_config(), workdir, mnist=MNIST, on_round=on_round)
+  assert _rounds(workdir) == list(range(1, 7)) and _steps(workdir) == [6]
+  signals._state["received"] = None
+  _resumed_equals_uninterrupted(tmp_path, workdir)
+
+
+def test_a_signal_while_a_round_runs_discards_the_round_queued_behind_it(tmp_path, installed,
+                                                                        monkeypatch):
+  # The host waits for round k while round k + 1 is queued: a signal then ends the run after
+  # round k, and round k + 1 is never recorded.
+  real_wait, calls = signals.wait_ready, []
+
+  def wait_ready(tree, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 4:  # the wait for round 4 (round 5 queued)
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real_wait(tree, *args, **kwargs)
+  monkeypatch.setattr(signals, "wait_ready", wait_ready)
+  workdir = str(tmp_path / "run")
+  with pytest.raises(errors.Interrupted, match="stopped by SIGTERM after round 4, with its"):
+    simulate.run(_config(), workdir, mnist=MNIST)
+  assert _rounds(workdir) == [1, 2, 3, 4] and _steps(workdir) == [4]
+
+
+def test_a_second_signal_stops_at_once(tmp_path, installed):
+  def on_round(t, row):
+    if t == 5:
+      os.kill(os.getpid(), signal.SIGINT)  # noted: the run would stop after round 6
+      os.kill(os.getpid(), signal.SIGINT)  # at once: round 6 is never recorded
+  workdir = str(tmp_path / "run")
+  with pytest.raises(errors.Interrupted, match="a second signal"):
+    simulate.run(_config(), workdir, mnist=MNIST, on_round=on_round)
+  assert _rounds(workdir) == list(range(1, 6)) and _steps(workdir) == []
+  signals._state["received"] = None
+  _resumed_equals_uninterrupted(tmp_path, workdir)
+
+
+def test_a_signal_inside_a_logging_call_is_not_swallowed(installed):
+  """logging's handlers catch Exception (and print '--- Logging error ---'): the stop is not
+  an Exception, so a second signal that lands inside a log call still stops."""
+  class Handler(logging.Handler):  # as logging.StreamHandler.emit guards its write
+    def emit(self, record):
+      try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+      except Exception:
+        self.handleError(record)
+  logger = logging.getLogger("test_signals")
+  logger.addHandler(handler := Handler())
+  try:
+    with signals.deferred():
+      os.kill(os.getpid(), signal.SIGINT)
+      assert signals.received() == "SIGINT"
+      with pytest.raises(errors.Interrupted, match="a second signal"):
+        logger.error("a round's log line")
+  finally:
+    logger.removeHandler(handler)
+  assert not issubclass(errors.Interrupted, Exception)
+
+
+def test_two_ctrl_c_during_a_long_round_are_two_signals(tmp_path):
+  """launch.py, a round of ~1 s: the main thread waits in short sleeps, so the second Ctrl-C
+  0.3 s after the first is handled as a second signal (a wait inside one C call would merge
+  them into one, and the run would stop only after the round)."""
+  write_idx_dir(tmp_path / "idx", num_train=2000, num_test=300)
+  args = ["--config=configs/mnist.py:fedprox", "--config.data_source=idx",
+          f"--config.data_dir={tmp_path / 'idx'}", "--config.allow_modified_mnist=True",
+          "--config.model=mlr", "--config.num_clients=20", "--config.clients_per_round=5",
+          "--config.local_epochs=3000", "--config.num_rounds=30", "--config.tensorboard=False",
+          f"--workdir={tmp_path / 'run'}"]
+  proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=ROOT,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  metrics = tmp_path / "run" / "metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n")):
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    time.sleep(0.02)
+  rows = outputs.read_jsonl(str(metrics))
+  assert rows[0]["wall_time"] > 0.5, "a round is too short for this test: raise local_epochs"
+  proc.send_signal(signal.SIGINT)
+  time.sleep(0.3)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err[-3000:]
+  assert "error: stopped by SIGINT (a second signal: at once)" in err, err[-3000:]
+  assert "Traceback" not in err and "Logging error" not in err
