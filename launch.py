@@ -52,13 +52,13 @@ def _print_help(config_arg: str) -> None:
   import importlib.util
   from fedprox_jax import protocols  # no JAX import
   path, _, variant = config_arg.partition(":")
-  print(__doc__.strip() + "\n")
-  print(f"  --config   {flags.FLAGS['config'].help}")
-  print(f"  --workdir  {flags.FLAGS['workdir'].help}\n")
   spec = importlib.util.spec_from_file_location("_help_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   values = module.get_config(*([variant] if variant else [])).to_dict()
+  print(__doc__.strip() + "\n")
+  print(f"  --config   {flags.FLAGS['config'].help}")
+  print(f"  --workdir  {flags.FLAGS['workdir'].help}\n")
   print(f"Config fields of {path}:{variant or '(default)'} "
         "(set with --config.FIELD=VALUE):")
   documented = config_fields_help(os.path.join(ROOT, DEFAULT_CONFIG))  # every config's base
@@ -100,7 +100,12 @@ def _parse_flags(argv):
   files' errors reach absl wrapped with the traceback of the call that raised them)."""
   if any(a in ("-h", "--help", "--helpfull", "--helpshort", "-?") for a in argv[1:]):
     given = [a.split("=", 1)[1] for a in _locate_config(argv) if a.startswith("--config=")]
-    _print_help(given[0] if given else os.path.join(ROOT, DEFAULT_CONFIG))
+    try:
+      _print_help(given[0] if given else os.path.join(ROOT, DEFAULT_CONFIG))
+    except Exception as e:  # the config file's own code failed (an unknown variant, a typo)
+      _fail(f"cannot load the --config file for --help: {type(e).__name__}: "
+            f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}; e.g. "
+            f"--config={DEFAULT_CONFIG}:fedprox")
     sys.exit(0)
   argv = _locate_config(argv)
   try:

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 from fedprox_jax import outputs
+from fedprox_jax.errors import UserError
 from fedprox_jax.workdir import LAYOUT_FIELDS, NO_EFFECT_FIELDS
 
 IGNORED = ("seed",) + NO_EFFECT_FIELDS + LAYOUT_FIELDS
@@ -29,15 +30,22 @@ def load_runs(workdirs: list) -> tuple:
   for w in workdirs:
     if not os.path.exists(os.path.join(w, "summary.json")):
       raise ValueError(f"{w} is not a finished run (no summary.json)")
-    config = outputs.read_json(os.path.join(w, "config.json"))
-    rows = outputs.read_jsonl(os.path.join(w, "metrics.jsonl"))
-    these = [r["round"] for r in rows]
+    try:
+      config = outputs.read_json(os.path.join(w, "config.json"))
+      rows = outputs.read_jsonl(os.path.join(w, "metrics.jsonl"))
+      if not isinstance(config, dict) or "seed" not in config:
+        raise ValueError("config.json is not a run's config (an object with its seed)")
+      these = [r["round"] for r in rows]
+      accuracies = [float(r["test_accuracy"]) for r in rows]
+    except (OSError, ValueError, KeyError, TypeError, UserError) as e:
+      raise ValueError(f"{w} is damaged ({type(e).__name__}: {e}): restore its files, or "
+                       "leave it out of the band") from e
     if rounds is not None and these != rounds:
       raise ValueError(f"{w} evaluated rounds {these[:3]}..., the others {rounds[:3]}...")
     rounds = these
     if config["seed"] in curves:
       raise ValueError(f"two runs with seed {config['seed']}")
-    curves[config["seed"]] = [r["test_accuracy"] for r in rows]
+    curves[config["seed"]] = accuracies
     # Where the data came from and how the work was laid out do not change the curve.
     configs.append({k: v for k, v in config.items() if k not in IGNORED})
   differing = sorted({k for c in configs for k in c if c.get(k) != configs[0].get(k)})
@@ -73,6 +81,9 @@ def write_band(out_dir: str, name: str, workdirs: list, title: str = "") -> np.n
 
 
 def main(argv) -> int:
+  if len(argv) == 2 and argv[1] in ("-h", "--help"):
+    print(__doc__.strip())
+    return 0
   if len(argv) < 4:
     print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
     return 2

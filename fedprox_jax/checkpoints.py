@@ -83,9 +83,13 @@ class Checkpoints:
     try:
       self._manager.save(round_index, args=ocp.args.StandardSave(state), force=True)
       self._manager.wait_until_finished()
-    except OSError as e:
+    except Exception as e:  # OSError, or tensorstore's ValueError("RESOURCE_EXHAUSTED: ...")
+      text = str(e)
+      reason = ("no space left on the device" if "No space left" in text or
+                "RESOURCE_EXHAUSTED" in text else getattr(e, "strerror", None) or
+                f"{type(e).__name__}: {text.splitlines()[0][:200] if text else ''}")
       raise CheckpointError(f"cannot write the checkpoint of round {round_index} in "
-                            f"{self.directory} ({e.strerror or e}): free disk space or fix the "
+                            f"{self.directory} ({reason}): free disk space or fix the "
                             "directory's permissions, then run the same command to resume") from e
 
   def wait(self) -> None:

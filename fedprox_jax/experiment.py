@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import NamedTuple
 
 import jax
@@ -140,8 +141,12 @@ def validate_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            "must be a finite number > 0 (the 'fedprox' algorithm is FedProx with mu > 0; "
            "'fedprox_mu0' is the mu = 0 one)")
   _require_float32("sweep.mu", s.mu, positive=True)
-  _require(_is_int(s.seeds) and 1 <= s.seeds and c.seed + s.seeds - 1 <= MAX_SEED, "sweep.seeds",
-           s.seeds, f"must be an integer >= 1 with seed + seeds - 1 <= {MAX_SEED}")
+  _require(_is_int(s.seeds) and 1 <= s.seeds <= MAX_SEED + 1, "sweep.seeds", s.seeds,
+           f"must be an integer from 1 to {MAX_SEED + 1}")
+  if c.mode == "sweep":
+    _require(c.seed + s.seeds - 1 <= MAX_SEED, "seed", c.seed,
+             f"a sweep runs seeds seed .. seed + sweep.seeds - 1 = {c.seed + s.seeds - 1}, past "
+             f"{MAX_SEED}: use seed <= {MAX_SEED - s.seeds + 1} (or fewer sweep.seeds)")
   _require(_is_int(s.experiments_per_program) and s.experiments_per_program >= 0,
            "sweep.experiments_per_program", s.experiments_per_program,
            "must be an integer >= 0 (0 = backend default)")
@@ -285,10 +290,24 @@ def round_spec(c: ml_collections.ConfigDict, max_client_size: int,
     batch_size = max_client_size
   if mesh is not None:
     lanes = distributed.round_up(lanes, mesh)
+  _check_plan_size(c, max_client_size)
   return server.RoundSpec(
       clients_per_round=c.clients_per_round, local_epochs=c.local_epochs,
       batch_size=batch_size, max_client_size=max_client_size, num_lanes=lanes,
       sampling=c.sampling, straggler_rule=c.straggler_rule, weighting=c.weighting, mesh=mesh)
+
+
+def _check_plan_size(c, max_client_size: int) -> None:
+  """A round draws every client's data order for every epoch at once (int32 [clients, epochs,
+  largest client]): refused with one line, before compiling, when that alone cannot fit in
+  half of this machine's memory (local_epochs=10**7 asked for 141 GB)."""
+  plan_bytes = 4 * c.clients_per_round * c.local_epochs * max_client_size
+  memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  _require(plan_bytes <= memory // 2, "local_epochs", c.local_epochs,
+           f"a round's data-order plan (clients_per_round {c.clients_per_round} x local_epochs x "
+           f"the largest client's {max_client_size} examples x 4 bytes) would need "
+           f"{plan_bytes / 2**30:.1f} GiB, more than half of this machine's "
+           f"{memory / 2**30:.0f} GiB: lower local_epochs or clients_per_round")
 
 
 class Setup(NamedTuple):

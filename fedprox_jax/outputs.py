@@ -124,9 +124,9 @@ def ensure_jsonl(workdir: str, name: str, rows: list) -> None:
   expected = [json.loads(dumps(r)) for r in rows]  # as the file holds them
   if on_disk == expected:
     return
-  logging.warning("%s was %s while the run went on: rewritten from the run's own %d rows", path,
-                  "deleted" if on_disk is None and not os.path.exists(path) else "changed",
-                  len(rows))
+  logging.warning("%s was changed or deleted while the run went on (%d of its %d rows as "
+                  "computed): rewritten from the run's own rows", path,
+                  sum(r in expected for r in on_disk or []), len(rows))
   with _jsonl_lock, atomic_write(path) as f:
     f.writelines(dumps(r, sort_keys=True) + "\n" for r in rows)
 

@@ -59,8 +59,8 @@ def read_results_csv(path: str) -> list:
       r["seed"], r["round"] = int(r["seed"]), int(r["round"])
       r["diverged_at_round"] = int(r["diverged_at_round"]) if r.get("diverged_at_round") else None
       r["federation"] = r.get("federation") or ""  # results.csv of MNIST sweeps before it
-      if not r["algorithm"]:
-        raise ValueError("a row without its algorithm")
+      if not r["algorithm"] or not r["experiment"]:
+        raise ValueError("a row without its experiment or algorithm")
   except (KeyError, ValueError, TypeError, csv.Error) as e:
     raise UserError(f"{path} is damaged ({type(e).__name__}: {e}): re-run the sweep into a new "
                     "workdir, or restore the file") from e
@@ -268,13 +268,31 @@ def sweep_title(c: dict) -> str:
   return f"{c['model']}, protocol={c['protocol']}, mu={c['sweep']['mu']}"
 
 
+def _saved_config(workdir: str) -> dict:
+  """The workdir's config.json for the figures' titles; {} (with a warning) when it is
+  missing or damaged: the figures do not need it."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return {}
+  try:
+    c = outputs.read_json(path)
+    if not isinstance(c, dict):
+      raise ValueError(f"it holds a JSON {type(c).__name__}, not an object")
+    sweep_title(c)  # the fields a title needs
+    return c
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    print(f"warning: {path} is damaged ({type(e).__name__}: {e}): figures drawn without its "
+          "title", file=sys.stderr)
+    return {}
+
+
 def redraw(workdir: str, title: str = "") -> list:
   """Writes summary.md and the figures of ``workdir`` from its results.csv; returns the table.
   The title defaults to the one of the sweep's config.json."""
   rows = read_results_csv(os.path.join(workdir, "results.csv"))
-  config_path = os.path.join(workdir, "config.json")
-  if not title and os.path.exists(config_path):
-    title = sweep_title(outputs.read_json(config_path))
+  c = _saved_config(workdir) if not title else {}
+  if c:
+    title = sweep_title(c)
   table = summary_table(rows)
   with outputs.atomic_write(os.path.join(workdir, "summary.md")) as f:
     f.write(format_markdown(table))
@@ -290,8 +308,7 @@ def write_sweep_outputs(workdir: str, specs, results: dict, diverged: dict,
 
 def redraw_run(workdir: str) -> str:
   """Re-draws a single run's metrics.png from its metrics.jsonl; returns the PNG's path."""
-  config_path = os.path.join(workdir, "config.json")
-  c = outputs.read_json(config_path) if os.path.exists(config_path) else {}
+  c = _saved_config(workdir)
   try:
     rows = outputs.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     rows = [{**r, "round": int(r["round"]), "test_accuracy": float(r["test_accuracy"])}
@@ -309,11 +326,23 @@ def redraw_run(workdir: str) -> str:
 def main(argv):
   usage = ("usage: python -m fedprox_jax.plots WORKDIR   (a sweep's workdir, which holds "
            "results.csv, or a run's, which holds metrics.jsonl)")
-  if len(argv) != 2:
+  if len(argv) == 2 and argv[1] in ("-h", "--help"):
+    print(__doc__.strip() + "\n\n" + usage)
+    return 0
+  if len(argv) != 2 or argv[1].startswith("-"):
     print(usage, file=sys.stderr)
     return 2
   workdir = argv[1]
+  if not os.path.isdir(workdir):
+    print(f"error: {workdir} is not a directory. " + usage, file=sys.stderr)
+    return 2
   try:
+    unfinished = (os.path.exists(os.path.join(workdir, "rows.jsonl"))
+                  and not os.path.exists(os.path.join(workdir, "summary.json")))
+    if unfinished:  # a killed sweep: results.csv is written at its end
+      print(f"error: {workdir} holds an unfinished sweep: resume it (the same command with "
+            f"--workdir={workdir}); its figures are drawn when it ends", file=sys.stderr)
+      return 2
     if os.path.exists(os.path.join(workdir, "results.csv")):
       table = redraw(workdir)
       print(format_markdown(table))
@@ -321,11 +350,15 @@ def main(argv):
       print(f"wrote {', '.join(figure_paths(rows, workdir))} and summary.md")
     elif os.path.exists(os.path.join(workdir, "metrics.jsonl")):
       print(f"wrote {redraw_run(workdir)}")
+    elif os.path.exists(os.path.join(workdir, "config.json")):
+      print(f"error: {workdir} holds an unfinished sweep with no rows yet: resume it (the same "
+            f"command with --workdir={workdir}), then draw its figures", file=sys.stderr)
+      return 2
     else:
       print(f"error: {workdir} holds neither results.csv nor metrics.jsonl. " + usage,
             file=sys.stderr)
       return 2
-  except UserError as e:
+  except (UserError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0

@@ -213,7 +213,7 @@ def _to_host(tree):
   return jax.device_get(tree)
 
 
-def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
+def run_experiments(setup: experiment.Setup, specs: list, evaluated,
                     mesh: jax.sharding.Mesh | None = None, wd: Workdir | None = None,
                     checkpoint_dir: str | None = None,
                     sweep_stopping: threading.Event | None = None):
@@ -296,7 +296,7 @@ def run_experiments(setup: experiment.Setup, specs: list, eval_rounds: set,
             checkpoints.save(t - 1, jax.tree_util.tree_map(lambda a: a[:real], before))
           raise _stopped(stop_asked(), t - 1, checkpoints, wd)
         stop = stop_asked()
-        evaluate = t in eval_rounds
+        evaluate = evaluated(t)
         save = checkpoints is not None and (t % c.checkpoint_every == 0 or t == c.num_rounds
                                             or stop)
         if not (evaluate or save):
@@ -457,12 +457,13 @@ def run_sweep(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist 
                    [s.data.stats["data_sha256"] for s in setups.values()]))}
     wd.commit(resolved.to_dict(), stats)
     distributed.barrier("workdir ready")
-    eval_rounds = set(range(c.eval_every, c.num_rounds + 1, c.eval_every)) | {c.num_rounds}
+    # A predicate, not a set of rounds: num_rounds may be huge.
+    evaluated = lambda t: t % c.eval_every == 0 or t == c.num_rounds
     def run_program(index, sweep_stopping):
       setup, chunk = programs[index]
       logging.info("program %d of %d: %s", index + 1, len(programs),
                    ", ".join(s.name for s in chunk))
-      return run_experiments(setup, chunk, eval_rounds, setup.mesh, wd,
+      return run_experiments(setup, chunk, evaluated, setup.mesh, wd,
                              wd.file(os.path.join("checkpoints", f"program_{index}")),
                              sweep_stopping)
 

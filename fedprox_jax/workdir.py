@@ -94,6 +94,8 @@ class Workdir:
     try:
       self.saved = (outputs.read_json(self.file("config.json"))
                     if os.path.exists(self.file("config.json")) else None)
+      if self.saved is not None and not isinstance(self.saved, dict):
+        raise ValueError(f"it holds a JSON {type(self.saved).__name__}, not a config")
     except ValueError as e:
       raise WorkdirError(f"{self.file('config.json')} is damaged ({e}): pass a new "
                          "--workdir") from e
@@ -173,8 +175,14 @@ class Workdir:
     if not self.write:
       return
     if self.resuming:
-      saved_stats = outputs.read_json(self.file("partition_stats.json"))
-      if saved_stats.get("data_sha256") != stats.get("data_sha256"):
+      try:
+        saved_stats = outputs.read_json(self.file("partition_stats.json"))
+        saved_digest = saved_stats["data_sha256"]
+      except (OSError, ValueError, KeyError, TypeError) as e:
+        raise WorkdirError(f"{self.file('partition_stats.json')} is missing or damaged "
+                           f"({type(e).__name__}: {e}): it records the data the run started "
+                           "with; restore it, or pass a new --workdir") from e
+      if saved_digest != stats.get("data_sha256"):
         raise ConfigError(f"workdir {self.path!r}: the training data (its partition and order) "
                           "differs from the one the run started with. Resume with the same "
                           "data, or pass a new --workdir.")

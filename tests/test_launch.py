@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -59,11 +60,23 @@ def test_unknown_variant_lists_valid_ones():
     ("protocol", "flower", "config.protocol='flower': use one of"),
     ("mu", float("nan"), "config.mu=nan: must be a finite number >= 0"),
     ("lr", float("inf"), "config.lr=inf: must be a finite number > 0"),
+    # 0 and inf in float32, the precision training computes in
+    ("lr", 1e-46, "config.lr=1e-46: is too small in float32"),
+    ("mu", 1e39, "config.mu=1e.39: overflows to inf in float32"),
+    ("weight_decay", 1e-45, "config.weight_decay=1e-45: is too small in float32"),
 ])
 def test_validate_config_names_field_value_and_fix(field, value, match):
   c = mnist_config.get_config("fedprox")
   c[field] = value
   with pytest.raises(errors.ConfigError, match=match):
+    experiment.validate_config(c)
+
+
+def test_a_sweep_past_the_last_seed_names_the_seed_field():
+  c = mnist_config.get_config("figure1")
+  c.seed = experiment.MAX_SEED
+  with pytest.raises(errors.ConfigError, match=r"config.seed=2147483647: a sweep runs seeds seed "
+                     r"\.\. seed \+ sweep.seeds - 1 = 2147483651"):
     experiment.validate_config(c)
 
 
@@ -110,10 +123,16 @@ def test_launch_tiny_run_writes_complete_workdir(tmp_path):
   assert stats["clients"] == 20 and stats["labels_per_client_max"] == 2
   env = json.loads((workdir / "environment.json").read_text())
   assert env["backend"] == "cpu" and "jax" in env["packages"]
+  assert {"orbax-checkpoint", "tensorboardX"} <= set(env["packages"])
+  assert re.fullmatch(r"[0-9a-f]{40}(\+changes)?", env["fedprox_jax"]["commit"])
+  assert config["genuine_mnist"] is False  # generated digits, allowed by the flag
   summary = json.loads((workdir / "summary.json").read_text())
   assert summary["final_round"] == 3 and summary["seed"] == 0
   assert summary["round_compilations"] == 1
   assert "round 3/3" in result.stderr and "rounds/s" in result.stderr and "ETA" in result.stderr
+  # Round 1's time includes the compilation: no ETA from it.
+  assert "round 2/3" in result.stderr and "ETA estimating (from round 2 on)" in result.stderr
+  assert "Unable to initialize backend" not in result.stderr  # reads like an error; it is not
 
   # Same config and seed, same metrics (the wall time aside).
   again = _launch(*_tiny_args(tmp_path / "idx", tmp_path / "run2", "--config.eval_every=2"))
@@ -139,7 +158,35 @@ def test_launch_bad_inputs_exit_with_one_clear_message(tmp_path, extra, match):
   assert result.returncode == 2
   assert match in result.stderr
   assert "Traceback" not in result.stderr
+  # Said once: no log line repeats the error line.
+  assert [line for line in result.stderr.splitlines() if match in line] == [
+      next(line for line in result.stderr.splitlines() if line.startswith("error:"))]
 
+
+def test_a_failed_start_leaves_no_empty_default_workdir(tmp_path):
+  args = [a for a in _tiny_args("/nonexistent/mnist", "x") if not a.startswith("--workdir")]
+  for _ in range(2):
+    result = _launch(*args, cwd=tmp_path)
+    assert result.returncode == 2 and "is not a directory" in result.stderr
+  assert not (tmp_path / "outputs").exists() or not os.listdir(tmp_path / "outputs")
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--config=configs/mnist.py:nosuch", "--help"], "cannot load the --config file for --help"),
+    (["--config=BAD", "--help"], "cannot load the --config file for --help"),
+    (["--config=configs/mnist.py:fedprox", "extra"], "unexpected argument(s) 'extra'"),
+    (["--config=nowhere.py:fedprox"], "(looked in "),
+])
+def test_more_bad_command_lines_are_one_line(tmp_path, args, match):
+  bad = tmp_path / "bad.py"
+  bad.write_text("def get_config(:\n")
+  args = [a.replace("BAD", str(bad)) for a in args]
+  result = _launch(*args)
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), lines
+  assert match in lines[0] and not result.stdout
+  if "looked in" in match:
+    assert lines[0].count(ROOT) == 1  # launched from the project: its folder is named once
 
 @pytest.mark.parametrize("args,match", [
     (["--config.not_a_field=1"], "the config has no field 'not_a_field'"),
