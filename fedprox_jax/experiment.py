@@ -142,7 +142,7 @@ def validate_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            "'fedprox_mu0' is the mu = 0 one)")
   _require_float32("sweep.mu", s.mu, positive=True)
   _require(_is_int(s.seeds) and 1 <= s.seeds <= MAX_SEED + 1, "sweep.seeds", s.seeds,
-           f"must be an integer from 1 to {MAX_SEED + 1}")
+           f"must be an integer >= 1 (and <= {MAX_SEED + 1})")
   if c.mode == "sweep":
     _require(c.seed + s.seeds - 1 <= MAX_SEED, "seed", c.seed,
              f"a sweep runs seeds seed .. seed + sweep.seeds - 1 = {c.seed + s.seeds - 1}, past "

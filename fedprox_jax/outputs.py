@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import subprocess
@@ -59,9 +60,20 @@ def dumps(obj, **kwargs) -> str:
   return json.dumps(obj, allow_nan=False, **kwargs)
 
 
+def _nulls_for_non_finite(obj):
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  if isinstance(obj, dict):
+    return {k: _nulls_for_non_finite(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_nulls_for_non_finite(v) for v in obj]
+  return obj
+
+
 def write_json(workdir: str, name: str, obj) -> None:
+  """A summary or record file; an undefined statistic (a NaN mean of no values) is null."""
   with atomic_write(os.path.join(workdir, name)) as f:
-    f.write(dumps(obj, indent=2, sort_keys=True) + "\n")
+    f.write(dumps(_nulls_for_non_finite(obj), indent=2, sort_keys=True) + "\n")
 
 
 def save_figure(fig, path: str) -> None:

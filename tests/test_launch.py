@@ -298,3 +298,10 @@ def test_plots_on_a_damaged_results_csv_is_one_line(tmp_path):
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 2 and "is damaged" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_the_tensorboard_command_the_readme_names_is_installed():
+  import shutil
+  with open(os.path.join(ROOT, "requirements.txt")) as f:
+    assert any(line.startswith("tensorboard") for line in f)
+  assert shutil.which("tensorboard"), "pip install -r requirements.txt installs `tensorboard`"
