@@ -45,15 +45,20 @@ def _rounds(workdir):
   return [r["round"] for r in outputs.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
 
 
-def _resumed_equals_uninterrupted(tmp_path, workdir):
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("full")
+  simulate.run(_config(), str(workdir), mnist=MNIST)
+  return read_rows(str(workdir / "metrics.jsonl"))
+
+
+def _resumed_equals_uninterrupted(workdir, uninterrupted):
   simulate.run(_config(), workdir, mnist=MNIST)
-  simulate.run(_config(), str(tmp_path / "full"), mnist=MNIST)
-  assert read_rows(os.path.join(workdir, "metrics.jsonl")) == read_rows(
-      str(tmp_path / "full" / "metrics.jsonl"))
+  assert read_rows(os.path.join(workdir, "metrics.jsonl")) == uninterrupted
 
 
-def test_a_signal_while_a_round_is_recorded_stops_after_the_round_then_running(tmp_path,
-                                                                              installed):
+def test_a_signal_while_a_round_is_recorded_stops_after_the_round_then_running(
+    tmp_path, installed, uninterrupted):
   # While the host records round 5 (its on_round call), round 6 runs: the run ends after 6.
   def on_round(t, row):
     if t == 5:
@@ -63,7 +68,7 @@ def test_a_signal_while_a_round_is_recorded_stops_after_the_round_then_running(t
     simulate.run(_config(), workdir, mnist=MNIST, on_round=on_round)
   assert _rounds(workdir) == list(range(1, 7)) and _steps(workdir) == [6]
   signals._state["received"] = None
-  _resumed_equals_uninterrupted(tmp_path, workdir)
+  _resumed_equals_uninterrupted(workdir, uninterrupted)
 
 
 def test_a_signal_while_a_round_runs_discards_the_round_queued_behind_it(tmp_path, installed,
@@ -84,7 +89,7 @@ def test_a_signal_while_a_round_runs_discards_the_round_queued_behind_it(tmp_pat
   assert _rounds(workdir) == [1, 2, 3, 4] and _steps(workdir) == [4]
 
 
-def test_a_second_signal_stops_at_once(tmp_path, installed):
+def test_a_second_signal_stops_at_once(tmp_path, installed, uninterrupted):
   def on_round(t, row):
     if t == 5:
       os.kill(os.getpid(), signal.SIGINT)  # noted: the run would stop after round 6
@@ -94,7 +99,7 @@ def test_a_second_signal_stops_at_once(tmp_path, installed):
     simulate.run(_config(), workdir, mnist=MNIST, on_round=on_round)
   assert _rounds(workdir) == list(range(1, 6)) and _steps(workdir) == []
   signals._state["received"] = None
-  _resumed_equals_uninterrupted(tmp_path, workdir)
+  _resumed_equals_uninterrupted(workdir, uninterrupted)
 
 
 def test_a_signal_inside_a_logging_call_is_not_swallowed(installed):
