@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from fedprox_jax import bands, checkpoints, data, errors, experiment, files, outputs, plots
+from fedprox_jax import bands, data, errors, experiment, files, outputs, plots
 from fedprox_jax import simulate
 from fedprox_jax import workdir as workdir_lib
 from helpers import (ROOT, SHARED_DATA, read_rows, tiny_mnist, tiny_run_config, write_idx_dir)
