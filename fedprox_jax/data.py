@@ -86,7 +86,8 @@ def load_mnist(source: str = "tfds", data_dir: str = "", download: bool = True,
                allow_modified: bool = False) -> Mnist:
   """MNIST from ``source``: 'tfds' (data_dir: a TFDS data dir; '' = $TFDS_DATA_DIR or TFDS's
   default) or 'idx' (data_dir: a directory holding the four IDX files, gzipped or not).
-  ``check_genuine`` says whether what was read is genuine MNIST."""
+  ``allow_modified`` lets the TFDS path keep data that is not genuine MNIST; the caller checks
+  what was read with ``check_genuine``."""
   if source == "tfds":
     return load_tfds(data_dir or None, download, allow_modified)
   if source == "idx":

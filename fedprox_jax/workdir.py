@@ -116,9 +116,11 @@ class Workdir:
     except OSError:
       os.close(self._lock)
       self._lock = None
-      try:
-        owner = open(self.file(".lock")).read().strip() or "another process"
-      except OSError:
+      try:  # never through a link, never waiting on a FIFO
+        fd = os.open(self.file(".lock"), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd) as f:
+          owner = f.read(200).strip() or "another process"
+      except (OSError, UnicodeDecodeError):
         owner = "another process"
       raise WorkdirError(f"workdir {path!r} is in use by {owner}: wait for it to end, or pass "
                          "another --workdir")
