@@ -111,3 +111,22 @@ def read_rows(path, drop=("wall_time",)):
   import json
   with open(path) as f:
     return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in f]
+
+
+def start_launch(args):
+  """launch.py with ``args`` in a child process (CPU), its stdout and stderr piped."""
+  import subprocess
+  return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=ROOT,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_lines(proc, path, count, timeout=300):
+  """Waits until file ``path`` holds ``count`` lines; fails if ``proc`` ends first or time runs
+  out."""
+  import time
+  deadline = time.time() + timeout
+  while not (os.path.exists(path) and open(path).read().count("\n") >= count):
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    assert time.time() < deadline, f"{path}: not {count} lines within {timeout} s"
+    time.sleep(0.02)

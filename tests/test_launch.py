@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from fedprox_jax import errors, experiment, simulate
-from helpers import write_idx_dir
+from helpers import start_launch, wait_for_lines, write_idx_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -269,17 +269,12 @@ def test_help_lists_every_config_field():
 
 def test_ctrl_c_stops_in_one_line_and_the_run_resumes(tmp_path):
   import signal
-  import time
   write_idx_dir(tmp_path / "idx", num_train=2000, num_test=300)
   args = _tiny_args(tmp_path / "idx", tmp_path / "run", "--config.num_rounds=60",
                     "--config.checkpoint_every=50")
-  proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=ROOT,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  proc = start_launch(args)
   metrics = tmp_path / "run" / "metrics.jsonl"
-  deadline = time.time() + 120
-  while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
-    time.sleep(0.02)
+  wait_for_lines(proc, metrics, 3)
   proc.send_signal(signal.SIGINT)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 130, err[-2000:]

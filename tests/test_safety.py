@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -22,7 +21,8 @@ import pytest
 from fedprox_jax import bands, data, errors, experiment, files, outputs, plots
 from fedprox_jax import simulate
 from fedprox_jax import workdir as workdir_lib
-from helpers import (ROOT, SHARED_DATA, read_rows, tiny_mnist, tiny_run_config, write_idx_dir)
+from helpers import (SHARED_DATA, read_rows, start_launch, tiny_mnist, tiny_run_config,
+                     wait_for_lines, write_idx_dir)
 from test_resume import Killed, _kill_at, _read_scalars
 
 MNIST = tiny_mnist()
@@ -430,16 +430,9 @@ def test_a_sweep_of_10_to_the_10_rounds_starts_at_once(tmp_path):
           "--config.eval_every=1", "--config.sweep.algorithms=fedavg",
           "--config.sweep.stragglers=0.5", "--config.sweep.seeds=1",
           "--config.sweep.dissimilarity=False", f"--workdir={tmp_path / 'sweep'}"]
-  proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=ROOT,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-  rows = tmp_path / "sweep" / "rows.jsonl"
-  deadline = time.time() + 120
+  proc = start_launch(args)
   try:
-    while not (rows.exists() and rows.read_text().count("\n") >= 2):
-      assert proc.poll() is None, proc.stderr.read()[-3000:]
-      assert time.time() < deadline, "no round within 120 s"
-      time.sleep(0.1)
+    wait_for_lines(proc, tmp_path / "sweep" / "rows.jsonl", 2, timeout=120)
   finally:
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)

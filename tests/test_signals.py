@@ -5,15 +5,14 @@ a logging call. Real signals, sent to this process or to a launched one."""
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from fedprox_jax import checkpoints as checkpoints_lib
 from fedprox_jax import errors, outputs, signals, simulate
-from helpers import ROOT, read_rows, tiny_mnist, tiny_run_config, write_idx_dir
+from helpers import read_rows, start_launch, tiny_mnist, tiny_run_config, wait_for_lines
+from helpers import write_idx_dir
 
 MNIST = tiny_mnist()
 
@@ -135,14 +134,9 @@ def test_two_ctrl_c_during_a_long_round_are_two_signals(tmp_path):
           "--config.model=mlr", "--config.num_clients=20", "--config.clients_per_round=5",
           "--config.local_epochs=2000", "--config.num_rounds=30", "--config.tensorboard=False",
           f"--workdir={tmp_path / 'run'}"]
-  proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=ROOT,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  proc = start_launch(args)
   metrics = tmp_path / "run" / "metrics.jsonl"
-  deadline = time.time() + 300
-  while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-    assert proc.poll() is None, proc.stderr.read()[-3000:]
-    time.sleep(0.02)
+  wait_for_lines(proc, metrics, 2)
   rows = outputs.read_jsonl(str(metrics))
   assert rows[1]["wall_time"] - rows[0]["wall_time"] > 0.3, (
       "a round is too short for this test: raise local_epochs")
