@@ -50,7 +50,7 @@ def _print_help(config_arg: str) -> None:
   """The usage, the flags, and every config field with its help and its value in the
   variant named (None = set by the protocol)."""
   import importlib.util
-  from fedprox_jax import protocols  # no JAX import
+  from fedprox_jax.run import protocols  # no JAX import
   path, _, variant = config_arg.partition(":")
   spec = importlib.util.spec_from_file_location("_help_config", path)
   module = importlib.util.module_from_spec(spec)
@@ -124,7 +124,8 @@ def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected argument(s) {' '.join(argv[1:])!r}: every setting is a flag. {USAGE}")
   # Imported here so that --help and flag errors answer without loading JAX.
-  from fedprox_jax import cache, distributed, signals, simulate, sweep, workdir
+  from fedprox_jax import cache
+  from fedprox_jax.run import distributed, signals, single as simulate, sweep, workdir
   from fedprox_jax.errors import Interrupted, UserError
   logging.get_absl_handler().addFilter(_QuietLibraries())
   signals.install()

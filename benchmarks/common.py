@@ -10,8 +10,8 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import mnist as mnist_config  # noqa: E402
-from fedprox_jax import data as data_lib  # noqa: E402
-from fedprox_jax import experiment  # noqa: E402
+from fedprox_jax.data import mnist as data_lib  # noqa: E402
+from fedprox_jax.run import experiment  # noqa: E402
 
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "..", "shared", "data", "mnist")

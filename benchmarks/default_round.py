@@ -21,7 +21,7 @@ import numpy as np
 from absl import app, flags
 
 import common
-from fedprox_jax import client, models, reference, server
+from fedprox_jax.core import client, models, reference, server
 
 flags.DEFINE_string("model", "cnn", "cnn | mlr")
 flags.DEFINE_integer("rounds", 3, "timed rounds per path (after one compile round)")

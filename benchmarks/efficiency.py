@@ -12,9 +12,9 @@ import numpy as np
 from absl import app, flags
 
 import common
-from fedprox_jax import server
-from fedprox_jax.client import num_local_steps
-from fedprox_jax.lanes import pack_lanes
+from fedprox_jax.core import server
+from fedprox_jax.core.client import num_local_steps
+from fedprox_jax.core.lanes import pack_lanes
 
 flags.DEFINE_integer("rounds", 100, "rounds to plan")
 flags.DEFINE_list("lanes", ["1", "2", "3", "5", "10"], "lane counts")

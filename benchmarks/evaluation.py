@@ -15,8 +15,9 @@ import numpy as np
 from absl import app, flags
 
 import common
-from fedprox_jax import data as data_lib
-from fedprox_jax import experiment, models
+from fedprox_jax.data import mnist as data_lib
+from fedprox_jax.run import experiment
+from fedprox_jax.core import models
 
 flags.DEFINE_list("batches", ["10", "25", "50", "100", "500"], "CNN evaluation batch sizes")
 flags.DEFINE_list("mlr_batches", ["1000", "10000"], "logistic regression batch sizes")

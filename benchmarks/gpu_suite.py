@@ -67,7 +67,7 @@ def _base_config(a, variant="fedprox"):
 
 
 def _resolved(c):
-  from fedprox_jax import experiment
+  from fedprox_jax.run import experiment
   return experiment.validate_config(c)
 
 
@@ -78,7 +78,7 @@ def _device_peak_bytes():
 
 
 def item_default_run(a, workdir):
-  from fedprox_jax import simulate
+  from fedprox_jax.run import single as simulate
   c = _base_config(a)
   start = time.perf_counter()
   summary = simulate.run(c, workdir)
@@ -100,8 +100,9 @@ def _read_json(path):
 
 def item_round(a, workdir):
   import jax
-  from fedprox_jax import data as data_lib
-  from fedprox_jax import experiment, models, reference, server
+  from fedprox_jax.data import mnist as data_lib
+  from fedprox_jax.run import experiment
+  from fedprox_jax.core import models, reference, server
   c = _resolved(_base_config(a))
   exp = experiment.prepare(c, data_lib.load_mnist(c.data_source, c.data_dir, False),
                            lanes_over_devices=False).data
@@ -145,7 +146,7 @@ def item_round(a, workdir):
 
 
 def item_figure1(a, workdir):
-  from fedprox_jax import sweep
+  from fedprox_jax.run import sweep
   rounds = 2 if a.smoke else a.figure1_rounds
   runs = []
   for per_program in ((1, 3) if a.smoke else (1, 9)):

@@ -19,7 +19,7 @@ import numpy as np
 from absl import app, flags
 
 import common
-from fedprox_jax import client
+from fedprox_jax.core import client
 
 flags.DEFINE_list("lanes", ["1", "2", "9", "30", "90"], "lane counts")
 flags.DEFINE_integer("steps", 5000, "steps per timing")

@@ -16,8 +16,8 @@ import numpy as np
 from absl import app, flags
 
 import common  # noqa: F401  (puts the project on sys.path)
-from fedprox_jax import models, reference, server
-from fedprox_jax.client import FederatedData
+from fedprox_jax.core import models, reference, server
+from fedprox_jax.core.client import FederatedData
 
 FLAGS = flags.DEFINE_string("model", "cnn", "cnn | mlr")
 flags.DEFINE_integer("clients", 10, "clients per round (all of them are sampled)")

@@ -22,7 +22,8 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import common  # noqa: E402
-from fedprox_jax import distributed, models, server  # noqa: E402
+from fedprox_jax.run import distributed
+from fedprox_jax.core import models, server  # noqa: E402
 
 flags.DEFINE_string("model", "mlr", "cnn | mlr")
 flags.DEFINE_list("devices", ["1", "2", "4", "8"], "device counts")

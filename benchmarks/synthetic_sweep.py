@@ -22,7 +22,8 @@ from absl import app, flags
 
 import common  # puts the project on sys.path
 from configs import synthetic as synthetic_config
-from fedprox_jax import experiment, sweep, synthetic
+from fedprox_jax.run import experiment, sweep
+from fedprox_jax.data import synthetic
 
 flags.DEFINE_string("federation", "1_1", "iid or ALPHA_BETA")
 flags.DEFINE_integer("experiments", 9, "experiments timed")

@@ -97,7 +97,7 @@ def jax_side():
   import jax.numpy as jnp
   import numpy as np
   import common  # noqa: F401  (puts the project on sys.path)
-  from fedprox_jax import client, models
+  from fedprox_jax.core import client, models
 
   rng = np.random.default_rng(0)
   data = client.FederatedData(

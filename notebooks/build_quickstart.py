@@ -24,8 +24,10 @@ def project_files(root: str = ROOT) -> list:
   """The files the notebook carries, relative to the project root, sorted."""
   files = ["launch.py", "requirements.txt", "requirements-gpu.txt"]
   for package in ("fedprox_jax", "configs"):
-    files += [f"{package}/{name}" for name in os.listdir(os.path.join(root, package))
-              if name.endswith(".py")]
+    for folder, dirs, names in os.walk(os.path.join(root, package)):
+      dirs[:] = [d for d in dirs if d != "__pycache__"]
+      relative = os.path.relpath(folder, root)
+      files += [f"{relative}/{name}" for name in names if name.endswith(".py")]
   return sorted(files)
 
 
@@ -85,7 +87,7 @@ SETUP = """\
 import json, time
 import jax
 from configs import mnist as mnist_config
-from fedprox_jax import simulate
+from fedprox_jax.run import single as simulate
 print("JAX backend:", jax.default_backend(), jax.devices())
 
 # SMOKE: a tiny CPU-sized version of this notebook that the project's tests execute.

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedprox_jax.client import FederatedData
-from fedprox_jax.data import IDX_FILES
+from fedprox_jax.core.client import FederatedData
+from fedprox_jax.data.mnist import IDX_FILES
 
 # Heterogeneous client sizes; batch size 4 divides none of the larger ones.
 HETERO_SIZES = (1, 7, 10, 23, 95)
@@ -57,8 +57,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 from configs import mnist as mnist_config  # noqa: E402
-from fedprox_jax import data as data_lib  # noqa: E402
-from fedprox_jax import experiment  # noqa: E402
+from fedprox_jax.data import mnist as data_lib  # noqa: E402
+from fedprox_jax.run import experiment  # noqa: E402
 
 
 def tiny_mnist(num_train=2000, num_test=200, seed=0):

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from fedprox_jax import bands
+from fedprox_jax.report import bands
 
 
 def _run(tmp_path, seed, accuracies, **config):

@@ -6,8 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from fedprox_jax import client, models, reference
-from fedprox_jax.lanes import ClientPlan, run_lanes
+from fedprox_jax.core import client, models, reference
+from fedprox_jax.core.lanes import ClientPlan, run_lanes
 from helpers import make_federated_data, tree_max_abs_diff
 
 MLR = models.LogisticRegression()

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from fedprox_jax import data
+from fedprox_jax.data import mnist as data
 from helpers import SHARED_DATA, write_idx_dir
 
 needs_mnist = pytest.mark.skipif(

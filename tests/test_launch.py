@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from fedprox_jax import errors, experiment, simulate
+from fedprox_jax import errors
+from fedprox_jax.run import experiment, single as simulate
 from helpers import start_launch, wait_for_lines, write_idx_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -289,7 +290,7 @@ def test_ctrl_c_stops_in_one_line_and_the_run_resumes(tmp_path):
 
 def test_plots_on_a_damaged_results_csv_is_one_line(tmp_path):
   (tmp_path / "results.csv").write_text("experiment,algorithm\nx\n")
-  result = subprocess.run([sys.executable, "-m", "fedprox_jax.plots", str(tmp_path)], cwd=ROOT,
+  result = subprocess.run([sys.executable, "-m", "fedprox_jax.report.plots", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 2 and "is damaged" in result.stderr
   assert "Traceback" not in result.stderr

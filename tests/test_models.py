@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedprox_jax import models
+from fedprox_jax.core import models
 
 
 @pytest.mark.parametrize("impl", models.CONV_IMPLS)

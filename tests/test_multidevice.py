@@ -24,7 +24,8 @@ def test_sharded_round_equals_single_device_round():
   _run_with_devices("""
     import jax
     from helpers import make_federated_data, tree_max_abs_diff
-    from fedprox_jax import distributed, models, reference, server
+    from fedprox_jax.run import distributed
+    from fedprox_jax.core import models, reference, server
     assert jax.device_count() == 8
     data = make_federated_data([1, 7, 10, 23, 95, 12, 40, 5, 66, 3])
     for name in ("mlr", "cnn"):
@@ -54,7 +55,7 @@ def test_sharded_round_equals_single_device_round():
 
 def test_sharded_sweep_equals_unsharded_sweep():
   _run_with_devices("""
-    from fedprox_jax import distributed, experiment, sweep
+    from fedprox_jax.run import distributed, experiment, sweep
     from helpers import assert_same_rows, tiny_mnist, tiny_sweep_config
     c = tiny_sweep_config()
     c.sweep.stragglers = "0.5"  # 2 algorithms x 1 level x 2 seeds = 4 experiments...
@@ -77,7 +78,7 @@ def test_sharded_sweep_equals_unsharded_sweep():
 def test_launch_uses_all_devices_and_matches_one_device(tmp_path):
   _run_with_devices(f"""
     import json
-    from fedprox_jax import simulate
+    from fedprox_jax.run import single as simulate
     from helpers import assert_same_rows, read_rows, tiny_mnist, tiny_run_config
     rows, configs = {{}}, {{}}
     for n in (0, 1):  # 0 = all (8) devices
@@ -105,7 +106,7 @@ def _two_processes(tmp_path, body: str):
   script = tmp_path / "worker.py"
   script.write_text(textwrap.dedent("""
     import sys
-    from fedprox_jax import distributed
+    from fedprox_jax.run import distributed
     distributed.maybe_initialize()
     import jax
     from helpers import tiny_mnist, tiny_run_config, tiny_sweep_config
@@ -134,7 +135,7 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
   """Multi-host path: 2 processes x 2 CPU devices (gloo collectives) == 1 process, 1 device."""
   from helpers import assert_same_rows, read_rows
   _two_processes(tmp_path, """
-    from fedprox_jax import simulate
+    from fedprox_jax.run import single as simulate
     simulate.run(tiny_run_config(num_rounds=3, num_devices=num_devices), workdir,
                  mnist=tiny_mnist())
   """)
@@ -146,9 +147,9 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
 
 def test_two_process_sweep_matches_one_process(tmp_path):
   """A sweep over 2 processes x 2 devices (experiments spread over all 4) == 1 process."""
-  from fedprox_jax import plots
+  from fedprox_jax.report import plots
   _two_processes(tmp_path, """
-    from fedprox_jax import sweep
+    from fedprox_jax.run import sweep
     c = tiny_sweep_config(num_devices=num_devices)
     c.sweep.seeds = 1  # 4 experiments: one per device
     sweep.run_sweep(c, workdir, mnist=tiny_mnist())

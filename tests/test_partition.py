@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from fedprox_jax import partition
+from fedprox_jax.data import partition
 from helpers import SHARED_DATA
 
 

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 from configs import mnist as mnist_config
-from fedprox_jax import client, errors, experiment, models, partition, protocols, server
+from fedprox_jax.core import client, models, server
+from fedprox_jax import errors
+from fedprox_jax.run import experiment, protocols
+from fedprox_jax.data import partition
 from helpers import tiny_mnist as _tiny_mnist
 
 FLOWER = dict(client_val_fraction=0.1, weight_decay=0.001, weighting="batches",

@@ -17,8 +17,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from fedprox_jax import checkpoints, errors, experiment, outputs, plots, server, simulate, sweep
-from fedprox_jax import workdir as workdir_lib
+from fedprox_jax.run import checkpoints, experiment, single as simulate, sweep
+from fedprox_jax import errors, outputs
+from fedprox_jax.report import plots
+from fedprox_jax.core import server
+from fedprox_jax.run import workdir as workdir_lib
 from helpers import ROOT, assert_same_rows, read_rows, tiny_mnist, tiny_run_config
 
 MNIST = tiny_mnist()
@@ -133,7 +136,7 @@ def test_wall_time_counts_every_segment(tmp_path):
 
 _WORKER = textwrap.dedent("""
     import sys
-    from fedprox_jax import signals, simulate
+    from fedprox_jax.run import signals, single as simulate
     from helpers import tiny_mnist, tiny_run_config
     signals.install()
     simulate.run(tiny_run_config(num_rounds=int(sys.argv[2]), checkpoint_every=1), sys.argv[1],
@@ -364,7 +367,7 @@ def test_all_dropped_rounds_record_no_local_loss(tmp_path):
 def test_plots_redraws_a_single_runs_figure(tmp_path):
   simulate.run(_config(num_rounds=3, eval_every=2), str(tmp_path), mnist=MNIST)
   os.remove(tmp_path / "metrics.png")
-  result = subprocess.run([sys.executable, "-m", "fedprox_jax.plots", str(tmp_path)], cwd=ROOT,
+  result = subprocess.run([sys.executable, "-m", "fedprox_jax.report.plots", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr
   assert os.path.exists(tmp_path / "metrics.png")

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedprox_jax import models, reference, server
-from fedprox_jax.lanes import pack_lanes
+from fedprox_jax.core import models, reference, server
+from fedprox_jax.core.lanes import pack_lanes
 from helpers import HETERO_SIZES, tree_max_abs_diff
 
 K = len(HETERO_SIZES)
@@ -228,7 +228,7 @@ def test_round_spec_rejects_bad_values(field, value, match):
 def test_oversized_batch_and_lanes_are_capped_without_changing_the_round(hetero_data, caplog):
   """batch_size above the largest client and more lanes than clients only add masked work:
   round_spec caps both (with a warning), and the capped round equals the uncapped one."""
-  from fedprox_jax import experiment
+  from fedprox_jax.run import experiment
   from helpers import mnist_config
   c = experiment.validate_config(mnist_config.get_config("fedprox"))
   c.update(dict(num_clients=5, clients_per_round=K, num_lanes=50, batch_size=1000, local_epochs=3,
@@ -253,6 +253,6 @@ def test_production_code_never_imports_the_looped_reference():
   from helpers import ROOT
   sources = glob.glob(os.path.join(ROOT, "fedprox_jax", "*.py")) + [os.path.join(ROOT, "launch.py")]
   importers = [p for p in sources if not p.endswith("reference.py")
-               and ("import reference" in open(p).read() or "fedprox_jax.reference" in open(p).read()
+               and ("import reference" in open(p).read() or "fedprox_jax.core.reference" in open(p).read()
                     or ", reference" in open(p).read())]
   assert len(sources) > 10 and importers == []

@@ -18,9 +18,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from fedprox_jax import bands, data, errors, experiment, files, outputs, plots
-from fedprox_jax import simulate
-from fedprox_jax import workdir as workdir_lib
+from fedprox_jax.report import bands, plots
+from fedprox_jax.data import mnist as data
+from fedprox_jax import errors, files, outputs
+from fedprox_jax.run import experiment
+from fedprox_jax.run import single as simulate
+from fedprox_jax.run import workdir as workdir_lib
 from helpers import (SHARED_DATA, read_rows, start_launch, tiny_mnist, tiny_run_config,
                      wait_for_lines, write_idx_dir)
 from test_resume import Killed, _kill_at, _read_scalars
@@ -392,9 +395,9 @@ def test_plots_on_damaged_workdirs_is_one_line(tmp_path, capsys, damage, expecte
 
 
 def test_plots_and_bands_help(capsys):
-  assert plots.main(["plots", "--help"]) == 0 and "python -m fedprox_jax.plots" in \
+  assert plots.main(["plots", "--help"]) == 0 and "python -m fedprox_jax.report.plots" in \
       capsys.readouterr().out
-  assert bands.main(["bands", "--help"]) == 0 and "python -m fedprox_jax.bands" in \
+  assert bands.main(["bands", "--help"]) == 0 and "python -m fedprox_jax.report.bands" in \
       capsys.readouterr().out
 
 
@@ -441,7 +444,7 @@ def test_a_sweep_of_10_to_the_10_rounds_starts_at_once(tmp_path):
 
 
 def test_a_sweep_experiment_whose_evaluation_overflows_is_a_divergence(tmp_path, monkeypatch):
-  from fedprox_jax import sweep
+  from fedprox_jax.run import sweep
   from helpers import tiny_sweep_config
   real = sweep.make_sweep_fns
 

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from fedprox_jax import checkpoints as checkpoints_lib
-from fedprox_jax import errors, outputs, signals, simulate
+from fedprox_jax.run import checkpoints as checkpoints_lib
+from fedprox_jax import errors, outputs
+from fedprox_jax.run import signals, single as simulate
 from helpers import read_rows, start_launch, tiny_mnist, tiny_run_config, wait_for_lines
 from helpers import write_idx_dir
 

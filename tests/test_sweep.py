@@ -11,7 +11,10 @@ import numpy as np
 import optax
 import pytest
 
-from fedprox_jax import errors, experiment, metrics, models, plots, server, sweep
+from fedprox_jax import errors
+from fedprox_jax.run import experiment, sweep
+from fedprox_jax.core import metrics, models, server
+from fedprox_jax.report import plots
 from helpers import ROOT, assert_same_rows, make_federated_data
 from helpers import tiny_mnist as _tiny_mnist
 from helpers import tiny_sweep_config as _tiny_config
@@ -80,7 +83,7 @@ def test_sweep_writes_results_table_and_figure(tmp_path):
   table = (tmp_path / "summary.md").read_text()
   assert table.count("\n") == 2 + 4 and "FedProx (mu>0)" in table and "±" in table
   os.remove(tmp_path / "figure1.png")
-  result = subprocess.run([sys.executable, "-m", "fedprox_jax.plots", str(tmp_path)], cwd=ROOT,
+  result = subprocess.run([sys.executable, "-m", "fedprox_jax.report.plots", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr
   assert (tmp_path / "figure1.png").exists()
@@ -89,7 +92,7 @@ def test_sweep_writes_results_table_and_figure(tmp_path):
 
 
 def test_plot_entry_point_explains_its_usage(tmp_path):
-  result = subprocess.run([sys.executable, "-m", "fedprox_jax.plots", str(tmp_path)], cwd=ROOT,
+  result = subprocess.run([sys.executable, "-m", "fedprox_jax.report.plots", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 2 and "usage" in result.stderr
 
@@ -193,7 +196,8 @@ def test_sweep_killed_at_many_points_resumes_to_identical_results(tmp_path, monk
                                                                   uninterrupted_sweep):
   """Kills before checkpoint saves (after the rows of the round are written) and in the middle
   of writing rows, in several programs; each re-run continues the same workdir."""
-  from fedprox_jax import checkpoints, outputs
+  from fedprox_jax.run import checkpoints
+  from fedprox_jax import outputs
   real_save, real_append = checkpoints.Checkpoints.save, outputs.append_jsonl
   counter = {"save": 0, "append": 0}
 
@@ -232,7 +236,7 @@ def test_sweep_killed_at_many_points_resumes_to_identical_results(tmp_path, monk
 
 
 def test_sweep_config_change_on_resume_is_refused(tmp_path, monkeypatch):
-  from fedprox_jax import checkpoints
+  from fedprox_jax.run import checkpoints
   monkeypatch.setattr(checkpoints.Checkpoints, "save", lambda *a: (_ for _ in ()).throw(Killed()))
   with pytest.raises(Killed):
     sweep.run_sweep(_sweep_config(), str(tmp_path), mnist=_tiny_mnist())

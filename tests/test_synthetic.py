@@ -10,7 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedprox_jax import adaptive_mu, errors, experiment, signals, simulate, sweep, synthetic
+from fedprox_jax.core import adaptive_mu
+from fedprox_jax import errors
+from fedprox_jax.run import experiment, signals, single as simulate, sweep
+from fedprox_jax.data import synthetic
 from fedprox_jax.errors import ConfigError
 from helpers import ROOT, assert_same_rows, read_rows  # noqa: F401  (ROOT: configs importable)
 
@@ -158,7 +161,7 @@ def test_synthetic_sweep_vmapped_equals_its_experiments_one_by_one_killed_and_re
   """A 2-federation sweep with adaptive mu: one program per federation == one experiment per
   program, two programs side by side, the latter killed by a failing checkpoint save in each
   federation and resumed (so the adaptive-mu state and the shared rows file must survive)."""
-  from fedprox_jax import checkpoints
+  from fedprox_jax.run import checkpoints
   c = _tiny("heterogeneity", checkpoint_every=1)
   c.sweep.update(dict(federations="iid,1_1", algorithms="fedavg,fedprox,fedprox_adaptive",
                       experiments_per_program=3, concurrent_programs=1))

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from fedprox_jax import data, tfds_worker
+from fedprox_jax.data import mnist as data, tfds_worker
 from helpers import SHARED_DATA
 
 needs_mnist = pytest.mark.skipif(
@@ -142,7 +142,7 @@ def test_a_missing_package_is_not_reported_as_offline(tmp_path, mnist_mirror):
       "sys.meta_path.insert(0, _Hide())\n")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = subprocess.run(
-      [sys.executable, "-m", "fedprox_jax.tfds_worker", f"--data_dir={tmp_path / 'tfds'}",
+      [sys.executable, "-m", "fedprox_jax.data.tfds_worker", f"--data_dir={tmp_path / 'tfds'}",
        "--download=1", f"--out={tmp_path / 'out.npz'}"], capture_output=True, text=True,
       env={**os.environ, tfds_worker.MIRROR_ENV: mnist_mirror,
            "PYTHONPATH": os.pathsep.join([str(tmp_path / "hide"), root])})

@@ -18,9 +18,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedprox_jax.client import (ApplyFn, FederatedData, LocalHParams, epoch_permutations,
+from fedprox_jax.core.client import (ApplyFn, FederatedData, LocalHParams, epoch_permutations,
                                 local_optimizer, num_local_steps)
-from fedprox_jax.client import local_step as local_step_fn
+from fedprox_jax.core.client import local_step as local_step_fn
 
 
 class ClientPlan(NamedTuple):

@@ -23,16 +23,11 @@ from absl import logging
 
 import jax
 
-from fedprox_jax import distributed, outputs
+from fedprox_jax.run import distributed
+from fedprox_jax import outputs
 from fedprox_jax.errors import ConfigError, WorkdirError
 
-# Fields that cannot change a run's results (the data itself is compared by its digest).
-NO_EFFECT_FIELDS = ("variant", "data_source", "data_dir", "download", "allow_modified_mnist",
-                    "genuine_mnist", "tensorboard", "checkpoint_every",
-                    "sweep.concurrent_programs")
-# Fields that change how the work is laid out, at most the last float bits of the results.
-LAYOUT_FIELDS = ("num_lanes", "num_devices", "conv_impl", "eval_conv_impl", "eval_batch_size",
-                 "sweep.experiments_per_program")
+from fedprox_jax.schema import LAYOUT_FIELDS, NO_EFFECT_FIELDS
 
 
 def default_workdir(now: datetime.datetime | None = None) -> str:

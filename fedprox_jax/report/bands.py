@@ -1,6 +1,6 @@
 """Seed bands: per-round mean ± std of test accuracy over single runs that differ only in seed.
 
-  python -m fedprox_jax.bands OUT_DIR NAME WORKDIR [WORKDIR ...]
+  python -m fedprox_jax.report.bands OUT_DIR NAME WORKDIR [WORKDIR ...]
 
 Writes OUT_DIR/NAME.csv (round, mean, std, n, then one column per seed) and OUT_DIR/NAME.png.
 Every workdir must be a finished run (summary.json) with the same config except the seed, and
@@ -17,7 +17,7 @@ import numpy as np
 
 from fedprox_jax import outputs
 from fedprox_jax.errors import UserError
-from fedprox_jax.workdir import LAYOUT_FIELDS, NO_EFFECT_FIELDS
+from fedprox_jax.schema import LAYOUT_FIELDS, NO_EFFECT_FIELDS
 
 IGNORED = ("seed",) + NO_EFFECT_FIELDS + LAYOUT_FIELDS
 

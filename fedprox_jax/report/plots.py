@@ -1,6 +1,6 @@
 """A sweep's results table, summary and Figure-1-style plot; re-drawable from a workdir.
 
-  python -m fedprox_jax.plots WORKDIR     # re-draws a sweep's figures and summary.md from results.csv
+  python -m fedprox_jax.report.plots WORKDIR     # re-draws a sweep's figures and summary.md from results.csv
 """
 
 from __future__ import annotations
@@ -324,7 +324,7 @@ def redraw_run(workdir: str) -> str:
 
 
 def main(argv):
-  usage = ("usage: python -m fedprox_jax.plots WORKDIR   (a sweep's workdir, which holds "
+  usage = ("usage: python -m fedprox_jax.report.plots WORKDIR   (a sweep's workdir, which holds "
            "results.csv, or a run's, which holds metrics.jsonl)")
   if len(argv) == 2 and argv[1] in ("-h", "--help"):
     print(__doc__.strip() + "\n\n" + usage)

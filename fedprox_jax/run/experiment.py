@@ -16,9 +16,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fedprox_jax import data as data_lib
-from fedprox_jax import distributed, metrics, models, partition, protocols, server, synthetic
-from fedprox_jax.client import FederatedData
+from fedprox_jax.data import mnist as data_lib
+from fedprox_jax.run import distributed, protocols
+from fedprox_jax.core import metrics, models, server
+from fedprox_jax.data import partition, synthetic
+from fedprox_jax.core.client import FederatedData
 from fedprox_jax.errors import ConfigError
 
 # The paper's Table (MNIST, 1000 devices): for printing next to our partition's statistics.
@@ -26,25 +28,6 @@ PAPER_STATS = {"clients": 1000, "examples": 69035, "mean": 69, "std": 106}
 DATASETS = ("mnist", "synthetic")  # prepare_data's registry
 MAX_SEED = 2**31 - 1  # jax.random.key and numpy's RandomState both take it
 
-# The columns of metrics.jsonl (a run) and results.csv (a sweep). One name, one meaning.
-ROW_FIELDS = {
-    "round": "the round after which the global model was evaluated",
-    "test_accuracy": "the global model's accuracy on the test set",
-    "test_loss": "the global model's mean cross-entropy on the test set",
-    "local_train_loss": "mean minibatch loss of the round's trained clients during their local "
-                        "steps (n_k-weighted); null when every client was dropped",
-    "global_train_loss": "the global model's mean cross-entropy on all training examples "
-                         "(sweeps; the paper's Figure 1 training loss)",
-    "dissimilarity": "mean_k ||grad f_k - grad f||^2 at the global model (sweeps)",
-    "mu": "the proximal weight this round's clients trained with (moves only with adaptive mu)",
-    "num_stragglers": "sampled clients that straggled this round",
-    "num_aggregated": "clients whose models were averaged",
-    "all_dropped": "every client was dropped: the global model was kept",
-    "useful_steps": "client SGD steps the round needed",
-    "executed_steps": "lane steps the round computed (useful + masked)",
-    "step_efficiency": "useful_steps / executed_steps",
-    "wall_time": "seconds of the round loop up to this row, over every resumed segment",
-}
 
 
 def _require(ok: bool, field: str, value, what: str):

@@ -13,8 +13,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedprox_jax.client import ApplyFn, FederatedData, LocalHParams
-from fedprox_jax.lanes import ClientPlan, LaneStats, run_lanes
+from fedprox_jax.core.client import ApplyFn, FederatedData, LocalHParams
+from fedprox_jax.core.lanes import ClientPlan, LaneStats, run_lanes
 
 # uniform w/o replacement (both sources' code) | ∝ n_k w/o replacement | ∝ n_k with
 # replacement (the paper's Algorithm 2 text, to combine with weighting='uniform')

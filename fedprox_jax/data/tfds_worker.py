@@ -4,7 +4,7 @@ TFDS reads (and prepares) MNIST through TensorFlow, whose import costs seconds a
 RAM and which would claim GPU memory. Running it here, once per TFDS data dir, keeps
 TensorFlow out of the training process: later runs read the cached arrays in milliseconds.
 
-  python -m fedprox_jax.tfds_worker --data_dir=DIR --download=1 --out=FILE.npz
+  python -m fedprox_jax.data.tfds_worker --data_dir=DIR --download=1 --out=FILE.npz
 
 Exit 0: FILE.npz holds train/test images and labels in TFDS's order. Exit 3: the last line of
 stderr is ``ERROR_PREFIX`` + one line for the user (what failed and what to do).
@@ -20,9 +20,10 @@ import socket
 import sys
 import urllib.parse
 
-from fedprox_jax import data, files  # numpy only: no TensorFlow until _import_tfds
+from fedprox_jax.data import mnist as data
+from fedprox_jax import files  # numpy only: no TensorFlow until _import_tfds
 
-ERROR_PREFIX = "fedprox_jax data error: "
+ERROR_PREFIX = data.WORKER_ERROR_PREFIX
 MIRROR_ENV = "FEDPROX_JAX_MNIST_URL"
 CONNECT_TIMEOUT_S = 5.0
 DOWNLOAD_RETRIES = 2  # TFDS's default (10, with back-off) takes minutes to give up offline

@@ -22,7 +22,7 @@ from absl import logging
 from fedprox_jax import cache
 from fedprox_jax.errors import UserError
 
-_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the seed's torchvision Normalize constants
 SOURCES = ("tfds", "idx")
 IDX_FILES = {
@@ -106,6 +106,8 @@ OFFLINE_ADVICE = ("Without internet, point TFDS at a prepared copy (--config.dat
 
 
 # The TFDS worker's time limit (download and preparation; a local copy takes ~20 s).
+# The one line of the worker's stderr meant for the user starts with this.
+WORKER_ERROR_PREFIX = "fedprox_jax data error: "
 TIMEOUT_ENV, DEFAULT_TIMEOUT_S = "FEDPROX_JAX_DATA_TIMEOUT", 1800.0
 
 
@@ -207,8 +209,7 @@ def load_tfds(data_dir: str | None, download: bool, allow_modified: bool = False
   except OSError as e:
     raise DataError(f"the array cache {os.path.dirname(cache_path)} cannot be created ({e}): "
                     f"set {cache.CACHE_ENV} to a writable directory") from e
-  from fedprox_jax import tfds_worker  # no TensorFlow import here: the child does that
-  cmd = [sys.executable, "-m", "fedprox_jax.tfds_worker", f"--data_dir={resolved}",
+  cmd = [sys.executable, "-m", "fedprox_jax.data.tfds_worker", f"--data_dir={resolved}",
          f"--download={int(bool(download))}", f"--out={cache_path}",
          f"--allow_modified={int(bool(allow_modified))}"]
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
@@ -223,8 +224,8 @@ def load_tfds(data_dir: str | None, download: bool, allow_modified: bool = False
                     f"({TIMEOUT_ENV}=SECONDS sets the limit.)") from None
   if proc.returncode != 0:
     lines = proc.stderr.strip().splitlines()
-    reported = [line[len(tfds_worker.ERROR_PREFIX):] for line in lines
-                if line.startswith(tfds_worker.ERROR_PREFIX)]
+    reported = [line[len(WORKER_ERROR_PREFIX):] for line in lines
+                if line.startswith(WORKER_ERROR_PREFIX)]
     if reported:
       raise DataError(reported[-1])
     raise DataError(f"loading MNIST through tensorflow-datasets failed in its worker process "

@@ -27,12 +27,17 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fedprox_jax import checkpoints as checkpoints_lib
-from fedprox_jax import data as data_lib
-from fedprox_jax import adaptive_mu, distributed, experiment, metrics, models, outputs, plots
-from fedprox_jax import server, signals, synthetic
+from fedprox_jax.run import checkpoints as checkpoints_lib
+from fedprox_jax.data import mnist as data_lib
+from fedprox_jax.core import adaptive_mu, metrics, models
+from fedprox_jax.run import distributed, experiment
+from fedprox_jax import outputs
+from fedprox_jax.report import plots
+from fedprox_jax.core import server
+from fedprox_jax.run import signals
+from fedprox_jax.data import synthetic
 from fedprox_jax.errors import ConfigError, DivergenceError, Interrupted
-from fedprox_jax.workdir import Workdir, open_workdir
+from fedprox_jax.run.workdir import Workdir, open_workdir
 
 ALGORITHMS = {  # name -> (mu, drop_stragglers, adaptive mu); mu None = the sweep's
     "fedavg": (0.0, True, False),

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedprox_jax.client import ApplyFn, FederatedData, cdiv
+from fedprox_jax.core.client import ApplyFn, FederatedData, cdiv
 
 
 def evaluate(apply_fn: ApplyFn, params, x, y, batch_size: int):

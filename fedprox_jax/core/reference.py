@@ -13,10 +13,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedprox_jax import server
-from fedprox_jax.client import (ApplyFn, FederatedData, LocalHParams, epoch_permutations,
+from fedprox_jax.core import server
+from fedprox_jax.core.client import (ApplyFn, FederatedData, LocalHParams, epoch_permutations,
                                 local_optimizer, local_step, num_local_steps)
-from fedprox_jax.lanes import LaneStats
+from fedprox_jax.core.lanes import LaneStats
 
 
 class ClientMetrics(NamedTuple):

@@ -1,0 +1,33 @@
+"""What a run's files mean: the columns of its rows and the classes of its config's fields.
+
+A module of the bottom layer (it imports nothing), so that whatever writes the files (run/)
+and whatever reads them back (report/) agree on one definition.
+"""
+
+# The columns of metrics.jsonl (a run) and results.csv (a sweep). One name, one meaning.
+ROW_FIELDS = {
+    "round": "the round after which the global model was evaluated",
+    "test_accuracy": "the global model's accuracy on the test set",
+    "test_loss": "the global model's mean cross-entropy on the test set",
+    "local_train_loss": "mean minibatch loss of the round's trained clients during their local "
+                        "steps (n_k-weighted); null when every client was dropped",
+    "global_train_loss": "the global model's mean cross-entropy on all training examples "
+                         "(sweeps; the paper's Figure 1 training loss)",
+    "dissimilarity": "mean_k ||grad f_k - grad f||^2 at the global model (sweeps)",
+    "mu": "the proximal weight this round's clients trained with (moves only with adaptive mu)",
+    "num_stragglers": "sampled clients that straggled this round",
+    "num_aggregated": "clients whose models were averaged",
+    "all_dropped": "every client was dropped: the global model was kept",
+    "useful_steps": "client SGD steps the round needed",
+    "executed_steps": "lane steps the round computed (useful + masked)",
+    "step_efficiency": "useful_steps / executed_steps",
+    "wall_time": "seconds of the round loop up to this row, over every resumed segment",
+}
+
+# Fields that cannot change a run's results (the data itself is compared by its digest).
+NO_EFFECT_FIELDS = ("variant", "data_source", "data_dir", "download", "allow_modified_mnist",
+                    "genuine_mnist", "tensorboard", "checkpoint_every",
+                    "sweep.concurrent_programs")
+# Fields that change how the work is laid out, at most the last float bits of the results.
+LAYOUT_FIELDS = ("num_lanes", "num_devices", "conv_impl", "eval_conv_impl", "eval_batch_size",
+                 "sweep.experiments_per_program")
