@@ -22,7 +22,7 @@ from absl import app, flags
 
 import common  # puts the project on sys.path
 from configs import synthetic as synthetic_config
-from fedprox_jax.run import experiment, sweep
+from fedprox_jax.run import experiment, loop, sweep
 from fedprox_jax.data import synthetic
 
 flags.DEFINE_string("federation", "1_1", "iid or ALPHA_BETA")
@@ -44,13 +44,13 @@ def main(argv):
                              lanes_over_devices=False)
   setup.config.num_rounds = F.rounds
   specs = sweep.experiment_grid(c)[:F.experiments]
-  evaluated = lambda t: True  # every round
+  every_round = loop.Schedule(F.rounds, eval_every=1, checkpoint_every=F.rounds)
   side_by_side = F.concurrent or sweep.default_concurrent_programs(1, "cpu")
   paths = {
-      "one program": lambda: sweep.run_experiments(setup, specs, evaluated, setup.mesh),
-      "one by one": lambda: [sweep.run_experiments(setup, [s], evaluated, setup.mesh) for s in specs],
+      "one program": lambda: sweep.run_experiments(setup, specs, every_round, setup.mesh),
+      "one by one": lambda: [sweep.run_experiments(setup, [s], every_round, setup.mesh) for s in specs],
       f"one by one, {side_by_side} side by side": lambda: sweep._run_side_by_side(
-          lambda i, stop: sweep.run_experiments(setup, [specs[i]], evaluated, setup.mesh),
+          lambda i, stop: sweep.run_experiments(setup, [specs[i]], every_round, setup.mesh),
           len(specs), side_by_side),
   }
   times = {name: [] for name in paths}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 import os
 
-from tests.helpers import ROOT
+from helpers import ROOT
 
 PACKAGE = os.path.join(ROOT, "fedprox_jax")
 # Bottom to top. The top-level modules (errors, files, cache, outputs, schema) are layer 0.

@@ -55,7 +55,7 @@ def test_sharded_round_equals_single_device_round():
 
 def test_sharded_sweep_equals_unsharded_sweep():
   _run_with_devices("""
-    from fedprox_jax.run import distributed, experiment, sweep
+    from fedprox_jax.run import distributed, experiment, loop, sweep
     from helpers import assert_same_rows, tiny_mnist, tiny_sweep_config
     c = tiny_sweep_config()
     c.sweep.stragglers = "0.5"  # 2 algorithms x 1 level x 2 seeds = 4 experiments...
@@ -63,9 +63,9 @@ def test_sharded_sweep_equals_unsharded_sweep():
     setup = experiment.prepare(c, tiny_mnist(), lanes_over_devices=False)
     specs = sweep.experiment_grid(c)
     assert len(specs) == 6
-    base, _ = sweep.run_experiments(setup, specs, {2, 3}.__contains__, distributed.make_mesh(1))
+    base, _ = sweep.run_experiments(setup, specs, loop.Schedule(3, eval_every=2, checkpoint_every=3), distributed.make_mesh(1))
     for n in (2, 8):  # 6 experiments: 3 per device; padded to 8
-      sharded, _ = sweep.run_experiments(setup, specs, {2, 3}.__contains__, distributed.make_mesh(n))
+      sharded, _ = sweep.run_experiments(setup, specs, loop.Schedule(3, eval_every=2, checkpoint_every=3), distributed.make_mesh(n))
       assert sharded.keys() == base.keys() and len(base) == 6
       for name in base:
         assert_same_rows(base[name], sharded[name],

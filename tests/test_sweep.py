@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from fedprox_jax import errors
-from fedprox_jax.run import experiment, sweep
+from fedprox_jax.run import experiment, loop, sweep
 from fedprox_jax.core import metrics, models, server
 from fedprox_jax.report import plots
 from helpers import ROOT, assert_same_rows, make_federated_data
@@ -26,10 +26,10 @@ def test_vmapped_sweep_equals_experiments_one_by_one():
   setup = experiment.prepare(c, _tiny_mnist(), lanes_over_devices=False)
   specs = sweep.experiment_grid(c)
   assert len(specs) == 8  # 2 algorithms x 2 straggler levels x 2 seeds
-  together, diverged = sweep.run_experiments(setup, specs, evaluated={2, 3}.__contains__)
+  together, diverged = sweep.run_experiments(setup, specs, loop.Schedule(3, eval_every=2, checkpoint_every=3))
   assert diverged == {}
   for s in specs[::2]:  # one seed of each (algorithm, stragglers): 4 programs of one
-    alone = sweep.run_experiments(setup, [s], evaluated={2, 3}.__contains__)[0][s.name]
+    alone = sweep.run_experiments(setup, [s], loop.Schedule(3, eval_every=2, checkpoint_every=3))[0][s.name]
     assert_same_rows(together[s.name], alone, ("test_accuracy", "test_loss", "global_train_loss",
                                                "local_train_loss", "dissimilarity"),
                      rtol=2e-4, atol=2e-5, rounds=[2, 3])

@@ -1,16 +1,13 @@
-"""One run: rounds, evaluation, checkpoints, resume.
+"""One run: a program of one experiment, its lanes spread over the devices.
 
 ``run(config, workdir)`` is what ``launch.py`` calls; it is just as usable from a notebook.
-
-Crash safety: a round's metrics row is written and flushed to disk before the checkpoint that
-makes the round final; a resume restarts after the newest checkpoint and drops any row after
-it (those rounds are recomputed, identically). So whatever instant a run is killed at, its
-resume ends with exactly the rows of an uninterrupted run.
+The rounds, rows, checkpoints and resume are ``loop``'s (the same as a sweep's); this module
+builds the run's round and writes its own outputs (metrics.jsonl, TensorBoard, metrics.png,
+summary.json).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from typing import NamedTuple
@@ -21,16 +18,16 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fedprox_jax.run import checkpoints as checkpoints_lib
-from fedprox_jax.data import mnist as data_lib
-from fedprox_jax.core import adaptive_mu, metrics, models
-from fedprox_jax.run import distributed, experiment
 from fedprox_jax import outputs
+from fedprox_jax.core import adaptive_mu, metrics, models, server
+from fedprox_jax.data import mnist as data_lib
+from fedprox_jax.errors import DivergenceError
 from fedprox_jax.report import plots
-from fedprox_jax.core import server
-from fedprox_jax.run import signals
-from fedprox_jax.errors import DivergenceError, Interrupted
+from fedprox_jax.run import checkpoints as checkpoints_lib
+from fedprox_jax.run import distributed, experiment, loop
 from fedprox_jax.run.workdir import Workdir, open_workdir
+
+ROWS_FILE = "metrics.jsonl"  # a run's rows, one per evaluated round
 
 
 def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None = None,
@@ -64,38 +61,23 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
 
 
 def _restore(setup: experiment.Setup, wd: Workdir, checkpoints: checkpoints_lib.Checkpoints):
-  """(state, first round to run, rows so far): from scratch, or after the newest checkpoint.
-  The state is {"params"} and, with adaptive mu, {"mu": the adaptive-mu state's arrays}."""
+  """(state, first round to run, rows so far): from scratch, or after the newest checkpoint
+  whose rows are on disk. The state is {"params"} and, with adaptive mu, {"mu": the
+  adaptive-mu state's arrays}."""
   c = setup.config
   init_key, _ = jax.random.split(jax.random.key(c.seed))
   state = {"params": models.init_params(setup.model, init_key, setup.data.train.x.shape[1:])}
   if c.adaptive_mu:
     state["mu"] = dict(adaptive_mu.init(c.mu)._asdict())
-  done, max_round = 0, None
-  while wd.resuming:
-    restored = checkpoints.restore_latest(state, max_round)
-    if restored is None:
-      break
-    # A checkpointed round is final only with every row up to it on disk: a row damaged or
-    # lost after the fact sends the resume back to the newest checkpoint before it.
-    saved = {r["round"] for r in outputs.read_jsonl(wd.file("metrics.jsonl"))} if os.path.exists(
-        wd.file("metrics.jsonl")) else set()
-    missing = [t for t in range(1, restored[0] + 1) if _evaluated(c, t) and t not in saved]
-    if not missing:
-      done, state = restored
-      logging.info("resuming %s after round %d", wd.path, done)
-      break
-    logging.warning("%s lacks the row of round %d although round %d was checkpointed: resuming "
-                    "from an earlier checkpoint, to compute it again", wd.file("metrics.jsonl"),
-                    missing[0], restored[0])
-    max_round = missing[0] - 1
-  rows = outputs.keep_jsonl(wd.path, "metrics.jsonl", lambda r: r["round"] <= done, wd.write)
+  schedule = loop.Schedule.of(c)
+  done, state, rows = loop.restore(
+      checkpoints, state, loop.Output(wd, ROWS_FILE),
+      expected_rows=lambda done, _: {(None, t) for t in range(1, done + 1)
+                                     if schedule.evaluated(t)},
+      own=lambda row: True)
+  if done:
+    logging.info("resuming %s after round %d", wd.path, done)
   return distributed.replicator(setup.mesh)(state), done + 1, rows
-
-
-def _evaluated(c, t: int) -> bool:
-  """Whether round t has a row (is evaluated)."""
-  return t % c.eval_every == 0 or t == c.num_rounds
 
 
 def _divergence(c, t: int, checkpoints,
@@ -120,111 +102,6 @@ def make_adapt_fn(setup: experiment.Setup):
   return jax.jit(adapt)
 
 
-def _train(setup: experiment.Setup, wd: Workdir, checkpoints, state: dict, first_round: int,
-           rows: list, on_round):
-  """Runs rounds first_round..num_rounds; returns (all rows, compilations of the round).
-
-  Pipelined: round t + 1 is queued on the device while the host records round t (its row, log
-  line and checkpoint cost no round time). A stop (SIGTERM, Ctrl-C) ends the run after the
-  round that was running when it came: the round queued behind it is discarded, the running
-  one is recorded and checkpointed.
-  """
-  c, exp = setup.config, setup.data
-  replicate = distributed.replicator(setup.mesh)
-  _, rounds_key = jax.random.split(jax.random.key(c.seed))
-  hp = replicate(server.HParams.create(c.lr, c.mu, c.stragglers_fraction, c.drop_stragglers,
-                                       c.clients_per_round, c.weight_decay))
-  round_fn = server.make_round_fn(setup.model.apply, setup.spec)
-  adapt = make_adapt_fn(setup) if c.adaptive_mu else None
-  params = state["params"]
-  mu_state = adaptive_mu.MuState(**state["mu"]) if adapt else None
-  writer = None
-  if c.tensorboard and wd.write:
-    # Events are flushed every few seconds, so a killed run's last ones may be lost: a resume
-    # writes them anew from the kept rows, and TensorBoard shows exactly metrics.jsonl.
-    shutil.rmtree(wd.file("tensorboard"), ignore_errors=True)
-    writer = outputs.TensorBoard(wd.file("tensorboard"))
-    for row in rows:
-      writer.write(row["round"], row)
-  # Time of the earlier segments of a resumed run (from its last kept row).
-  wall_offset = rows[-1]["wall_time"] if rows else 0.0
-  loop_start = time.perf_counter()
-  eta = _Eta(c.num_rounds)
-  # The first non-finite round, tracked on the device: no round waits for the host to read it.
-  diverged_at = jnp.int32(0)
-
-  def dispatch(t):
-    """Queues round t (and its evaluation when scheduled); returns what the host records."""
-    nonlocal params, mu_state, diverged_at
-    mu = mu_state.mu if adapt else hp.mu
-    params, m = round_fn(params, exp.train, hp._replace(mu=mu),
-                         replicate(jax.random.fold_in(rounds_key, t)))
-    if adapt:
-      mu_state = adapt(params, exp.train, mu_state)
-    diverged_at = jnp.where((diverged_at == 0) & ~m.finite, t, diverged_at)
-    evaluate = _evaluated(c, t)
-    # (A diverged round's evaluation is discarded.)
-    evaluation = setup.evaluate(params, exp.test_x, exp.test_y) if evaluate else ()
-    return _Round(t, params, m, mu, mu_state, diverged_at, evaluation, evaluate)
-
-  def record(r: _Round, stop: str | None = None):
-    """The host's part of round r.t: its row, then its checkpoint (which makes it final)."""
-    t = r.t
-    first_bad, m, evaluation, mu = jax.device_get((r.diverged_at, r.m, r.evaluation, r.mu))
-    if first_bad:
-      raise _divergence(c, int(first_bad), checkpoints)
-    if r.evaluate:
-      accuracy, test_loss = evaluation
-      if not np.isfinite([accuracy, test_loss]).all():
-        raise _divergence(c, t, checkpoints, f"the test loss is {float(test_loss)} although the "
-                          "parameters are finite (the model's outputs overflow)")
-      elapsed = time.perf_counter() - loop_start
-      row = experiment.metrics_row(
-          t, m, {"test_accuracy": accuracy, "test_loss": test_loss}, wall_offset + elapsed, mu)
-      if wd.write:  # the row is on disk before the checkpoint that makes round t final
-        outputs.append_jsonl(wd.path, "metrics.jsonl", [row])
-      rows.append(row)
-      if writer:
-        writer.write(t, row)
-      _log_round(c, row, eta.rate(t))
-    if t % c.checkpoint_every == 0 or t == c.num_rounds or stop:
-      checkpoints.save(t, {"params": r.params, **(
-          {"mu": dict(r.mu_state._asdict())} if adapt else {})})
-    if r.evaluate and on_round:
-      on_round(t, row)
-    if stop:
-      raise Interrupted(f"stopped by {stop} after round {t}, with its metrics and checkpoint "
-                        f"saved: run the same command with --workdir={wd.path} to resume")
-
-  try:
-    with signals.deferred():
-      running = None  # the round dispatched before the current one, not recorded yet
-      last = None     # the round the run ends after
-      for t in range(first_round, c.num_rounds + 1):
-        if signals.received():
-          last = running  # the stop came while it ran: nothing more is dispatched
-          break
-        queued = dispatch(t)
-        if running is not None:
-          if not signals.wait_ready(running.arrays()):
-            last = running  # the stop came while it ran: the queued round is discarded
-            break
-          record(running)
-          if signals.received():
-            last = queued  # the stop came while the queued round ran
-            break
-        running = queued
-      else:
-        last = running
-      if last is not None:
-        signals.wait_ready(last.arrays(), stop_early=False)
-        record(last, stop=signals.received())
-  finally:
-    if writer:
-      writer.close()
-  return rows, round_fn._cache_size()
-
-
 class _Round(NamedTuple):
   """A dispatched round's device values, until the host records it."""
   t: int
@@ -234,10 +111,101 @@ class _Round(NamedTuple):
   mu_state: object
   diverged_at: object
   evaluation: tuple
-  evaluate: bool
 
   def arrays(self):
     return (self.params, self.m, self.diverged_at, self.evaluation)
+
+
+class _RunProgram(loop.Program):
+  """One experiment, its lanes spread over the devices; rows go to metrics.jsonl."""
+
+  def __init__(self, setup: experiment.Setup, state: dict, rows: list, checkpoints, writer,
+               on_round):
+    c = self.c = setup.config
+    self.setup, self.rows_so_far, self.checkpoints = setup, rows, checkpoints
+    self.writer, self.on_round = writer, on_round
+    replicate = distributed.replicator(setup.mesh)
+    _, self.rounds_key = jax.random.split(jax.random.key(c.seed))
+    self.replicate = replicate
+    self.hp = replicate(server.HParams.create(c.lr, c.mu, c.stragglers_fraction,
+                                              c.drop_stragglers, c.clients_per_round,
+                                              c.weight_decay))
+    self.traces = 0  # compilations of the round (each one traces it once)
+
+    def counted_round(params, data, hp, key):
+      self.traces += 1
+      return server.run_round(setup.model.apply, setup.spec, params, data, hp, key)
+    self.round_fn = jax.jit(counted_round)
+    self.adapt = make_adapt_fn(setup) if c.adaptive_mu else None
+    self.params = state["params"]
+    self.mu_state = adaptive_mu.MuState(**state["mu"]) if self.adapt else None
+    # The first non-finite round, tracked on the device: no round waits for the host to read it.
+    self.diverged_at = jnp.int32(0)
+    self.eta = _Eta(c.num_rounds)
+
+  def dispatch(self, t, evaluate):
+    exp = self.setup.data
+    mu = self.mu_state.mu if self.adapt else self.hp.mu
+    self.params, m = self.round_fn(self.params, exp.train, self.hp._replace(mu=mu),
+                                   self.replicate(jax.random.fold_in(self.rounds_key, t)))
+    if self.adapt:
+      self.mu_state = self.adapt(self.params, exp.train, self.mu_state)
+    self.diverged_at = jnp.where((self.diverged_at == 0) & ~m.finite, t, self.diverged_at)
+    # (A diverged round's evaluation is discarded.)
+    evaluation = self.setup.evaluate(self.params, exp.test_x, exp.test_y) if evaluate else ()
+    return _Round(t, self.params, m, mu, self.mu_state, self.diverged_at, evaluation)
+
+  def rows(self, r, evaluate, wall_time):
+    c, t = self.c, r.t
+    first_bad, m, evaluation, mu = jax.device_get((r.diverged_at, r.m, r.evaluation, r.mu))
+    if first_bad:
+      raise _divergence(c, int(first_bad), self.checkpoints)
+    if not evaluate:
+      return []
+    accuracy, test_loss = evaluation
+    if not np.isfinite([accuracy, test_loss]).all():
+      raise _divergence(c, t, self.checkpoints, f"the test loss is {float(test_loss)} although "
+                        "the parameters are finite (the model's outputs overflow)")
+    return [experiment.metrics_row(
+        t, m, {"test_accuracy": accuracy, "test_loss": test_loss}, wall_time, mu)]
+
+  def checkpoint_state(self, r):
+    return {"params": r.params, **({"mu": dict(r.mu_state._asdict())} if self.adapt else {})}
+
+  def recorded(self, r, rows):
+    for row in rows:
+      self.rows_so_far.append(row)
+      if self.writer:
+        self.writer.write(r.t, row)
+      _log_round(self.c, row, self.eta.rate(r.t))
+      if self.on_round:
+        self.on_round(r.t, row)
+
+
+def _train(setup: experiment.Setup, wd: Workdir, checkpoints, state: dict, first_round: int,
+           rows: list, on_round):
+  """Runs rounds first_round..num_rounds (``loop.run_rounds``); returns (all rows,
+  compilations of the round)."""
+  c = setup.config
+  writer = None
+  if c.tensorboard and wd.write:
+    # Events are flushed every few seconds, so a killed run's last ones may be lost: a resume
+    # writes them anew from the kept rows, and TensorBoard shows exactly metrics.jsonl.
+    shutil.rmtree(wd.file("tensorboard"), ignore_errors=True)
+    writer = outputs.TensorBoard(wd.file("tensorboard"))
+    for row in rows:
+      writer.write(row["round"], row)
+  program = _RunProgram(setup, state, rows, checkpoints, writer, on_round)
+  try:
+    loop.run_rounds(program, loop.Schedule.of(c), first_round, output=loop.Output(wd, ROWS_FILE),
+                    checkpoints=checkpoints,
+                    # Time of the earlier segments of a resumed run (from its last kept row).
+                    wall_offset=rows[-1]["wall_time"] if rows else 0.0,
+                    resume_hint=f"run the same command with --workdir={wd.path} to resume")
+  finally:
+    if writer:
+      writer.close()
+  return rows, program.traces
 
 
 class _Eta:
@@ -286,7 +254,7 @@ def _finish(setup: experiment.Setup, wd: Workdir, rows: list, first_round: int,
       "round_compilations": compilations,
   }
   if wd.write:
-    outputs.ensure_jsonl(wd.path, "metrics.jsonl", rows)
+    outputs.ensure_jsonl(wd.path, ROWS_FILE, rows)
     plots.plot_metrics(rows, wd.file("metrics.png"),
                        f"{c.variant}: {c.model}, mu={c.mu}, stragglers={c.stragglers_fraction}",
                        c.eval_every)

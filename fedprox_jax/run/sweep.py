@@ -20,6 +20,7 @@ import functools
 import os
 import threading
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,18 +28,17 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fedprox_jax.run import checkpoints as checkpoints_lib
-from fedprox_jax.data import mnist as data_lib
-from fedprox_jax.core import adaptive_mu, metrics, models
-from fedprox_jax.run import distributed, experiment
 from fedprox_jax import outputs
-from fedprox_jax.report import plots
-from fedprox_jax.core import server
-from fedprox_jax.run import signals
+from fedprox_jax.core import adaptive_mu, metrics, models, server
+from fedprox_jax.data import mnist as data_lib
 from fedprox_jax.data import synthetic
 from fedprox_jax.errors import ConfigError, DivergenceError, Interrupted
+from fedprox_jax.report import plots
+from fedprox_jax.run import checkpoints as checkpoints_lib
+from fedprox_jax.run import distributed, experiment, loop, signals
 from fedprox_jax.run.workdir import Workdir, open_workdir
 
+ROWS_FILE = "rows.jsonl"  # every experiment's rows, with its name
 ALGORITHMS = {  # name -> (mu, drop_stragglers, adaptive mu); mu None = the sweep's
     "fedavg": (0.0, True, False),
     "fedprox_mu0": (0.0, False, False),
@@ -218,7 +218,83 @@ def _to_host(tree):
   return jax.device_get(tree)
 
 
-def run_experiments(setup: experiment.Setup, specs: list, evaluated,
+class _Round(NamedTuple):
+  """A dispatched round of a program's experiments, until the host records it."""
+  t: int
+  state: dict       # {"params", "diverged_at", "mu"} after round t, padded experiments included
+  m: object
+  mu: object
+  evaluation: dict  # {} when round t is not evaluated
+
+  def arrays(self):
+    return (self.state, self.m, self.evaluation)
+
+
+class _SweepProgram(loop.Program):
+  """Experiments vmapped in one program (over devices when the mesh has several)."""
+
+  def __init__(self, setup, specs, state, rows, reported, mesh, round_fn, evaluate_fn):
+    self.c, self.real = setup.config, len(rows)
+    self.names = list(rows)
+    self.label = (self.names[0] if self.real == 1
+                  else f"{self.names[0]} .. {self.names[-1]}")
+    self.specs, self.state, self.rows_so_far, self.reported = specs, state, rows, reported
+    self.round_fn, self.evaluate_fn = round_fn, evaluate_fn
+    # The same seed gives the same round keys (common random numbers).
+    self.rounds_keys = jnp.stack([jax.random.split(jax.random.key(s.seed))[1] for s in specs])
+    self.shard = shard = distributed.splitter(mesh)
+    self.hp = shard(_stack_hparams(self.c, specs))
+    self.adaptive = shard(jnp.array([s.adaptive for s in specs]))
+    exp = setup.data
+    self.data = (exp.train, exp.test_x, exp.test_y)
+    if mesh is not None:  # the data, replicated on the devices the experiments are spread over
+      self.data = distributed.replicator(mesh)(self.data)
+
+  def dispatch(self, t, evaluate):
+    state, (train, test_x, test_y) = self.state, self.data
+    params, m, mu_state, mu = self.round_fn(
+        state["params"], adaptive_mu.MuState(**state["mu"]), train, self.hp,
+        self.shard(_fold_in_each(self.rounds_keys, t)), self.adaptive)
+    diverged_at = jnp.where((state["diverged_at"] == 0) & ~m.finite, t, state["diverged_at"])
+    evaluation = {}
+    if evaluate:
+      evaluation = self.evaluate_fn(params, train, test_x, test_y)
+      # Finite parameters whose evaluation is not (the model's outputs overflow): diverged
+      # too, from this round on (a row of NaN or inf is never written).
+      finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in evaluation.values()]), axis=0)
+      diverged_at = jnp.where((diverged_at == 0) & ~finite, t, diverged_at)
+    self.state = {"params": params, "diverged_at": diverged_at, "mu": dict(mu_state._asdict())}
+    return _Round(t, self.state, m, mu, evaluation)
+
+  def rows(self, r, evaluate, wall_time):
+    if not evaluate:
+      return []
+    c, t = self.c, r.t
+    diverged, ev, m, mu = _to_host((r.state["diverged_at"], r.evaluation, r.m, r.mu))
+    for name, d, s in zip(self.names, diverged, self.specs):
+      if d and name not in self.reported:
+        self.reported[name] = int(d)
+        logging.error("experiment %s diverged at round %d (lr=%g, mu=%g): its rows stop "
+                      "there. %s", name, d, c.lr, s.mu, experiment.divergence_advice(c.lr, s.mu))
+    logging.info("round %d/%d (%s): accuracy %s", t, c.num_rounds, self.label,
+                 " ".join("diverged" if diverged[i] else f"{ev['test_accuracy'][i]:.3f}"
+                          for i in range(self.real)))
+    return [{"experiment": name, **experiment.metrics_row(
+                t, jax.tree_util.tree_map(lambda a: a[i], m), {k: v[i] for k, v in ev.items()},
+                wall_time, mu=mu[i])}
+            for i, name in enumerate(self.names) if not diverged[i]]
+
+  def checkpoint_state(self, r):
+    # The real experiments' state: independent of the device count.
+    return jax.tree_util.tree_map(lambda a: a[:self.real], r.state)
+
+  def recorded(self, r, rows):
+    for row in rows:
+      self.rows_so_far[row["experiment"]].append(
+          {k: v for k, v in row.items() if k != "experiment"})
+
+
+def run_experiments(setup: experiment.Setup, specs: list, schedule: loop.Schedule,
                     mesh: jax.sharding.Mesh | None = None, wd: Workdir | None = None,
                     checkpoint_dir: str | None = None,
                     sweep_stopping: threading.Event | None = None):
@@ -231,131 +307,56 @@ def run_experiments(setup: experiment.Setup, specs: list, evaluated,
   (and resumes) there. Programs running side by side share ``sweep_stopping``: once it is
   set, the program saves the round it is in and stops, as on a signal.
   """
-  c, exp = setup.config, setup.data
+  c = setup.config
   real = len(specs)
-  # The same seed gives the same initial model and the same round keys (common random numbers).
-  seed_keys = [jax.random.split(jax.random.key(s.seed)) for s in specs]
-  # The state of the real experiments (what is checkpointed: independent of the device count).
+  names = [s.name for s in specs]
   input_shape = setup.data.train.x.shape[1:]
+  # The same seed gives the same initial model (common random numbers).
   state = {"params": jax.tree_util.tree_map(
                lambda *leaves: jnp.stack(leaves),
-               *[models.init_params(setup.model, init_key, input_shape)
-                 for init_key, _ in seed_keys]),
+               *[models.init_params(setup.model, jax.random.split(jax.random.key(s.seed))[0],
+                                    input_shape) for s in specs]),
            # the first non-finite round of each experiment (0 = none so far)
            "diverged_at": jnp.zeros(real, jnp.int32),
            # adaptive mu (the fixed-mu experiments carry it unused)
            "mu": dict(adaptive_mu.init(jnp.array([s.mu for s in specs], jnp.float32))._asdict())}
   checkpoints = checkpoints_lib.Checkpoints(checkpoint_dir) if checkpoint_dir else None
-  done = 0
-  if checkpoints is not None and wd.resuming:
-    restored = checkpoints.restore_latest(state)
-    if restored is not None:
-      done, state = restored
-      logging.info("resuming %s after round %d", ", ".join(s.name for s in specs), done)
+  done, rows = 0, {name: [] for name in names}
+  if wd is not None:
+    def expected_rows(done, state):
+      diverged = np.asarray(state["diverged_at"])
+      return {(name, t) for name, d in zip(names, diverged) for t in range(1, done + 1)
+              if schedule.evaluated(t) and not (d and t >= d)}
+    done, state, kept = loop.restore(checkpoints, state, loop.Output(wd, ROWS_FILE),
+                                     expected_rows, own=lambda row: row["experiment"] in rows)
+    for r in kept:
+      rows[r["experiment"]].append({k: v for k, v in r.items() if k != "experiment"})
+    if done:
+      logging.info("resuming %s after round %d", ", ".join(names), done)
   if mesh is not None and mesh.size > 1:
     padding = distributed.round_up(real, mesh) - real
     specs = specs + [specs[-1]] * padding
-    seed_keys += [seed_keys[-1]] * padding
     state = jax.tree_util.tree_map(
         lambda a: jnp.concatenate([a] + [a[-1:]] * padding) if padding else a, state)
-  size = len(specs)
   round_fn, evaluate_fn = make_sweep_fns(setup.model.apply, setup.eval_model.apply, setup.spec,
-                                         size, c.eval_batch_size, c.sweep.dissimilarity,
+                                         len(specs), c.eval_batch_size, c.sweep.dissimilarity,
                                          any(s.adaptive for s in specs))
-  rounds_keys = jnp.stack([rounds_key for _, rounds_key in seed_keys])
-  hp = _stack_hparams(c, specs)
-  train, test_x, test_y = exp.train, exp.test_x, exp.test_y
-  shard = distributed.splitter(mesh)
-  hp = shard(hp)
-  adaptive = shard(jnp.array([s.adaptive for s in specs]))
-  if mesh is not None:  # the data, replicated on the devices the experiments are spread over
-    train, test_x, test_y = distributed.replicator(mesh)((train, test_x, test_y))
-  names = [s.name for s in specs[:real]]
-  label = names[0] if real == 1 else f"{names[0]} .. {names[-1]}"
-  state = shard(state)
-  rows = {name: [] for name in names}
-  if wd is not None:
-    for r in outputs.keep_jsonl(wd.path, "rows.jsonl",
-                                lambda r: r["experiment"] not in rows or r["round"] <= done,
-                                wd.write):
-      if r["experiment"] in rows:
-        rows[r["experiment"]].append({k: v for k, v in r.items() if k != "experiment"})
-  wall_offset = max((r[-1]["wall_time"] for r in rows.values() if r), default=0.0)
   reported = {n: int(d) for n, d in zip(names, _to_host(state["diverged_at"])[:real]) if d}
-  start = time.perf_counter()
+  program = _SweepProgram(setup, specs, distributed.splitter(mesh)(state), rows, reported, mesh,
+                          round_fn, evaluate_fn)
   stop_asked = lambda: signals.received() or (sweep_stopping is not None
                                               and sweep_stopping.is_set() and "the sweep's stop")
   try:
-    with signals.deferred():
-      for t in range(done + 1, c.num_rounds + 1):
-        before = state  # round t - 1's, still computing
-        params, m, mu_state, mu = round_fn(
-            state["params"], adaptive_mu.MuState(**state["mu"]), train, hp,
-            shard(_fold_in_each(rounds_keys, t)), adaptive)
-        diverged_at = jnp.where((state["diverged_at"] == 0) & ~m.finite, t, state["diverged_at"])
-        state = {"params": params, "diverged_at": diverged_at, "mu": dict(mu_state._asdict())}
-        # One round queued behind the running one, never more: a stop ends the sweep after the
-        # round running when it came (round t, queued, is then discarded).
-        if t > done + 1 and not signals.wait_ready(before, stop_asked=stop_asked):
-          if checkpoints is not None and t - 1 not in checkpoints.saved:
-            checkpoints.save(t - 1, jax.tree_util.tree_map(lambda a: a[:real], before))
-          raise _stopped(stop_asked(), t - 1, checkpoints, wd)
-        stop = stop_asked()
-        evaluate = evaluated(t)
-        save = checkpoints is not None and (t % c.checkpoint_every == 0 or t == c.num_rounds
-                                            or stop)
-        if not (evaluate or save):
-          continue
-        # One wait for the host: the evaluation is dispatched before the flags are read.
-        evaluation = evaluate_fn(params, train, test_x, test_y) if evaluate else ()
-        signals.wait_ready((diverged_at, evaluation, m, mu), stop_early=False)  # signals handled
-        diverged, ev, m, mu = _to_host((diverged_at, evaluation, m, mu))
-        diverged = diverged[:real]
-        if evaluate:
-          # Finite parameters whose evaluation is not (the model's outputs overflow): diverged
-          # too, from this round on (a row of NaN or inf is never written).
-          bad = np.array([i < real and not diverged[i]
-                          and not all(np.isfinite(v[i]) for v in ev.values())
-                          for i in range(size)])
-          if bad.any():
-            diverged = np.where(bad[:real], t, diverged)
-            state["diverged_at"] = jnp.where(jnp.asarray(bad), t, state["diverged_at"])
-        for name, d, s in zip(names, diverged, specs):
-          if d and name not in reported:
-            reported[name] = int(d)
-            logging.error("experiment %s diverged at round %d (lr=%g, mu=%g): its rows stop "
-                          "there. %s", name, d, c.lr, s.mu,
-                          experiment.divergence_advice(c.lr, s.mu))
-        if evaluate:
-          new = []
-          for i, name in enumerate(names):
-            if diverged[i]:
-              continue
-            row = experiment.metrics_row(
-                t, jax.tree_util.tree_map(lambda a: a[i], m),
-                {k: v[i] for k, v in ev.items()}, wall_offset + time.perf_counter() - start,
-                mu=mu[i])
-            rows[name].append(row)
-            new.append({"experiment": name, **row})
-          if wd is not None and wd.write and new:
-            outputs.append_jsonl(wd.path, "rows.jsonl", new)
-          logging.info("round %d/%d (%s): accuracy %s", t, c.num_rounds, label,
-                       " ".join("diverged" if diverged[i] else f"{ev['test_accuracy'][i]:.3f}"
-                                for i in range(real)))
-        if save:
-          checkpoints.save(t, jax.tree_util.tree_map(lambda a: a[:real], state))
-        if stop:
-          raise _stopped(stop, t, checkpoints, wd)
+    loop.run_rounds(
+        program, schedule, done + 1, output=loop.Output(wd, ROWS_FILE) if wd else None,
+        checkpoints=checkpoints,
+        wall_offset=max((r[-1]["wall_time"] for r in rows.values() if r), default=0.0),
+        stop_asked=stop_asked,
+        resume_hint=wd and f"run the same command with --workdir={wd.path} to resume")
   finally:
     if checkpoints is not None:
       checkpoints.close()
   return rows, reported
-
-
-def _stopped(stop: str, t: int, checkpoints, wd) -> Interrupted:
-  return Interrupted(f"stopped by {stop} after round {t}" + (
-      f", with its rows and checkpoint saved: run the same command with --workdir={wd.path} to "
-      "resume" if checkpoints is not None else ""))
 
 
 def default_concurrent_programs(experiments_per_program: int, backend: str | None = None) -> int:
@@ -462,13 +463,11 @@ def run_sweep(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist 
                    [s.data.stats["data_sha256"] for s in setups.values()]))}
     wd.commit(resolved.to_dict(), stats)
     distributed.barrier("workdir ready")
-    # A predicate, not a set of rounds: num_rounds may be huge.
-    evaluated = lambda t: t % c.eval_every == 0 or t == c.num_rounds
     def run_program(index, sweep_stopping):
       setup, chunk = programs[index]
       logging.info("program %d of %d: %s", index + 1, len(programs),
                    ", ".join(s.name for s in chunk))
-      return run_experiments(setup, chunk, evaluated, setup.mesh, wd,
+      return run_experiments(setup, chunk, loop.Schedule.of(c), setup.mesh, wd,
                              wd.file(os.path.join("checkpoints", f"program_{index}")),
                              sweep_stopping)
 
