@@ -125,7 +125,7 @@ def main(argv):
     _fail(f"unexpected argument(s) {' '.join(argv[1:])!r}: every setting is a flag. {USAGE}")
   # Imported here so that --help and flag errors answer without loading JAX.
   from fedprox_jax import cache
-  from fedprox_jax.run import distributed, signals, single as simulate, sweep, workdir
+  from fedprox_jax.run import distributed, signals, single, sweep, workdir
   from fedprox_jax.errors import Interrupted, UserError
   logging.get_absl_handler().addFilter(_QuietLibraries())
   signals.install()
@@ -143,9 +143,9 @@ def main(argv):
       path, created = workdir.default_workdir(), True
     logging.info("workdir: %s", path)
     if config.mode == "sweep":
-      sweep.run_sweep(config, path)
+      sweep.run(config, path)
     else:
-      simulate.run(config, path)
+      single.run(config, path)
   except (UserError, Interrupted) as e:
     signals.restore_default()  # the run has stopped: a further Ctrl-C ends the process at once
     message = str(e)

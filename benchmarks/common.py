@@ -12,16 +12,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import mnist as mnist_config  # noqa: E402
 from fedprox_jax.data import mnist as data_lib  # noqa: E402
 from fedprox_jax.run import experiment  # noqa: E402
+from fedprox_jax.run import config as config_lib
 
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "..", "shared", "data", "mnist")
 
 
 def default_experiment(variant="fedprox", data_dir=DEFAULT_DATA_DIR, **overrides):
-  """(config, Experiment) of configs/mnist.py:VARIANT with overrides, MNIST from IDX files."""
+  """(config, Dataset) of configs/mnist.py:VARIANT with overrides, MNIST from IDX files."""
   c = mnist_config.get_config(variant)
   c.update(overrides)
-  c = experiment.validate_config(c)  # the protocol's values in the unset fields
+  c = config_lib.resolve(c)  # the protocol's values in the unset fields
   mnist = data_lib.load_mnist("idx", data_dir)
   return c, experiment.prepare(c, mnist, lanes_over_devices=False).data
 

@@ -22,6 +22,7 @@ from absl import app, flags
 
 import common
 from fedprox_jax.core import client, models, reference, server
+from fedprox_jax.run import defaults, experiment
 
 flags.DEFINE_string("model", "cnn", "cnn | mlr")
 flags.DEFINE_integer("rounds", 3, "timed rounds per path (after one compile round)")
@@ -60,15 +61,15 @@ def main(argv):
   print(f"f32 matmul peak (2048^3): {peak:.1f} GFLOP/s")
   for k in map(int, F.clients_per_round):
     c, exp = common.default_experiment(model=F.model, clients_per_round=k)
-    model = models.make_model(F.model)
+    model = models.make_model(F.model, defaults.conv_impl())
     params = models.init_params(model, jax.random.key(0))
     per_example = flops_per_example(model, params)
-    hp = server.HParams.create(c.lr, c.mu, F.stragglers, False, k, c.weight_decay)
-    base = dict(clients_per_round=k, local_epochs=c.local_epochs, batch_size=c.batch_size,
-                max_client_size=exp.stats["max_train"])
+    c.update(stragglers_fraction=F.stragglers, drop_stragglers=False)
+    hp = experiment.hparams(c)
+    spec_with = lambda lanes: experiment.round_spec(c, exp.stats["max_train"], num_lanes=lanes)
     keys = [jax.random.fold_in(jax.random.key(c.seed), t) for t in range(F.rounds + 1)]
     # Useful work of the timed rounds (identical for every path: same plans).
-    spec = server.RoundSpec(num_lanes=1, **base)
+    spec = spec_with(1)
     plans = [server.plan_round(key, exp.train, hp, spec) for key in keys[1:]]
     useful_steps = np.mean([int(client.num_local_steps(p.sizes, p.epochs, c.batch_size).sum())
                             for p in plans])
@@ -82,8 +83,8 @@ def main(argv):
                                                          hp, key)
         lanes = 1
       else:
-        lanes = {"packed": server.default_num_lanes(k), "naive": k}.get(path) or int(path)
-        round_fn = server.make_round_fn(model.apply, server.RoundSpec(num_lanes=lanes, **base))
+        lanes = {"packed": defaults.num_lanes(k), "naive": k}.get(path) or int(path)
+        round_fn = server.make_round_fn(model.apply, spec_with(lanes))
         run = lambda key, f=round_fn: f(params, exp.train, hp, key)
       start = time.perf_counter()
       jax.block_until_ready(run(keys[0]))

@@ -13,6 +13,7 @@ from absl import app, flags
 
 import common
 from fedprox_jax.core import server
+from fedprox_jax.run import experiment
 from fedprox_jax.core.client import num_local_steps
 from fedprox_jax.core.lanes import pack_lanes
 
@@ -35,11 +36,9 @@ def main(argv):
         f"{'sequential':>10} {'efficiency':>10}")
   for fraction in map(float, F.stragglers):
     for lanes in map(int, F.lanes):
-      spec = server.RoundSpec(clients_per_round=c.clients_per_round, local_epochs=c.local_epochs,
-                              batch_size=c.batch_size, max_client_size=exp.stats["max_train"],
-                              num_lanes=lanes)
-      hp = server.HParams.create(c.lr, c.mu, fraction, False, c.clients_per_round,
-                                  c.weight_decay)
+      spec = experiment.round_spec(c, exp.stats["max_train"], num_lanes=lanes)
+      hp = experiment.hparams(c)._replace(stragglers_fraction=jnp.float32(fraction),
+                                          drop_stragglers=jnp.bool_(False))
 
       @jax.jit
       def one(t, spec=spec, hp=hp):

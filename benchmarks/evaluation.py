@@ -16,7 +16,7 @@ from absl import app, flags
 
 import common
 from fedprox_jax.data import mnist as data_lib
-from fedprox_jax.run import experiment
+from fedprox_jax.run import defaults, experiment
 from fedprox_jax.core import models
 
 flags.DEFINE_list("batches", ["10", "25", "50", "100", "500"], "CNN evaluation batch sizes")
@@ -33,7 +33,7 @@ def main(_):
   cases += [("cnn", impl, int(b)) for impl in models.CONV_IMPLS for b in F.batches]
   fns = {}
   for name, impl, batch in cases:
-    model = models.make_model(name, "auto" if impl == "-" else impl)
+    model = models.make_model(name, defaults.conv_impl() if impl == "-" else impl)
     params = models.init_params(model, jax.random.key(0))
     evaluate = experiment.make_evaluate_fn(model.apply, batch)
     jax.block_until_ready(evaluate(params, x, y))  # compile

@@ -67,8 +67,8 @@ def _base_config(a, variant="fedprox"):
 
 
 def _resolved(c):
-  from fedprox_jax.run import experiment
-  return experiment.validate_config(c)
+  from fedprox_jax.run import config as config_lib
+  return config_lib.resolve(c)
 
 
 def _device_peak_bytes():
@@ -78,10 +78,10 @@ def _device_peak_bytes():
 
 
 def item_default_run(a, workdir):
-  from fedprox_jax.run import single as simulate
+  from fedprox_jax.run import single
   c = _base_config(a)
   start = time.perf_counter()
-  summary = simulate.run(c, workdir)
+  summary = single.run(c, workdir)
   total = time.perf_counter() - start
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
@@ -103,16 +103,15 @@ def item_round(a, workdir):
   from fedprox_jax.data import mnist as data_lib
   from fedprox_jax.run import experiment
   from fedprox_jax.core import models, reference, server
+  from fedprox_jax.run import defaults
   c = _resolved(_base_config(a))
   exp = experiment.prepare(c, data_lib.load_mnist(c.data_source, c.data_dir, False),
                            lanes_over_devices=False).data
-  hp = server.HParams.create(c.lr, c.mu, c.stragglers_fraction, c.drop_stragglers,
-                             c.clients_per_round, c.weight_decay)
+  hp = experiment.hparams(c)
   k = c.clients_per_round
-  base = dict(clients_per_round=k, local_epochs=c.local_epochs, batch_size=c.batch_size,
-              max_client_size=exp.stats["max_train"])
+  spec_with = lambda lanes: experiment.round_spec(c, exp.stats["max_train"], num_lanes=lanes)
   keys = [jax.random.fold_in(jax.random.key(c.seed), t) for t in range(a.round_repeats + 1)]
-  default_lanes = server.default_num_lanes(k)
+  default_lanes = defaults.num_lanes(k)
   results = []
   for conv in models.CONV_IMPLS:
     model = models.make_model(c.model, conv, mlr_init=c.mlr_init)
@@ -123,11 +122,11 @@ def item_round(a, workdir):
       paths = paths[-1:]  # compiling every path twice is most of a CPU smoke run
     for path, lanes in paths:
       if lanes is None:
-        spec = server.RoundSpec(num_lanes=1, **base)
+        spec = spec_with(1)
         run = lambda key, spec=spec, model=model, params=params: reference.looped_round(
             model.apply, spec, params, exp.train, hp, key)
       else:
-        fn = server.make_round_fn(model.apply, server.RoundSpec(num_lanes=lanes, **base))
+        fn = server.make_round_fn(model.apply, spec_with(lanes))
         run = lambda key, fn=fn, params=params: fn(params, exp.train, hp, key)
       start = time.perf_counter()
       jax.block_until_ready(run(keys[0]))
@@ -158,7 +157,7 @@ def item_figure1(a, workdir):
       c.sweep.stragglers = "0.9"
     run_dir = os.path.join(workdir, f"epp{per_program}")
     start = time.perf_counter()
-    results = sweep.run_sweep(c, run_dir)
+    results = sweep.run(c, run_dir)
     seconds = time.perf_counter() - start
     n = len(results)
     # Extrapolation (not a measurement): time scales with experiments x rounds.

@@ -18,6 +18,7 @@ from absl import app, flags
 import common  # noqa: F401  (puts the project on sys.path)
 from fedprox_jax.core import models, reference, server
 from fedprox_jax.core.client import FederatedData
+from fedprox_jax.run import defaults, protocols
 
 FLAGS = flags.DEFINE_string("model", "cnn", "cnn | mlr")
 flags.DEFINE_integer("clients", 10, "clients per round (all of them are sampled)")
@@ -52,7 +53,7 @@ def main(argv):
       y=jax.numpy.asarray(rng.integers(0, 10, k * n).astype(np.int32)),
       offsets=jax.numpy.arange(0, k * n, n, dtype=np.int32),
       sizes=jax.numpy.full(k, n, np.int32))
-  model = models.make_model(F.model, F.conv_impl)
+  model = models.make_model(F.model, defaults.conv_impl() if F.conv_impl == "auto" else F.conv_impl)
   params = models.init_params(model, jax.random.key(0))
   hp = server.HParams.create(lr=0.03, mu=1.0, stragglers_fraction=0.0, drop_stragglers=False,
                              clients_per_round=F.clients)
@@ -65,19 +66,23 @@ def main(argv):
         f"client_steps={steps}")
 
   def spec_with(lanes):
+    # The seed protocol's rules (no stragglers here, so only the weighting matters).
+    rules = protocols.protocol_values("seed")
     return server.RoundSpec(clients_per_round=k, local_epochs=F.local_epochs,
-                            batch_size=F.batch_size, max_client_size=n, num_lanes=lanes)
+                            batch_size=F.batch_size, max_client_size=n, num_lanes=lanes,
+                            sampling=rules["sampling"], straggler_rule=rules["straggler_rule"],
+                            weighting=rules["weighting"])
 
   fns = {"looped": lambda r: reference.looped_round(model.apply, spec_with(1), params, data, hp,
                                                  jax.random.fold_in(key, r))}
-  for lanes in dict.fromkeys(int(v) or server.default_num_lanes(k) for v in F.lanes):
+  for lanes in dict.fromkeys(int(v) or defaults.num_lanes(k) for v in F.lanes):
     round_fn = server.make_round_fn(model.apply, spec_with(lanes))
     fns[lanes] = (lambda f: lambda r: f(params, data, hp, jax.random.fold_in(key, r)))(round_fn)
   medians = interleaved_medians(fns, F.repeats)
   looped = medians.pop("looped")
   print(f"looped:                {looped * 1e3:8.1f} ms/round")
   for lanes, seconds in medians.items():
-    default = " (default)" if lanes == server.default_num_lanes(k) else ""
+    default = " (default)" if lanes == defaults.num_lanes(k) else ""
     print(f"vectorized lanes={lanes:<4d} {seconds * 1e3:8.1f} ms/round   "
           f"speedup over looped: {looped / seconds:.2f}x{default}")
 

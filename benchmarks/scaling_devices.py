@@ -22,7 +22,8 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import common  # noqa: E402
-from fedprox_jax.run import distributed
+import ml_collections  # noqa: E402
+from fedprox_jax.run import defaults, distributed, experiment  # noqa: E402
 from fedprox_jax.core import models, server  # noqa: E402
 
 flags.DEFINE_string("model", "mlr", "cnn | mlr")
@@ -35,10 +36,10 @@ F = flags.FLAGS
 
 def time_rounds(model, params, exp, c, k, lanes, n):
   mesh = distributed.make_mesh(n)
-  spec = server.RoundSpec(clients_per_round=k, local_epochs=c.local_epochs,
-                          batch_size=c.batch_size, max_client_size=exp.stats["max_train"],
-                          num_lanes=lanes, mesh=mesh)
-  hp = server.HParams.create(c.lr, c.mu, 0.9, False, k, c.weight_decay)
+  c = ml_collections.ConfigDict(c.to_dict())
+  c.update(clients_per_round=k, stragglers_fraction=0.9, drop_stragglers=False)
+  spec = experiment.round_spec(c, exp.stats["max_train"], mesh=mesh, num_lanes=lanes)
+  hp = experiment.hparams(c)
   round_fn = server.make_round_fn(model.apply, spec)
   jax.block_until_ready(round_fn(params, exp.train, hp, jax.random.key(0)))
   times = []
@@ -54,7 +55,7 @@ def main(argv):
   print(common.header())
   print(f"devices visible: {jax.device_count()} ({jax.devices()[0].platform})")
   c, exp = common.default_experiment(model=F.model)
-  model = models.make_model(F.model)
+  model = models.make_model(F.model, defaults.conv_impl())
   params = models.init_params(model, jax.random.key(0))
   for k in map(int, F.clients):
     base = None

@@ -22,7 +22,8 @@ from absl import app, flags
 
 import common  # puts the project on sys.path
 from configs import synthetic as synthetic_config
-from fedprox_jax.run import experiment, loop, sweep
+from fedprox_jax.run import defaults, experiment, loop, sweep
+from fedprox_jax.run import config as config_lib
 from fedprox_jax.data import synthetic
 
 flags.DEFINE_string("federation", "1_1", "iid or ALPHA_BETA")
@@ -38,19 +39,19 @@ def main(argv):
   c = synthetic_config.get_config("heterogeneity")
   c.sweep.seeds = -(-F.experiments // 9)
   c.sweep.federations = F.federation
-  c = experiment.validate_config(c)
+  c = config_lib.resolve(c)
   federation = synthetic.parse_name(F.federation)
   setup = experiment.prepare(sweep.federation_config(c, federation), None,
                              lanes_over_devices=False)
   setup.config.num_rounds = F.rounds
   specs = sweep.experiment_grid(c)[:F.experiments]
   every_round = loop.Schedule(F.rounds, eval_every=1, checkpoint_every=F.rounds)
-  side_by_side = F.concurrent or sweep.default_concurrent_programs(1, "cpu")
+  side_by_side = F.concurrent or defaults.concurrent_programs(1, "cpu")
   paths = {
-      "one program": lambda: sweep.run_experiments(setup, specs, every_round, setup.mesh),
-      "one by one": lambda: [sweep.run_experiments(setup, [s], every_round, setup.mesh) for s in specs],
+      "one program": lambda: sweep.run_program(setup, specs, every_round, setup.mesh),
+      "one by one": lambda: [sweep.run_program(setup, [s], every_round, setup.mesh) for s in specs],
       f"one by one, {side_by_side} side by side": lambda: sweep._run_side_by_side(
-          lambda i, stop: sweep.run_experiments(setup, [specs[i]], every_round, setup.mesh),
+          lambda i, stop: sweep.run_program(setup, [specs[i]], every_round, setup.mesh),
           len(specs), side_by_side),
   }
   times = {name: [] for name in paths}

@@ -98,13 +98,14 @@ def jax_side():
   import numpy as np
   import common  # noqa: F401  (puts the project on sys.path)
   from fedprox_jax.core import client, models
+  from fedprox_jax.run import defaults
 
   rng = np.random.default_rng(0)
   data = client.FederatedData(
       x=jnp.asarray(rng.normal(size=(CLIENT, 28, 28, 1)).astype(np.float32)),
       y=jnp.asarray(rng.integers(0, 10, CLIENT).astype(np.int32)),
       offsets=jnp.zeros(1, jnp.int32), sizes=jnp.full(1, CLIENT, jnp.int32))
-  model = models.make_model("cnn")
+  model = models.make_model("cnn", defaults.conv_impl())
   params = models.init_params(model, jax.random.key(0))
 
   @jax.jit

@@ -87,7 +87,7 @@ SETUP = """\
 import json, time
 import jax
 from configs import mnist as mnist_config
-from fedprox_jax.run import single as simulate
+from fedprox_jax.run import single
 print("JAX backend:", jax.default_backend(), jax.devices())
 
 # SMOKE: a tiny CPU-sized version of this notebook that the project's tests execute.
@@ -117,7 +117,7 @@ def show_progress(variant):
 results = {}
 for variant in ("fedprox", "fedavg"):
     workdir = os.path.join(OUTPUTS, f"{variant}-{time.strftime('%Y%m%d-%H%M%S')}")
-    summary = simulate.run(make_config(variant), workdir, on_round=show_progress(variant))
+    summary = single.run(make_config(variant), workdir, on_round=show_progress(variant))
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         results[variant] = [json.loads(line) for line in f]
     print(f"{variant}: final test accuracy {summary['final_test_accuracy']:.4f} "

@@ -58,7 +58,7 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 from configs import mnist as mnist_config  # noqa: E402
 from fedprox_jax.data import mnist as data_lib  # noqa: E402
-from fedprox_jax.run import experiment  # noqa: E402
+from fedprox_jax.run import config as config_lib  # noqa: E402
 
 
 def tiny_mnist(num_train=2000, num_test=200, seed=0):
@@ -89,7 +89,7 @@ def tiny_sweep_config(variant="figure1_paper", **overrides):
                 local_epochs=2, min_per_client=10))
   c.sweep.update(dict(algorithms="fedavg,fedprox", stragglers="0.5,0.9", seeds=2))
   c.update(overrides)
-  return experiment.validate_config(c)  # protocol values filled in, as run_sweep does
+  return config_lib.resolve(c)  # protocol values filled in, as sweep.run does
 
 
 def assert_same_rows(a: list, b: list, keys, rtol=0.0, atol=0.0, rounds=None):

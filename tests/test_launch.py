@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from fedprox_jax import errors
-from fedprox_jax.run import experiment, single as simulate
+from fedprox_jax.run import experiment, single
+from fedprox_jax.run import config as config_lib
 from helpers import start_launch, wait_for_lines, write_idx_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +24,7 @@ def test_variants():
   assert (fedavg.mu, fedavg.stragglers_fraction, fedavg.drop_stragglers) == (0.0, 0.9, True)
   assert (mu0.mu, mu0.drop_stragglers) == (0.0, False)
   for c in (fedprox, fedavg, mu0):  # the seed's defaults
-    c = experiment.validate_config(c)
+    c = config_lib.resolve(c)
     assert (c.num_clients, c.clients_per_round, c.num_rounds, c.local_epochs, c.batch_size,
             c.lr, c.model) == (1000, 10, 100, 10, 10, 0.03, "cnn")
 
@@ -70,7 +71,7 @@ def test_validate_config_names_field_value_and_fix(field, value, match):
   c = mnist_config.get_config("fedprox")
   c[field] = value
   with pytest.raises(errors.ConfigError, match=match):
-    experiment.validate_config(c)
+    config_lib.resolve(c)
 
 
 def test_a_sweep_past_the_last_seed_names_the_seed_field():
@@ -78,14 +79,14 @@ def test_a_sweep_past_the_last_seed_names_the_seed_field():
   c.seed = experiment.MAX_SEED
   with pytest.raises(errors.ConfigError, match=r"config.seed=2147483647: a sweep runs seeds seed "
                      r"\.\. seed \+ sweep.seeds - 1 = 2147483651"):
-    experiment.validate_config(c)
+    config_lib.resolve(c)
 
 
 def test_unwritable_workdir_is_a_clear_error(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
   with pytest.raises(errors.WorkdirError, match="cannot be written.*writable place"):
-    simulate.run(mnist_config.get_config("fedprox"), str(blocker / "run"))
+    single.run(mnist_config.get_config("fedprox"), str(blocker / "run"))
 
 
 def _launch(*args, cwd=ROOT, env=None):

@@ -37,7 +37,8 @@ def test_sharded_round_equals_single_device_round():
       for n in (1, 2, 8):
         mesh = distributed.make_mesh(n)
         spec = server.RoundSpec(clients_per_round=5, local_epochs=2, batch_size=4,
-                                max_client_size=95, num_lanes=8, mesh=mesh)
+                                max_client_size=95, num_lanes=8, mesh=mesh,
+                                sampling="uniform", straggler_rule="exact", weighting="samples")
         round_fn = server.make_round_fn(model.apply, spec)
         out, metrics = round_fn(params, data, hp, jax.random.key(3))
         outs[n] = (out, float(metrics.train_loss))
@@ -63,9 +64,9 @@ def test_sharded_sweep_equals_unsharded_sweep():
     setup = experiment.prepare(c, tiny_mnist(), lanes_over_devices=False)
     specs = sweep.experiment_grid(c)
     assert len(specs) == 6
-    base, _ = sweep.run_experiments(setup, specs, loop.Schedule(3, eval_every=2, checkpoint_every=3), distributed.make_mesh(1))
+    base, _ = sweep.run_program(setup, specs, loop.Schedule(3, eval_every=2, checkpoint_every=3), distributed.make_mesh(1))
     for n in (2, 8):  # 6 experiments: 3 per device; padded to 8
-      sharded, _ = sweep.run_experiments(setup, specs, loop.Schedule(3, eval_every=2, checkpoint_every=3), distributed.make_mesh(n))
+      sharded, _ = sweep.run_program(setup, specs, loop.Schedule(3, eval_every=2, checkpoint_every=3), distributed.make_mesh(n))
       assert sharded.keys() == base.keys() and len(base) == 6
       for name in base:
         assert_same_rows(base[name], sharded[name],
@@ -78,12 +79,12 @@ def test_sharded_sweep_equals_unsharded_sweep():
 def test_launch_uses_all_devices_and_matches_one_device(tmp_path):
   _run_with_devices(f"""
     import json
-    from fedprox_jax.run import single as simulate
+    from fedprox_jax.run import single
     from helpers import assert_same_rows, read_rows, tiny_mnist, tiny_run_config
     rows, configs = {{}}, {{}}
     for n in (0, 1):  # 0 = all (8) devices
       workdir = "{tmp_path}/run%d" % n
-      simulate.run(tiny_run_config(num_rounds=3, num_devices=n), workdir, mnist=tiny_mnist())
+      single.run(tiny_run_config(num_rounds=3, num_devices=n), workdir, mnist=tiny_mnist())
       rows[n] = read_rows(workdir + "/metrics.jsonl")
       configs[n] = json.load(open(workdir + "/config.json"))
     # config.json records what was used: 8 devices, lanes rounded up to fill them.
@@ -135,8 +136,8 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
   """Multi-host path: 2 processes x 2 CPU devices (gloo collectives) == 1 process, 1 device."""
   from helpers import assert_same_rows, read_rows
   _two_processes(tmp_path, """
-    from fedprox_jax.run import single as simulate
-    simulate.run(tiny_run_config(num_rounds=3, num_devices=num_devices), workdir,
+    from fedprox_jax.run import single
+    single.run(tiny_run_config(num_rounds=3, num_devices=num_devices), workdir,
                  mnist=tiny_mnist())
   """)
   # Only process 0 writes: a second writer would duplicate every row.
@@ -152,7 +153,7 @@ def test_two_process_sweep_matches_one_process(tmp_path):
     from fedprox_jax.run import sweep
     c = tiny_sweep_config(num_devices=num_devices)
     c.sweep.seeds = 1  # 4 experiments: one per device
-    sweep.run_sweep(c, workdir, mnist=tiny_mnist())
+    sweep.run(c, workdir, mnist=tiny_mnist())
   """)
   single = plots.read_results_csv(str(tmp_path / "single" / "results.csv"))
   multi = plots.read_results_csv(str(tmp_path / "multi" / "results.csv"))

@@ -54,4 +54,4 @@ def test_quickstart_notebook_runs_in_a_jupyter_kernel_and_shows_its_plot(tmp_pat
             if o.output_type == "display_data" and "image/png" in o.get("data", {})]
   assert len(images) == 1, plot_cell.outputs  # blank when library code switched the backend
   assert len(images[0]["data"]["image/png"]) > 10_000  # a drawn figure, not an empty canvas
-  assert (tmp_path / "fedprox_jax_project" / "fedprox_jax" / "simulate.py").exists()
+  assert (tmp_path / "fedprox_jax_project" / "fedprox_jax" / "run" / "single.py").exists()

@@ -9,6 +9,7 @@ from configs import mnist as mnist_config
 from fedprox_jax.core import client, models, server
 from fedprox_jax import errors
 from fedprox_jax.run import experiment, protocols
+from fedprox_jax.run import config as config_lib
 from fedprox_jax.data import partition
 from helpers import tiny_mnist as _tiny_mnist
 
@@ -20,25 +21,25 @@ AUTHORS = dict(client_val_fraction=0.0, weight_decay=0.0, weighting="samples",
 
 @pytest.mark.parametrize("variant", ["fedprox", "fedavg", "fedprox_mu0", "figure1"])
 def test_default_variants_are_the_seed_protocol(variant):
-  c = experiment.validate_config(mnist_config.get_config(variant))
+  c = config_lib.resolve(mnist_config.get_config(variant))
   assert c.protocol == "seed"
   assert {k: c[k] for k in FLOWER} == FLOWER
   assert (c.lr, c.batch_size, c.clients_per_round, c.num_clients) == (0.03, 10, 10, 1000)
 
 
 def test_paper_protocol_has_the_authors_values():
-  c = experiment.validate_config(mnist_config.get_config("figure1_paper"))
+  c = config_lib.resolve(mnist_config.get_config("figure1_paper"))
   assert c.protocol == "paper" and {k: c[k] for k in AUTHORS} == AUTHORS
   c = mnist_config.get_config("fedprox")
   c.protocol = "paper"  # switching the protocol switches every unset field with it
-  assert {k: v for k, v in experiment.validate_config(c).items() if k in AUTHORS} == AUTHORS
+  assert {k: v for k, v in config_lib.resolve(c).items() if k in AUTHORS} == AUTHORS
 
 
 def test_every_protocol_field_can_be_set_on_its_own():
   assert set(protocols.PROTOCOL_FIELDS) == set(FLOWER)
   c = mnist_config.get_config("fedprox")
   c.weight_decay, c.weighting, c.mlr_init = 0.0, "samples", "glorot"
-  r = experiment.validate_config(c)
+  r = config_lib.resolve(c)
   assert (r.weight_decay, r.weighting, r.mlr_init) == (0.0, "samples", "glorot")
   assert r.straggler_rule == "bernoulli" and r.client_val_fraction == 0.1  # the rest: seed
 
@@ -54,14 +55,14 @@ def test_bad_protocol_fields_are_named(field, value, match):
   c = mnist_config.get_config("fedprox")
   c[field] = value
   with pytest.raises(errors.ConfigError, match=f"config.{field}=.*{match}"):
-    experiment.validate_config(c)
+    config_lib.resolve(c)
 
 
 def test_paper_protocol_refuses_a_validation_split():
   c = mnist_config.get_config("figure1_paper")
   c.client_val_fraction = 0.1
   with pytest.raises(errors.ConfigError, match="applies to protocol='seed' only"):
-    experiment.validate_config(c)
+    config_lib.resolve(c)
 
 
 def test_weight_decay_is_torch_sgd_weight_decay():
@@ -110,7 +111,7 @@ def test_hold_out_keeps_n_minus_int_n_over_10(n):
 def test_seed_protocol_trains_on_90_percent_and_weighs_by_batches():
   c = mnist_config.get_config("fedprox")
   c.update(dict(num_clients=20, clients_per_round=5, train_subset=1500, model="mlr"))
-  c = experiment.validate_config(c)
+  c = config_lib.resolve(c)
   exp = experiment.prepare(c, _tiny_mnist(num_train=1500, num_test=100), lanes_over_devices=False).data
   full = experiment._partition(c, _tiny_mnist(num_train=1500, num_test=100).train_labels[:1500])
   expected_train = full.sizes - (full.sizes / 10).astype(int)

@@ -14,7 +14,8 @@ K = len(HETERO_SIZES)
 
 def _spec(num_lanes=2, **overrides):
   fields = dict(clients_per_round=K, local_epochs=3, batch_size=4,
-                max_client_size=max(HETERO_SIZES), num_lanes=num_lanes)
+                max_client_size=max(HETERO_SIZES), num_lanes=num_lanes,
+                sampling="uniform", straggler_rule="exact", weighting="samples")
   return server.RoundSpec(**{**fields, **overrides})
 
 
@@ -229,8 +230,9 @@ def test_oversized_batch_and_lanes_are_capped_without_changing_the_round(hetero_
   """batch_size above the largest client and more lanes than clients only add masked work:
   round_spec caps both (with a warning), and the capped round equals the uncapped one."""
   from fedprox_jax.run import experiment
+  from fedprox_jax.run import config as config_lib
   from helpers import mnist_config
-  c = experiment.validate_config(mnist_config.get_config("fedprox"))
+  c = config_lib.resolve(mnist_config.get_config("fedprox"))
   c.update(dict(num_clients=5, clients_per_round=K, num_lanes=50, batch_size=1000, local_epochs=3,
                 sampling="uniform", weighting="samples", straggler_rule="exact"))
   spec = experiment.round_spec(c, max(HETERO_SIZES))

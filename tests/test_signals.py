@@ -11,7 +11,7 @@ import pytest
 
 from fedprox_jax.run import checkpoints as checkpoints_lib
 from fedprox_jax import errors, outputs
-from fedprox_jax.run import signals, single as simulate
+from fedprox_jax.run import signals, single
 from helpers import read_rows, start_launch, tiny_mnist, tiny_run_config, wait_for_lines
 from helpers import write_idx_dir
 
@@ -48,12 +48,12 @@ def _rounds(workdir):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("full")
-  simulate.run(_config(), str(workdir), mnist=MNIST)
+  single.run(_config(), str(workdir), mnist=MNIST)
   return read_rows(str(workdir / "metrics.jsonl"))
 
 
 def _resumed_equals_uninterrupted(workdir, uninterrupted):
-  simulate.run(_config(), workdir, mnist=MNIST)
+  single.run(_config(), workdir, mnist=MNIST)
   assert read_rows(os.path.join(workdir, "metrics.jsonl")) == uninterrupted
 
 
@@ -65,7 +65,7 @@ def test_a_signal_while_a_round_is_recorded_stops_after_the_round_then_running(
       os.kill(os.getpid(), signal.SIGINT)
   workdir = str(tmp_path / "run")
   with pytest.raises(errors.Interrupted, match="stopped by SIGINT after round 6, with its"):
-    simulate.run(_config(), workdir, mnist=MNIST, on_round=on_round)
+    single.run(_config(), workdir, mnist=MNIST, on_round=on_round)
   assert _rounds(workdir) == list(range(1, 7)) and _steps(workdir) == [6]
   signals._state["received"] = None
   _resumed_equals_uninterrupted(workdir, uninterrupted)
@@ -85,7 +85,7 @@ def test_a_signal_while_a_round_runs_discards_the_round_queued_behind_it(tmp_pat
   monkeypatch.setattr(signals, "wait_ready", wait_ready)
   workdir = str(tmp_path / "run")
   with pytest.raises(errors.Interrupted, match="stopped by SIGTERM after round 4, with its"):
-    simulate.run(_config(), workdir, mnist=MNIST)
+    single.run(_config(), workdir, mnist=MNIST)
   assert _rounds(workdir) == [1, 2, 3, 4] and _steps(workdir) == [4]
 
 
@@ -96,7 +96,7 @@ def test_a_second_signal_stops_at_once(tmp_path, installed, uninterrupted):
       os.kill(os.getpid(), signal.SIGINT)  # at once: round 6 is never recorded
   workdir = str(tmp_path / "run")
   with pytest.raises(errors.Interrupted, match="a second signal"):
-    simulate.run(_config(), workdir, mnist=MNIST, on_round=on_round)
+    single.run(_config(), workdir, mnist=MNIST, on_round=on_round)
   assert _rounds(workdir) == list(range(1, 6)) and _steps(workdir) == []
   signals._state["received"] = None
   _resumed_equals_uninterrupted(workdir, uninterrupted)

@@ -13,6 +13,7 @@ import pytest
 
 from fedprox_jax import errors
 from fedprox_jax.run import experiment, loop, sweep
+from fedprox_jax.run import config as config_lib
 from fedprox_jax.core import metrics, models, server
 from fedprox_jax.report import plots
 from helpers import ROOT, assert_same_rows, make_federated_data
@@ -26,10 +27,10 @@ def test_vmapped_sweep_equals_experiments_one_by_one():
   setup = experiment.prepare(c, _tiny_mnist(), lanes_over_devices=False)
   specs = sweep.experiment_grid(c)
   assert len(specs) == 8  # 2 algorithms x 2 straggler levels x 2 seeds
-  together, diverged = sweep.run_experiments(setup, specs, loop.Schedule(3, eval_every=2, checkpoint_every=3))
+  together, diverged = sweep.run_program(setup, specs, loop.Schedule(3, eval_every=2, checkpoint_every=3))
   assert diverged == {}
   for s in specs[::2]:  # one seed of each (algorithm, stragglers): 4 programs of one
-    alone = sweep.run_experiments(setup, [s], loop.Schedule(3, eval_every=2, checkpoint_every=3))[0][s.name]
+    alone = sweep.run_program(setup, [s], loop.Schedule(3, eval_every=2, checkpoint_every=3))[0][s.name]
     assert_same_rows(together[s.name], alone, ("test_accuracy", "test_loss", "global_train_loss",
                                                "local_train_loss", "dissimilarity"),
                      rtol=2e-4, atol=2e-5, rounds=[2, 3])
@@ -41,7 +42,7 @@ def test_vmapped_sweep_equals_experiments_one_by_one():
 def test_common_random_numbers_across_algorithms():
   data = make_federated_data([5, 9, 14, 30, 8, 11, 40, 3])
   spec = server.RoundSpec(clients_per_round=5, local_epochs=4, batch_size=4,
-                          max_client_size=40, num_lanes=1)
+                          max_client_size=40, num_lanes=1, sampling="uniform", straggler_rule="exact", weighting="samples")
   for seed in range(5):
     key = jax.random.fold_in(jax.random.key(seed), 7)
     plans = [server.plan_round(key, data, server.HParams.create(0.03, mu, 0.6, drop, 5), spec)
@@ -74,7 +75,7 @@ def test_dissimilarity_equals_direct_per_client_computation():
 
 def test_sweep_writes_results_table_and_figure(tmp_path):
   c = _tiny_config(eval_every=2)
-  sweep.run_sweep(c, str(tmp_path), mnist=_tiny_mnist())
+  sweep.run(c, str(tmp_path), mnist=_tiny_mnist())
   for name in ("results.csv", "summary.md", "figure1.png", "summary.json", "config.json",
                "partition_stats.json"):
     assert (tmp_path / name).exists(), name
@@ -88,7 +89,7 @@ def test_sweep_writes_results_table_and_figure(tmp_path):
   assert result.returncode == 0, result.stderr
   assert (tmp_path / "figure1.png").exists()
   with pytest.raises(errors.WorkdirError, match="holds a finished sweep"):
-    sweep.run_sweep(c, str(tmp_path), mnist=_tiny_mnist())
+    sweep.run(c, str(tmp_path), mnist=_tiny_mnist())
 
 
 def test_plot_entry_point_explains_its_usage(tmp_path):
@@ -115,7 +116,7 @@ def test_bad_sweep_grids(field, value, match):
   c = _tiny_config()
   c.sweep[field] = value
   with pytest.raises(errors.ConfigError, match=match):
-    sweep.experiment_grid(experiment.validate_config(c))
+    sweep.experiment_grid(config_lib.resolve(c))
 
 
 def test_programs_side_by_side_stop_together_and_raise_the_first_failure():
@@ -186,7 +187,7 @@ def _sweep_config():
 @pytest.fixture(scope="module")
 def uninterrupted_sweep(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("sweep_full"))
-  sweep.run_sweep(_sweep_config(), workdir, mnist=_tiny_mnist())
+  sweep.run(_sweep_config(), workdir, mnist=_tiny_mnist())
   rows = _results(workdir)
   assert len(rows) == 8 * 3
   return rows
@@ -222,15 +223,15 @@ def test_sweep_killed_at_many_points_resumes_to_identical_results(tmp_path, monk
   for kill_saves, kill_appends in (({2}, set()), (set(), {3}), ({4}, set())):
     counter.update(save=0, append=0)
     with pytest.raises(Killed):
-      sweep.run_sweep(_sweep_config(), str(tmp_path), mnist=_tiny_mnist())
+      sweep.run(_sweep_config(), str(tmp_path), mnist=_tiny_mnist())
     kills += 1
   kill_saves, kill_appends = set(), set()
   c = _sweep_config()
   c.sweep.experiments_per_program = 4  # the programs' layout cannot change on resume ...
   with pytest.raises(errors.ConfigError, match="was started with 2"):
-    sweep.run_sweep(c, str(tmp_path), mnist=_tiny_mnist())
+    sweep.run(c, str(tmp_path), mnist=_tiny_mnist())
   c.sweep.experiments_per_program = 0  # ... and 0 (the default) means the one it started with
-  sweep.run_sweep(c, str(tmp_path), mnist=_tiny_mnist())
+  sweep.run(c, str(tmp_path), mnist=_tiny_mnist())
   assert kills == 3
   assert _results(str(tmp_path)) == uninterrupted_sweep
 
@@ -239,12 +240,12 @@ def test_sweep_config_change_on_resume_is_refused(tmp_path, monkeypatch):
   from fedprox_jax.run import checkpoints
   monkeypatch.setattr(checkpoints.Checkpoints, "save", lambda *a: (_ for _ in ()).throw(Killed()))
   with pytest.raises(Killed):
-    sweep.run_sweep(_sweep_config(), str(tmp_path), mnist=_tiny_mnist())
+    sweep.run(_sweep_config(), str(tmp_path), mnist=_tiny_mnist())
   monkeypatch.undo()
   c = _sweep_config()
   c.sweep.mu = 0.5
   with pytest.raises(errors.ConfigError, match=r"sweep.mu: 1.0 -> 0.5"):
-    sweep.run_sweep(c, str(tmp_path), mnist=_tiny_mnist())
+    sweep.run(c, str(tmp_path), mnist=_tiny_mnist())
 
 
 def test_sweep_names_each_diverged_experiment_and_writes_no_nan(tmp_path):
@@ -252,7 +253,7 @@ def test_sweep_names_each_diverged_experiment_and_writes_no_nan(tmp_path):
   c = _tiny_config(lr=0.5, sweep=dict(algorithms="fedavg,fedprox", stragglers="0.5", seeds=2,
                                       mu=100.0, dissimilarity=False, experiments_per_program=0))
   with pytest.raises(errors.DivergenceError) as e:
-    sweep.run_sweep(c, str(tmp_path), mnist=_tiny_mnist())
+    sweep.run(c, str(tmp_path), mnist=_tiny_mnist())
   assert "2 of 4 experiments diverged (fedprox_s0.5_seed0 at round" in str(e.value)
   assert "lower --config.mu" in str(e.value)
   rows = plots.read_results_csv(str(tmp_path / "results.csv"))
@@ -277,7 +278,7 @@ def test_sweep_with_everything_diverging_fails_clearly(tmp_path):
   c = _tiny_config("figure1", lr=1e30, sweep=dict(algorithms="fedavg", stragglers="0.5", seeds=1, mu=1.0,
                                       dissimilarity=False, experiments_per_program=0))
   with pytest.raises(errors.DivergenceError, match="1 of 1 experiments diverged"):
-    sweep.run_sweep(c, str(tmp_path), mnist=_tiny_mnist())
+    sweep.run(c, str(tmp_path), mnist=_tiny_mnist())
   rows = plots.read_results_csv(str(tmp_path / "results.csv"))
   assert len(rows) == 1 and rows[0]["diverged_at_round"] == rows[0]["round"]
 

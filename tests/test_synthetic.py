@@ -12,7 +12,8 @@ import pytest
 
 from fedprox_jax.core import adaptive_mu
 from fedprox_jax import errors
-from fedprox_jax.run import experiment, signals, single as simulate, sweep
+from fedprox_jax.run import experiment, signals, single, sweep
+from fedprox_jax.run import config as config_lib
 from fedprox_jax.data import synthetic
 from fedprox_jax.errors import ConfigError
 from helpers import ROOT, assert_same_rows, read_rows  # noqa: F401  (ROOT: configs importable)
@@ -165,7 +166,7 @@ def test_synthetic_sweep_vmapped_equals_its_experiments_one_by_one_killed_and_re
   c = _tiny("heterogeneity", checkpoint_every=1)
   c.sweep.update(dict(federations="iid,1_1", algorithms="fedavg,fedprox,fedprox_adaptive",
                       experiments_per_program=3, concurrent_programs=1))
-  together = sweep.run_sweep(c, str(tmp_path / "together"))
+  together = sweep.run(c, str(tmp_path / "together"))
   assert len(together) == 6  # 2 federations x 3 algorithms
   c.sweep.update(dict(experiments_per_program=1, concurrent_programs=2))
   real_save = checkpoints.Checkpoints.save
@@ -192,13 +193,13 @@ def test_synthetic_sweep_vmapped_equals_its_experiments_one_by_one_killed_and_re
     # raised, not the stop it causes in the program beside it. A SIGTERM: both stop.
     for stop_in, stop_by in (("program_1", Killed), ("program_4", errors.Interrupted)):
       with pytest.raises(stop_by, match=None if stop_by is Killed else "stopped by SIGTERM"):
-        sweep.run_sweep(c, str(tmp_path / "alone"))
+        sweep.run(c, str(tmp_path / "alone"))
   finally:
     for sig, handler in handlers.items():
       signal.signal(sig, handler)
   signals._state["received"] = None
   stop_in = "none"
-  alone = sweep.run_sweep(c, str(tmp_path / "alone"))
+  alone = sweep.run(c, str(tmp_path / "alone"))
   config = json.load(open(tmp_path / "alone" / "config.json"))
   assert config["sweep"]["concurrent_programs"] == 2
   assert together.keys() == alone.keys()
@@ -224,13 +225,13 @@ def test_adaptive_mu_run_equals_the_sweeps_adaptive_experiment_and_resumes(tmp_p
   """A single run with adaptive_mu and the sweep's fedprox_adaptive experiment compute the
   same rounds and the same mu; a run stopped after round 2 resumes with its mu state."""
   run_config = _tiny("adaptive", stragglers_fraction=0.5, num_rounds=6, mu=0.0)
-  full = simulate.run(run_config, str(tmp_path / "run"))
+  full = single.run(run_config, str(tmp_path / "run"))
   rows = read_rows(tmp_path / "run" / "metrics.jsonl")
   mus = [r["mu"] for r in rows]
   assert mus[0] == 0.0 and len(set(mus)) > 1, mus  # mu moved: the rule ran
   c = _tiny("heterogeneity", num_rounds=6)
   c.sweep.update(dict(algorithms="fedprox_adaptive", federations=""))
-  swept = sweep.run_sweep(c, str(tmp_path / "sweep"))
+  swept = sweep.run(c, str(tmp_path / "sweep"))
   (name,) = swept
   assert_same_rows(rows, swept[name], ("test_accuracy", "test_loss", "mu"), rtol=2e-4,
                    atol=2e-5, rounds=range(1, 7))
@@ -243,8 +244,8 @@ def test_adaptive_mu_run_equals_the_sweeps_adaptive_experiment_and_resumes(tmp_p
     if t == 2:
       raise Stop
   with pytest.raises(Stop):
-    simulate.run(run_config, str(tmp_path / "resumed"), on_round=stop_after_round_2)
-  simulate.run(run_config, str(tmp_path / "resumed"))
+    single.run(run_config, str(tmp_path / "resumed"), on_round=stop_after_round_2)
+  single.run(run_config, str(tmp_path / "resumed"))
   assert read_rows(tmp_path / "resumed" / "metrics.jsonl") == rows
 
 
@@ -262,11 +263,11 @@ def test_bad_synthetic_configs_are_one_clear_error(field, value, match):
   c = _tiny()
   c.update_from_flattened_dict({field: value})
   with pytest.raises(ConfigError, match=match):
-    experiment.validate_config(c)
+    config_lib.resolve(c)
 
 
 def test_bad_federation_lists_and_federations_with_mnist_are_refused():
-  c = experiment.validate_config(_tiny("heterogeneity"))
+  c = config_lib.resolve(_tiny("heterogeneity"))
   c.sweep.federations = "iid,2"
   with pytest.raises(ConfigError, match="config.sweep.federations: '2' is not a synthetic"):
     sweep.experiment_grid(c)
@@ -277,11 +278,11 @@ def test_bad_federation_lists_and_federations_with_mnist_are_refused():
   m = mnist_config.get_config("figure1_paper")
   m.sweep.federations = "iid"
   with pytest.raises(ConfigError, match="applies to data='synthetic' only"):
-    experiment.validate_config(m)
+    config_lib.resolve(m)
 
 
 def test_synthetic_data_is_split_90_10_per_device_and_recorded():
-  c = experiment.validate_config(_tiny())
+  c = config_lib.resolve(_tiny())
   exp = experiment.prepare_data(c, None)
   fed = synthetic.generate(1.0, 1.0, False, 1, 10)
   np.testing.assert_array_equal(np.asarray(exp.train.sizes), (0.9 * fed.sizes).astype(int))

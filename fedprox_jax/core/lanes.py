@@ -68,7 +68,7 @@ def pack_lanes(steps: jax.Array, num_lanes: int):
 
 def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: ClientPlan,
               hp: LocalHParams, *, batch_size: int, max_size: int, max_epochs: int,
-              num_lanes: int, lane_sharding=None):
+              num_lanes: int, lane_sharding=None, client_optimizer=local_optimizer):
   """Runs all clients of ``plan`` -> (sum_k weights_k * params_k, per-client mean loss, LaneStats).
 
   ``lane_sharding`` (a ``jax.sharding.Sharding`` of a lane-axis vector, e.g.
@@ -95,7 +95,7 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
     """
     global_params, data, plan, perms, steps, hp = shared
     lanes = queue.shape[0]
-    tx = local_optimizer(hp)
+    tx = client_optimizer(hp)
     # Proximal SGD keeps no state but its anchor, the global model, which all lanes share: so
     # the lanes carry no optimizer state (the looped reference carries it; the equality tests
     # would catch a stateful local optimizer).

@@ -31,12 +31,6 @@ MODEL_NAMES = ("cnn", "mlr")
 MLR_INITS = ("torch", "glorot")  # PyTorch nn.Linear's default (the seed) | TF Glorot (the paper)
 
 
-def default_conv_impl(backend: str | None = None) -> str:
-  """The convolution implementation to use on ``backend`` (default: JAX's default backend)."""
-  backend = backend or jax.default_backend()
-  return "im2col" if backend == "cpu" else "xla"
-
-
 def torch_uniform(fan_in: int):
   """PyTorch's default init for Linear/Conv weights and biases: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
   bound = 1.0 / math.sqrt(fan_in)
@@ -140,15 +134,14 @@ class LogisticRegression(nn.Module):
     return Dense(self.num_classes)(x)
 
 
-def make_model(name: str, conv_impl: str = "auto", num_classes: int = 10,
+def make_model(name: str, conv_impl: str = "im2col", num_classes: int = 10,
                mlr_init: str = "torch") -> nn.Module:
-  """Builds a model by name: ``cnn`` or ``mlr``; ``conv_impl`` 'auto' picks per backend;
-  ``mlr_init`` one of MLR_INITS."""
+  """Builds a model by name: ``cnn`` (its convolution one of CONV_IMPLS; the backend's
+  default is ``run/defaults.conv_impl``) or ``mlr`` (``mlr_init`` one of MLR_INITS)."""
   if name == "cnn":
-    impl = default_conv_impl() if conv_impl == "auto" else conv_impl
-    if impl not in CONV_IMPLS:
-      raise ValueError(f"conv_impl={conv_impl!r} is not one of {('auto',) + CONV_IMPLS}")
-    return CNN(num_classes=num_classes, conv_impl=impl)
+    if conv_impl not in CONV_IMPLS:
+      raise ValueError(f"conv_impl={conv_impl!r} is not one of {CONV_IMPLS}")
+    return CNN(num_classes=num_classes, conv_impl=conv_impl)
   if name == "mlr":
     if mlr_init not in MLR_INITS:
       raise ValueError(f"mlr_init={mlr_init!r} is not one of {MLR_INITS}")

@@ -26,7 +26,7 @@ class ClientMetrics(NamedTuple):
 
 def client_update(apply_fn: ApplyFn, global_params, data: FederatedData, offset, size, epochs,
                   key: jax.Array, hp: LocalHParams, *, batch_size: int, max_size: int,
-                  max_epochs: int, num_steps=None):
+                  max_epochs: int, num_steps=None, client_optimizer=local_optimizer):
   """One client's local training from the global model -> (params, ClientMetrics).
 
   ``max_size``/``max_epochs`` fix the shape of the shuffles (the largest client, the largest
@@ -38,7 +38,7 @@ def client_update(apply_fn: ApplyFn, global_params, data: FederatedData, offset,
   perms = epoch_permutations(key, size, max_size, max_epochs)
   if num_steps is None:
     num_steps = num_local_steps(size, epochs, batch_size)
-  tx = local_optimizer(hp)
+  tx = client_optimizer(hp)
 
   def body(step, carry):
     params, opt_state, loss_sum = carry
@@ -59,7 +59,8 @@ def weighted_average(client_params: list, weights):
 
 _plan_round_jit = jax.jit(server.plan_round, static_argnums=3)
 _client_update_jit = jax.jit(client_update, static_argnums=0,
-                             static_argnames=("batch_size", "max_size", "max_epochs"))
+                             static_argnames=("batch_size", "max_size", "max_epochs",
+                                                 "client_optimizer"))
 
 
 def looped_round(apply_fn: ApplyFn, spec: server.RoundSpec, global_params, data: FederatedData,
@@ -72,7 +73,8 @@ def looped_round(apply_fn: ApplyFn, spec: server.RoundSpec, global_params, data:
   results = [_client_update_jit(apply_fn, global_params, data, plan.offsets[i], plan.sizes[i],
                                 plan.epochs[i], plan.keys[i], hp.local,
                                 batch_size=spec.batch_size, max_size=spec.max_client_size,
-                                max_epochs=spec.local_epochs)
+                                max_epochs=spec.local_epochs,
+                                client_optimizer=spec.client_optimizer)
              for i in range(spec.clients_per_round)]
   aggregate = weighted_average([p for p, _ in results], plan.weights)
   client_loss = jnp.stack([m.loss for _, m in results])

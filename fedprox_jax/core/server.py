@@ -8,12 +8,12 @@ the same stragglers with the same epoch counts, and the same data orders (common
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from fedprox_jax.core.client import ApplyFn, FederatedData, LocalHParams
+from fedprox_jax.core.client import ApplyFn, FederatedData, LocalHParams, local_optimizer
 from fedprox_jax.core.lanes import ClientPlan, LaneStats, run_lanes
 
 # uniform w/o replacement (both sources' code) | ∝ n_k w/o replacement | ∝ n_k with
@@ -34,11 +34,15 @@ class RoundSpec:
   batch_size: int
   max_client_size: int
   num_lanes: int
-  sampling: str = "uniform"
-  straggler_rule: str = "exact"
-  weighting: str = "samples"
+  # The protocol's rules: no defaults here, they come from the resolved config
+  # (``run/experiment.round_spec``), so nothing built by hand runs another protocol.
+  sampling: str
+  straggler_rule: str
+  weighting: str
   # Devices the lanes are spread over (a 1-D jax.sharding.Mesh); None = the default device.
   mesh: jax.sharding.Mesh | None = None
+  # The local solver: traced LocalHParams -> optax chain (``algorithms.Algorithm``).
+  client_optimizer: Callable = local_optimizer
 
   @property
   def lane_sharding(self):
@@ -58,13 +62,6 @@ class RoundSpec:
     for name in ("clients_per_round", "local_epochs", "batch_size", "max_client_size", "num_lanes"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-
-def default_num_lanes(clients_per_round: int, backend: str | None = None) -> int:
-  """One lane on CPU (a wide vmapped CNN step spills its im2col patches out of cache, and the
-  clients packed into one lane do exactly the useful work); one per client on accelerators."""
-  backend = backend or jax.default_backend()
-  return 1 if backend == "cpu" else clients_per_round
 
 
 def exact_straggler_count(clients_per_round: int, fraction: float) -> int:
@@ -187,7 +184,7 @@ def run_round(apply_fn: ApplyFn, spec: RoundSpec, global_params, data: Federated
   aggregate, client_loss, stats = run_lanes(
       apply_fn, global_params, data, plan, hp.local, batch_size=spec.batch_size,
       max_size=spec.max_client_size, max_epochs=spec.local_epochs, num_lanes=spec.num_lanes,
-      lane_sharding=spec.lane_sharding)
+      lane_sharding=spec.lane_sharding, client_optimizer=spec.client_optimizer)
   return finish_round(global_params, aggregate, plan, client_loss, stats)
 
 

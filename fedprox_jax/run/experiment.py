@@ -1,12 +1,12 @@
-"""What one run (``simulate``) and one sweep (``sweep``) share: config validation, the set-up
-of one experiment (data, partition, devices, model, round spec), evaluation, and the schema
-of a metrics row.
+"""The set-up of one experiment, shared by a run (``single``) and a sweep (``sweep``): the
+data and its partition (``prepare_data``, the one place that knows the datasets), the devices,
+the model, the round spec and hyper-parameters (the one builder of each), evaluation, and a
+metrics row.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import os
 from typing import NamedTuple
 
@@ -17,7 +17,8 @@ import numpy as np
 from absl import logging
 
 from fedprox_jax.data import mnist as data_lib
-from fedprox_jax.run import distributed, protocols
+from fedprox_jax.run import config as config_lib
+from fedprox_jax.run import distributed
 from fedprox_jax.core import metrics, models, server
 from fedprox_jax.data import partition, synthetic
 from fedprox_jax.core.client import FederatedData
@@ -25,121 +26,11 @@ from fedprox_jax.errors import ConfigError
 
 # The paper's Table (MNIST, 1000 devices): for printing next to our partition's statistics.
 PAPER_STATS = {"clients": 1000, "examples": 69035, "mean": 69, "std": 106}
-DATASETS = ("mnist", "synthetic")  # prepare_data's registry
-MAX_SEED = 2**31 - 1  # jax.random.key and numpy's RandomState both take it
 
 
 
-def _require(ok: bool, field: str, value, what: str):
-  if not ok:
-    raise ConfigError(f"config.{field}={value!r}: {what}")
-
-
-def _require_float32(field: str, value, positive: bool = False) -> None:
-  """A finite number >= 0 (> 0 with ``positive``) that float32, the training's precision,
-  holds as such: 1e-46 is 0 there (no training at all) and 1e39 is inf."""
-  bound = "> 0" if positive else ">= 0"
-  _require(isinstance(value, (int, float)) and not isinstance(value, bool)
-           and math.isfinite(value) and (value > 0 if positive else value >= 0), field, value,
-           f"must be a finite number {bound}")
-  as_trained = float(np.float32(value)) if abs(value) < 3.4e38 else math.inf
-  tiny = float(np.finfo(np.float32).tiny)
-  _require(math.isfinite(as_trained) and (value == 0 or as_trained >= tiny), field, value,
-           f"{'overflows to inf' if not math.isfinite(as_trained) else 'is too small'} in "
-           f"float32, the precision training computes in: use a value from {tiny:.3g} to 3.4e38"
-           + ("" if positive else " (or 0)"))
-
-
-def _is_int(v) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
-
-
-def validate_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks every field before any work is done; returns the config with its protocol's
-  values in the fields it left unset (the config a run actually uses)."""
-  _require(c.protocol in protocols.PROTOCOLS, "protocol", c.protocol,
-           f"use one of {protocols.PROTOCOLS}")
-  c = protocols.resolve(c)
-  _require(c.model in models.MODEL_NAMES, "model", c.model, f"use one of {models.MODEL_NAMES}")
-  _require(c.mlr_init in models.MLR_INITS, "mlr_init", c.mlr_init,
-           f"use one of {models.MLR_INITS}")
-  for field in ("conv_impl", "eval_conv_impl"):
-    _require(c[field] in ("auto",) + models.CONV_IMPLS, field, c[field],
-             f"use one of {('auto',) + models.CONV_IMPLS}")
-  _require(c.mode in ("single", "sweep"), "mode", c.mode, "use 'single' or 'sweep'")
-  _require(c.data_source in data_lib.SOURCES, "data_source", c.data_source,
-           f"use one of {data_lib.SOURCES}")
-  _require(c.data in DATASETS, "data", c.data, f"use one of {DATASETS}")
-  if c.data == "synthetic":
-    for field in ("alpha", "beta"):
-      _require(c.synthetic[field] >= 0 and math.isfinite(c.synthetic[field]), f"synthetic.{field}",
-               c.synthetic[field], "must be a finite number >= 0 (a standard deviation)")
-    _require(c.model == "mlr", "model", c.model, "data='synthetic' has 60 features, not images: "
-             "use --config.model=mlr (the paper's model for it)")
-    _require(c.protocol == "paper", "protocol", c.protocol, "data='synthetic' follows the "
-             "authors' code: use --config.protocol=paper (the seed's protocol is Flower's MNIST)")
-    _require(c.train_subset == 0, "train_subset", c.train_subset, "applies to data='mnist' only")
-    _require(not c.iid, "iid", c.iid, "applies to data='mnist' only: Synthetic-IID is "
-             "--config.synthetic.iid=True")
-  else:
-    _require(not c.sweep.federations, "sweep.federations", c.sweep.federations,
-             "applies to data='synthetic' only")
-  for field in ("num_clients", "clients_per_round", "num_rounds", "local_epochs", "batch_size",
-                "eval_every", "labels_per_client", "min_per_client", "checkpoint_every"):
-    _require(_is_int(c[field]) and c[field] >= 1, field, c[field], "must be an integer >= 1")
-  for field in ("seed", "partition_seed"):
-    _require(_is_int(c[field]) and 0 <= c[field] <= MAX_SEED, field, c[field],
-             f"must be an integer from 0 to {MAX_SEED}")
-  _require(c.labels_per_client <= partition.NUM_CLASSES, "labels_per_client",
-           c.labels_per_client, f"must be between 1 and {partition.NUM_CLASSES}")
-  _require(c.clients_per_round <= c.num_clients, "clients_per_round", c.clients_per_round,
-           f"cannot exceed num_clients={c.num_clients}")
-  _require_float32("lr", c.lr, positive=True)
-  _require_float32("mu", c.mu)
-  _require_float32("weight_decay", c.weight_decay)
-  _require(0 <= c.client_val_fraction < 1, "client_val_fraction", c.client_val_fraction,
-           "must be in [0, 1)")
-  _require(c.protocol == "seed" or c.client_val_fraction == 0, "client_val_fraction",
-           c.client_val_fraction, "applies to protocol='seed' only (protocol='paper' holds out "
-           "10 % of each client as its test set already): leave it unset")
-  _require(0 <= c.stragglers_fraction <= 1, "stragglers_fraction", c.stragglers_fraction,
-           "must be between 0 and 1")
-  _require(c.lognormal_sigma > 0, "lognormal_sigma", c.lognormal_sigma, "must be > 0")
-  for field, what in (("num_lanes", "backend default"), ("eval_batch_size", "backend default"),
-                      ("num_devices", "all devices"), ("train_subset", "all")):
-    _require(_is_int(c[field]) and c[field] >= 0, field, c[field],
-             f"must be an integer >= 0 (0 = {what})")
-  _require(c.straggler_rule in server.STRAGGLER_RULES, "straggler_rule", c.straggler_rule,
-           f"use one of {server.STRAGGLER_RULES}")
-  _require(c.sampling in server.SAMPLINGS, "sampling", c.sampling,
-           f"use one of {server.SAMPLINGS}")
-  _require(c.weighting in server.WEIGHTINGS, "weighting", c.weighting,
-           f"use one of {server.WEIGHTINGS}")
-  s = c.sweep
-  _require(s.adaptive_mu_init is None or (s.adaptive_mu_init >= 0
-                                           and math.isfinite(s.adaptive_mu_init)),
-           "sweep.adaptive_mu_init", s.adaptive_mu_init, "must be a finite number >= 0 "
-           "(or unset for the paper's: 1 on Synthetic-IID, 0 otherwise)")
-  _require(s.mu > 0 and math.isfinite(s.mu), "sweep.mu", s.mu,
-           "must be a finite number > 0 (the 'fedprox' algorithm is FedProx with mu > 0; "
-           "'fedprox_mu0' is the mu = 0 one)")
-  _require_float32("sweep.mu", s.mu, positive=True)
-  _require(_is_int(s.seeds) and 1 <= s.seeds <= MAX_SEED + 1, "sweep.seeds", s.seeds,
-           f"must be an integer >= 1 (and <= {MAX_SEED + 1})")
-  if c.mode == "sweep":
-    _require(c.seed + s.seeds - 1 <= MAX_SEED, "seed", c.seed,
-             f"a sweep runs seeds seed .. seed + sweep.seeds - 1 = {c.seed + s.seeds - 1}, past "
-             f"{MAX_SEED}: use seed <= {MAX_SEED - s.seeds + 1} (or fewer sweep.seeds)")
-  _require(_is_int(s.experiments_per_program) and s.experiments_per_program >= 0,
-           "sweep.experiments_per_program", s.experiments_per_program,
-           "must be an integer >= 0 (0 = backend default)")
-  _require(_is_int(s.concurrent_programs) and s.concurrent_programs >= 0,
-           "sweep.concurrent_programs", s.concurrent_programs,
-           "must be an integer >= 0 (0 = backend default)")
-  return c
-
-
-class Experiment(NamedTuple):
+class Dataset(NamedTuple):
+  """A federation: the clients' training data, the test set and the partition's statistics."""
   train: FederatedData
   test_x: jax.Array
   test_y: jax.Array
@@ -161,7 +52,7 @@ def _federated(x, labels, split: partition.Partition) -> FederatedData:
                        offsets=split.offsets, sizes=split.sizes)
 
 
-def prepare_data(c: ml_collections.ConfigDict, mnist: data_lib.Mnist | None) -> Experiment:
+def prepare_data(c: ml_collections.ConfigDict, mnist: data_lib.Mnist | None) -> Dataset:
   """The clients' training data and the test set of ``c.data``, as host arrays: the one
   place that knows the datasets; everything after it (placement, rounds, evaluation, the
   outputs) is the same for all of them."""
@@ -170,7 +61,7 @@ def prepare_data(c: ml_collections.ConfigDict, mnist: data_lib.Mnist | None) -> 
   return _mnist_data(c, mnist)
 
 
-def _synthetic_data(c: ml_collections.ConfigDict) -> Experiment:
+def _synthetic_data(c: ml_collections.ConfigDict) -> Dataset:
   """The paper's federation (c.synthetic, partition_seed) over num_clients devices, each split
   90 % train / 10 % test as the authors do; the test set is all devices' test splits."""
   s = c.synthetic
@@ -184,10 +75,10 @@ def _synthetic_data(c: ml_collections.ConfigDict) -> Experiment:
            "test_examples": len(test_y), "train_examples": int(train.sizes.sum()),
            "max_train": int(train.sizes.max()),
            "data_sha256": data_lib.ordered_digest(train.x, train.y, train.sizes, test_x, test_y)}
-  return Experiment(train, test_x, test_y, stats)
+  return Dataset(train, test_x, test_y, stats)
 
 
-def _mnist_data(c: ml_collections.ConfigDict, mnist: data_lib.Mnist) -> Experiment:
+def _mnist_data(c: ml_collections.ConfigDict, mnist: data_lib.Mnist) -> Dataset:
   """The clients' training data and the test set of ``c.protocol``, as host arrays.
 
   * 'seed' (the Flower baseline): the 60k training set is partitioned; each client holds out
@@ -229,22 +120,7 @@ def _mnist_data(c: ml_collections.ConfigDict, mnist: data_lib.Mnist) -> Experime
   stats.update(train_examples=int(train.sizes.sum()), max_train=int(train.sizes.max()),
                data_sha256=data_lib.ordered_digest(images[train_split.order], train.y,
                                                    train.sizes, test_images, test_labels))
-  return Experiment(train, test_x, np.asarray(test_labels, np.int32), stats)
-
-
-def default_eval_batch_size(model: str, backend: str | None = None) -> int:
-  """The CNN on CPU: batch 50 (10k test images with XLA's convolution on the 2-core AMD EPYC:
-  1.12 s at 25, 1.08-1.14 s at 50, 1.18-1.21 s at 100, 1.34 s at 500). The logistic
-  regression is one matmul: the whole test set at once (2.4 ms vs 8 ms at batch 1000)."""
-  if model == "mlr":
-    return 10_000
-  return 50 if (backend or jax.default_backend()) == "cpu" else 1000
-
-
-def eval_conv_impl(c: ml_collections.ConfigDict) -> str:
-  """XLA's convolution for evaluation: forward only and never vmapped, it avoids im2col's
-  patch copies (10k test images, CPU: 1.1 s vs 1.8 s at the best batch of each)."""
-  return "xla" if c.eval_conv_impl == "auto" else c.eval_conv_impl
+  return Dataset(train, test_x, np.asarray(test_labels, np.int32), stats)
 
 
 def make_evaluate_fn(apply_fn, batch_size: int):
@@ -252,14 +128,24 @@ def make_evaluate_fn(apply_fn, batch_size: int):
   return jax.jit(functools.partial(metrics.evaluate, apply_fn, batch_size=batch_size))
 
 
+def hparams(c: ml_collections.ConfigDict) -> server.HParams:
+  """The traced round hyper-parameters of resolved config ``c`` (a run's; a sweep stacks one
+  per experiment from its grid point)."""
+  return server.HParams.create(c.lr, c.mu, c.stragglers_fraction, c.drop_stragglers,
+                               c.clients_per_round, c.weight_decay)
+
+
 def round_spec(c: ml_collections.ConfigDict, max_client_size: int,
-               mesh: jax.sharding.Mesh | None = None) -> server.RoundSpec:
-  """The static round settings of config ``c``; lanes rounded up to fill the mesh's devices.
+               mesh: jax.sharding.Mesh | None = None,
+               num_lanes: int | None = None) -> server.RoundSpec:
+  """The static round settings of resolved config ``c`` (the one builder: benchmarks use it
+  too, so nothing runs another protocol's rules); lanes (``num_lanes``, else the config's or
+  the backend's default) rounded up to fill the mesh's devices.
 
   Lanes beyond one per client and a batch beyond the largest client would only add masked
   work (the same results, up to 5x the time): both are capped, with a warning.
   """
-  lanes = c.num_lanes or server.default_num_lanes(c.clients_per_round)
+  lanes = num_lanes or c.num_lanes
   if lanes > c.clients_per_round:
     logging.warning("num_lanes=%d is more than the %d clients of a round: using %d (a lane per "
                     "client; more would stay empty)", lanes, c.clients_per_round,
@@ -286,7 +172,7 @@ def _check_plan_size(c, max_client_size: int) -> None:
   half of this machine's memory (local_epochs=10**7 asked for 141 GB)."""
   plan_bytes = 4 * c.clients_per_round * c.local_epochs * max_client_size
   memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-  _require(plan_bytes <= memory // 2, "local_epochs", c.local_epochs,
+  config_lib.require(plan_bytes <= memory // 2, "local_epochs", c.local_epochs,
            f"a round's data-order plan (clients_per_round {c.clients_per_round} x local_epochs x "
            f"the largest client's {max_client_size} examples x 4 bytes) would need "
            f"{plan_bytes / 2**30:.1f} GiB, more than half of this machine's "
@@ -296,7 +182,7 @@ def _check_plan_size(c, max_client_size: int) -> None:
 class Setup(NamedTuple):
   """One experiment ready to run."""
   config: ml_collections.ConfigDict  # as run: protocol and layout values filled in
-  data: Experiment                     # on the device(s)
+  data: Dataset                     # on the device(s)
   model: object
   mesh: jax.sharding.Mesh
   spec: server.RoundSpec
@@ -336,9 +222,9 @@ def prepare(c: ml_collections.ConfigDict, mnist: data_lib.Mnist | None,
     logging.info("the paper's table: %s", PAPER_STATS)
   model = models.make_model(c.model, c.conv_impl, mlr_init=c.mlr_init)
   spec = round_spec(c, exp.stats["max_train"], mesh if lanes_over_devices else None)
-  eval_batch = min(c.eval_batch_size or default_eval_batch_size(c.model), len(exp.test_y))
+  eval_batch = min(c.eval_batch_size, len(exp.test_y))
   # The same parameters, another convolution (equal logits: tests/test_models.py).
-  eval_model = models.make_model(c.model, eval_conv_impl(c), mlr_init=c.mlr_init)
+  eval_model = models.make_model(c.model, c.eval_conv_impl, mlr_init=c.mlr_init)
   resolved = ml_collections.ConfigDict(c.to_dict())
   resolved.update(genuine_mnist=genuine,  # None: not MNIST
                   num_lanes=spec.num_lanes, num_devices=mesh.size, eval_batch_size=eval_batch,

@@ -24,6 +24,7 @@ from fedprox_jax.data import mnist as data_lib
 from fedprox_jax.errors import DivergenceError
 from fedprox_jax.report import plots
 from fedprox_jax.run import checkpoints as checkpoints_lib
+from fedprox_jax.run import config as config_lib
 from fedprox_jax.run import distributed, experiment, loop
 from fedprox_jax.run.workdir import Workdir, open_workdir
 
@@ -32,16 +33,28 @@ ROWS_FILE = "metrics.jsonl"  # a run's rows, one per evaluated round
 
 def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None = None,
         on_round=None) -> dict:
-  """Runs the experiment of config ``c``, writing everything into ``workdir``; returns the summary.
+  """Runs the experiment of config ``c``, writing everything into ``workdir``.
 
   A ``workdir`` holding an unfinished run of the same config is resumed from its last good
-  checkpoint and gives exactly the metrics of an uninterrupted run. ``mnist`` may be passed in
-  (already loaded); ``on_round(round, row)`` is called after each evaluated round is saved.
+  checkpoint and gives exactly the metrics of an uninterrupted run.
+
+  Args:
+    c: a config of ``configs/`` (resolved here: ``config.resolve``).
+    workdir: the run's directory (created; an unfinished run there is resumed).
+    mnist: MNIST already loaded (``data.mnist.load_mnist``); None loads it as ``c`` says.
+      Unused for ``data='synthetic'``.
+    on_round: ``on_round(round, row)`` after each evaluated round's row and checkpoint are
+      saved.
+  Returns:
+    The summary (also summary.json): final and best accuracy, timings, seed, partition.
+  Raises:
+    UserError: a bad config, workdir or data, or a divergence, in one line.
+    Interrupted: a signal stopped the run after a saved round (resume with the same command).
   """
   start = time.perf_counter()
-  c = experiment.validate_config(c)
+  c = config_lib.resolve(c)
   # With several processes (hosts), process 0 writes the workdir, which must be shared.
-  wd = open_workdir(workdir, "run", c.to_dict())
+  wd = open_workdir(workdir, "run")
   try:
     setup = experiment.prepare(c, mnist, lanes_over_devices=True)
     wd.commit(setup.config.to_dict(), setup.data.stats)
@@ -127,9 +140,7 @@ class _RunProgram(loop.Program):
     replicate = distributed.replicator(setup.mesh)
     _, self.rounds_key = jax.random.split(jax.random.key(c.seed))
     self.replicate = replicate
-    self.hp = replicate(server.HParams.create(c.lr, c.mu, c.stragglers_fraction,
-                                              c.drop_stragglers, c.clients_per_round,
-                                              c.weight_decay))
+    self.hp = replicate(experiment.hparams(c))
     self.traces = 0  # compilations of the round (each one traces it once)
 
     def counted_round(params, data, hp, key):

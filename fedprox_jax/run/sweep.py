@@ -29,26 +29,22 @@ import numpy as np
 from absl import logging
 
 from fedprox_jax import outputs
-from fedprox_jax.core import adaptive_mu, metrics, models, server
+from fedprox_jax.core import adaptive_mu, algorithms, metrics, models, server
 from fedprox_jax.data import mnist as data_lib
-from fedprox_jax.data import synthetic
 from fedprox_jax.errors import ConfigError, DivergenceError, Interrupted
 from fedprox_jax.report import plots
 from fedprox_jax.run import checkpoints as checkpoints_lib
-from fedprox_jax.run import distributed, experiment, loop, signals
+from fedprox_jax.run import config as config_lib
+from fedprox_jax.run import defaults, distributed, experiment, loop, signals
 from fedprox_jax.run.workdir import Workdir, open_workdir
 
 ROWS_FILE = "rows.jsonl"  # every experiment's rows, with its name
-ALGORITHMS = {  # name -> (mu, drop_stragglers, adaptive mu); mu None = the sweep's
-    "fedavg": (0.0, True, False),
-    "fedprox_mu0": (0.0, False, False),
-    "fedprox": (None, False, False),  # sweep.mu
-    "fedprox_adaptive": (None, False, True),  # from sweep.adaptive_mu_init or the paper's
-}
 
 
 @dataclasses.dataclass(frozen=True)
-class ExperimentSpec:
+class GridPoint:
+  """One experiment of a sweep: an algorithm of ``core/algorithms`` at a straggler level and a
+  seed (and, on synthetic data, a federation)."""
   algorithm: str
   mu: float  # adaptive: the first round's
   drop_stragglers: bool
@@ -63,39 +59,6 @@ class ExperimentSpec:
     return f"{prefix}{self.algorithm}_s{self.stragglers_fraction:g}_seed{self.seed}"
 
 
-def _parse_list(field: str, value, cast):
-  try:
-    items = [cast(v) for v in str(value).replace(" ", "").split(",") if v != ""]
-  except ValueError as e:
-    raise ConfigError(f"config.sweep.{field}={value!r}: not a comma-separated list "
-                               f"({e})") from e
-  if not items:
-    raise ConfigError(f"config.sweep.{field} is empty")
-  repeated = sorted({v for v in items if items.count(v) > 1})
-  if repeated:
-    raise ConfigError(f"config.sweep.{field}={value!r} lists {', '.join(map(str, repeated))} "
-                      "more than once: list each once")
-  return items
-
-
-def federations(c: ml_collections.ConfigDict) -> dict:
-  """{federation name: (alpha, beta, iid)} of a synthetic sweep (c.sweep.federations, else
-  c.synthetic's one); {"": None} for MNIST."""
-  if c.data != "synthetic":
-    return {"": None}
-  if not c.sweep.federations:
-    s = c.synthetic
-    return {synthetic.name(s.alpha, s.beta, s.iid): (s.alpha, s.beta, s.iid)}
-  out = {}
-  for item in _parse_list("federations", c.sweep.federations, str):
-    try:
-      alpha, beta, iid = synthetic.parse_name(item)
-    except ValueError as e:
-      raise ConfigError(f"config.sweep.federations: {e}") from e
-    out[synthetic.name(alpha, beta, iid)] = (alpha, beta, iid)
-  return out
-
-
 def federation_config(c: ml_collections.ConfigDict, federation) -> ml_collections.ConfigDict:
   """``c`` with c.synthetic set to ``federation`` = (alpha, beta, iid) (None: ``c`` itself)."""
   if federation is None:
@@ -108,42 +71,24 @@ def federation_config(c: ml_collections.ConfigDict, federation) -> ml_collection
 def experiment_grid(c: ml_collections.ConfigDict) -> list:
   """The sweep's experiments, from ``c.sweep`` (federations, stragglers, algorithms, seeds,
   mu), federation after federation."""
-  algorithms = _parse_list("algorithms", c.sweep.algorithms, str)
-  for a in algorithms:
-    if a not in ALGORITHMS:
-      raise ConfigError(f"config.sweep.algorithms: {a!r} is not one of {', '.join(ALGORITHMS)}")
-  fractions = _parse_list("stragglers", c.sweep.stragglers, float)
-  for f in fractions:
-    if not 0 <= f <= 1:
-      raise ConfigError(f"config.sweep.stragglers: {f} is not between 0 and 1")
+  chosen = config_lib.parse_list("algorithms", c.sweep.algorithms, str)
+  try:
+    chosen = [algorithms.get(a) for a in chosen]
+  except ValueError as e:
+    raise ConfigError(f"config.sweep.algorithms: {e}") from e
+  fractions = config_lib.parse_list("stragglers", c.sweep.stragglers, float)  # checked there
   grid = []
-  for name, federation in federations(c).items():
+  for name, federation in config_lib.federations(c).items():
     iid = c.data == "synthetic" and federation[2]
     for fraction in fractions:
-      for algorithm in algorithms:
-        mu, drop, adaptive = ALGORITHMS[algorithm]
-        if adaptive:
-          mu = (adaptive_mu.initial_mu(iid) if c.sweep.adaptive_mu_init is None
-                else c.sweep.adaptive_mu_init)
+      for a in chosen:
+        mu = {"zero": 0.0, "config": c.sweep.mu,
+              "adaptive": (adaptive_mu.initial_mu(iid) if c.sweep.adaptive_mu_init is None
+                           else c.sweep.adaptive_mu_init)}[a.mu_rule]
         for seed in range(c.seed, c.seed + c.sweep.seeds):
-          grid.append(ExperimentSpec(algorithm, c.sweep.mu if mu is None else mu, drop, fraction,
-                                     seed, adaptive, name))
+          grid.append(GridPoint(a.name, mu, a.drop_stragglers, fraction, seed,
+                                a.mu_rule == "adaptive", name))
   return grid
-
-
-def default_experiments_per_program(model: str, num_experiments: int,
-                                    backend: str | None = None, data: str = "mnist") -> int:
-  """All experiments in one program, except on CPU for the CNN and the synthetic federations:
-  one experiment per program (and ``default_concurrent_programs`` programs side by side). A
-  wide vmapped CNN step is slower there than the same steps in turn; a vmapped step of 9
-  experiments of the synthetic federations' tiny model is only 1.8x cheaper per experiment
-  than single steps, and a program's rounds last as long as its longest experiment's (the
-  devices' sizes are heavy-tailed): 9 experiments of Synthetic(1,1) on a 2-core AMD EPYC,
-  0.85 s per round as one program, 0.61 s one by one (benchmarks/README.md)."""
-  backend = backend or jax.default_backend()
-  one_by_one = backend == "cpu" and (model == "cnn" or data == "synthetic")
-  return 1 if one_by_one else num_experiments
-
 
 
 def _stack_hparams(c, specs):
@@ -294,10 +239,9 @@ class _SweepProgram(loop.Program):
           {k: v for k, v in row.items() if k != "experiment"})
 
 
-def run_experiments(setup: experiment.Setup, specs: list, schedule: loop.Schedule,
-                    mesh: jax.sharding.Mesh | None = None, wd: Workdir | None = None,
-                    checkpoint_dir: str | None = None,
-                    sweep_stopping: threading.Event | None = None):
+def run_program(setup: experiment.Setup, specs: list, schedule: loop.Schedule,
+                mesh: jax.sharding.Mesh | None = None, wd: Workdir | None = None,
+                checkpoint_dir: str | None = None, sweep_stopping: threading.Event | None = None):
   """Runs ``specs`` as one vmapped program -> ({name: [row per evaluated round]},
   {name: round it diverged at}).
 
@@ -308,6 +252,11 @@ def run_experiments(setup: experiment.Setup, specs: list, schedule: loop.Schedul
   set, the program saves the round it is in and stops, as on a signal.
   """
   c = setup.config
+  optimizers = {algorithms.get(s.algorithm).client_optimizer for s in specs}
+  if optimizers != {setup.spec.client_optimizer}:
+    raise ValueError("the algorithms of one program must share the round's client optimizer "
+                     "(a static part of its compiled round): put the others in programs of "
+                     "their own")
   real = len(specs)
   names = [s.name for s in specs]
   input_shape = setup.data.train.x.shape[1:]
@@ -357,16 +306,6 @@ def run_experiments(setup: experiment.Setup, specs: list, schedule: loop.Schedul
     if checkpoints is not None:
       checkpoints.close()
   return rows, reported
-
-
-def default_concurrent_programs(experiments_per_program: int, backend: str | None = None) -> int:
-  """On CPU, programs of one experiment run one per core: their steps are too small for
-  XLA:CPU to spread over the cores, so a second program in a second thread nearly doubles a
-  2-core machine's throughput (benchmarks/README.md). Elsewhere one at a time."""
-  backend = backend or jax.default_backend()
-  if backend != "cpu" or experiments_per_program != 1 or jax.process_count() > 1:
-    return 1
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def _run_side_by_side(run_program, count: int, workers: int) -> list:
@@ -420,21 +359,33 @@ def _experiments_per_program(c, num_experiments: int, wd: Workdir) -> int:
                       f"the sweep in {wd.path} was started with {started}, which lays out its "
                       "checkpoints; resume with that value (or 0), or pass a new --workdir")
   return (c.sweep.experiments_per_program or started
-          or default_experiments_per_program(c.model, num_experiments, data=c.data))
+          or defaults.experiments_per_program(c.model, num_experiments, data=c.data))
 
 
-def run_sweep(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None = None):
-  """Runs the sweep of config ``c`` into ``workdir``: results.csv, summary table and figure;
-  returns {experiment name: rows}. Re-running it with the same workdir resumes it."""
+def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None = None):
+  """Runs the sweep of config ``c`` into ``workdir``: results.csv, summary table and figure.
+  Re-running it with the same workdir resumes it.
+
+  Args:
+    c: a config of ``configs/`` with ``mode='sweep'`` (resolved here: ``config.resolve``).
+    workdir: the sweep's directory (created; an unfinished sweep there is resumed).
+    mnist: MNIST already loaded; None loads it as ``c`` says. Unused for synthetic data.
+  Returns:
+    {experiment name: its rows, one per evaluated round}.
+  Raises:
+    UserError: a bad config, workdir or data, in one line; DivergenceError after the other
+      experiments finished when some diverged (results.csv holds everything else).
+    Interrupted: a signal stopped the sweep after a saved round.
+  """
   start = time.perf_counter()
-  c = experiment.validate_config(c)
+  c = config_lib.resolve(c)
   specs = experiment_grid(c)
-  wd = open_workdir(workdir, "sweep", c.to_dict())
+  wd = open_workdir(workdir, "sweep")
   try:
     # One set-up per federation (MNIST: one); all checked before anything is written.
     setups = {name: experiment.prepare(federation_config(c, federation), mnist,
                                        lanes_over_devices=False)
-              for name, federation in federations(c).items()}
+              for name, federation in config_lib.federations(c).items()}
     first_setup = next(iter(setups.values()))
     per_program = _experiments_per_program(
         c, max(sum(s.federation == name for s in specs) for name in setups), wd)
@@ -444,7 +395,7 @@ def run_sweep(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist 
       programs += [(setup, own[first:first + per_program])
                    for first in range(0, len(own), per_program)]
     side_by_side = min(len(programs),
-                       c.sweep.concurrent_programs or default_concurrent_programs(per_program))
+                       c.sweep.concurrent_programs or defaults.concurrent_programs(per_program))
     if side_by_side > 1 and jax.process_count() > 1:
       # Every process must run the same collective programs in the same order.
       logging.warning("sweep.concurrent_programs=%d: several processes run programs one at a "
@@ -467,7 +418,7 @@ def run_sweep(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist 
       setup, chunk = programs[index]
       logging.info("program %d of %d: %s", index + 1, len(programs),
                    ", ".join(s.name for s in chunk))
-      return run_experiments(setup, chunk, loop.Schedule.of(c), setup.mesh, wd,
+      return run_program(setup, chunk, loop.Schedule.of(c), setup.mesh, wd,
                              wd.file(os.path.join("checkpoints", f"program_{index}")),
                              sweep_stopping)
 

@@ -68,21 +68,22 @@ def flatten(d: dict, prefix: str = "") -> dict:
   return out
 
 
-def open_workdir(path: str, kind: str, config: dict) -> "Workdir":
+def open_workdir(path: str, kind: str) -> "Workdir":
   """Opens ``path`` in every process: process 0 locks and checks it (and alone writes it);
   the others wait for that, then only read it."""
   primary = jax.process_index() == 0
-  wd = Workdir(path, kind, config, write=True) if primary else None
+  wd = Workdir(path, kind, write=True) if primary else None
   distributed.barrier("workdir checked")
-  return wd or Workdir(path, kind, config, write=False)
+  return wd or Workdir(path, kind, write=False)
 
 
 class Workdir:
-  """An opened workdir. ``resuming`` says whether it holds an unfinished run of this config."""
+  """An opened workdir. ``resuming`` says whether it holds an unfinished run of this kind
+  (``commit`` then checks that its config is this one)."""
 
-  def __init__(self, path: str, kind: str, config: dict, write: bool = True):
-    """Opens ``path`` for a ``kind`` ('run' or 'sweep') of ``config`` (a plain dict). With
-    ``write`` False (processes other than 0) it only reads what process 0 wrote."""
+  def __init__(self, path: str, kind: str, write: bool = True):
+    """Opens ``path`` for a ``kind`` ('run' or 'sweep'). With ``write`` False (processes
+    other than 0) it only reads what process 0 wrote."""
     self.path, self.kind, self.write = path, kind, write
     self._lock = None
     # The config the workdir's run started with (None for a new workdir).
@@ -123,7 +124,7 @@ class Workdir:
       self._refuse_symlinks()
       # Only says who holds the lock (the lock itself is on the directory).
       outputs.write_text(self.file(".lock"), f"process {os.getpid()}\n")
-      self.resuming = self._check(config)
+      self.resuming = self._check()
     except BaseException:
       self.close()
       raise
@@ -142,7 +143,7 @@ class Workdir:
   def file(self, name: str) -> str:
     return os.path.join(self.path, name)
 
-  def _check(self, config: dict) -> bool:
+  def _check(self) -> bool:
     saved, saved_kind = self.saved, None
     if saved is not None:
       saved_kind = "sweep" if saved.get("mode") == "sweep" else "run"
@@ -154,24 +155,25 @@ class Workdir:
     if saved_kind != self.kind:
       raise WorkdirError(f"workdir {self.path!r} holds an unfinished {saved_kind}, and this is a "
                          f"{self.kind}: pass a new --workdir")
-    now, before = flatten(json.loads(json.dumps(config))), flatten(saved)
-    changed = sorted(k for k in set(before) | set(now)
-                     if before.get(k) != now.get(k) and k not in NO_EFFECT_FIELDS
-                     and k not in LAYOUT_FIELDS)
-    if changed:
-      details = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
-      raise ConfigError(f"workdir {self.path!r} holds an unfinished {self.kind} with a different "
-                        f"config ({details}). Resume it with its own config, or pass a new "
-                        "--workdir.")
     return True
 
   def commit(self, config: dict, stats: dict) -> None:
-    """Records the resolved config, the environment and the data's statistics once the set-up
-    has passed its checks; on a resume, checks the data is the same and reports layout
-    changes."""
+    """Records the resolved ``config``, the environment and the data's statistics once the
+    set-up has passed its checks. On a resume, the one comparison with the saved config:
+    a field that changes results refuses the resume, a changed layout is reported, and the
+    data must be the same."""
     if not self.write:
       return
     if self.resuming:
+      now, before = flatten(json.loads(json.dumps(config))), flatten(self.saved)
+      changed = sorted(k for k in set(before) | set(now)
+                       if before.get(k) != now.get(k) and k not in NO_EFFECT_FIELDS
+                       and k not in LAYOUT_FIELDS)
+      if changed:
+        details = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise ConfigError(f"workdir {self.path!r} holds an unfinished {self.kind} with a "
+                          f"different config ({details}). Resume it with its own config, or "
+                          "pass a new --workdir.")
       try:
         saved_stats = outputs.read_json(self.file("partition_stats.json"))
         saved_digest = saved_stats["data_sha256"]
@@ -183,7 +185,6 @@ class Workdir:
         raise ConfigError(f"workdir {self.path!r}: the training data (its partition and order) "
                           "differs from the one the run started with. Resume with the same "
                           "data, or pass a new --workdir.")
-      before, now = flatten(outputs.read_json(self.file("config.json"))), flatten(config)
       moved = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in LAYOUT_FIELDS
                if before.get(k) != now.get(k)]
       if moved:

@@ -1,0 +1,201 @@
+"""The config, resolved once: every field validated (the sweep's grid included), the
+protocol's values (``protocols``) and the backend's defaults (``defaults``) filled in.
+
+A ConfigError names the field, its value and what to use instead, before any work is done.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+import numpy as np
+
+from fedprox_jax.core import algorithms, models, server
+from fedprox_jax.data import mnist as data_lib
+from fedprox_jax.data import partition, synthetic
+from fedprox_jax.errors import ConfigError
+from fedprox_jax.run import defaults, protocols
+
+DATASETS = ("mnist", "synthetic")  # experiment.prepare_data's registry
+MAX_SEED = 2**31 - 1  # jax.random.key and numpy's RandomState both take it
+
+
+def require(ok: bool, field: str, value, what: str):
+  if not ok:
+    raise ConfigError(f"config.{field}={value!r}: {what}")
+
+
+def _require_float32(field: str, value, positive: bool = False) -> None:
+  """A finite number >= 0 (> 0 with ``positive``) that float32, the training's precision,
+  holds as such: 1e-46 is 0 there (no training at all) and 1e39 is inf."""
+  bound = "> 0" if positive else ">= 0"
+  require(isinstance(value, (int, float)) and not isinstance(value, bool)
+           and math.isfinite(value) and (value > 0 if positive else value >= 0), field, value,
+           f"must be a finite number {bound}")
+  as_trained = float(np.float32(value)) if abs(value) < 3.4e38 else math.inf
+  tiny = float(np.finfo(np.float32).tiny)
+  require(math.isfinite(as_trained) and (value == 0 or as_trained >= tiny), field, value,
+           f"{'overflows to inf' if not math.isfinite(as_trained) else 'is too small'} in "
+           f"float32, the precision training computes in: use a value from {tiny:.3g} to 3.4e38"
+           + ("" if positive else " (or 0)"))
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks every field, the sweep's grid included, before any work is done; returns a copy
+  with its protocol's values and the backend's defaults (``defaults``) in the fields it left
+  unset: the config a run actually uses. Only what depends on the data or the devices (the
+  batch and lanes capped to the clients, the evaluation batch to the test set, lanes rounded
+  to the devices, whether the MNIST is genuine) is filled in later, by ``experiment.prepare``.
+
+  Args:
+    c: a config of ``configs/`` (with the user's overrides).
+  Returns:
+    The resolved copy; ``c`` is not changed.
+  Raises:
+    ConfigError: one line naming the field, its value and what to use instead.
+  """
+  require(c.protocol in protocols.PROTOCOLS, "protocol", c.protocol,
+           f"use one of {protocols.PROTOCOLS}")
+  c = protocols.resolve(c)
+  require(c.model in models.MODEL_NAMES, "model", c.model, f"use one of {models.MODEL_NAMES}")
+  require(c.mlr_init in models.MLR_INITS, "mlr_init", c.mlr_init,
+           f"use one of {models.MLR_INITS}")
+  for field in ("conv_impl", "eval_conv_impl"):  # "none": a resolved logistic regression's
+    allowed = ("auto",) + models.CONV_IMPLS + (("none",) if c.model == "mlr" else ())
+    require(c[field] in allowed, field, c[field], f"use one of {allowed}")
+  require(c.mode in ("single", "sweep"), "mode", c.mode, "use 'single' or 'sweep'")
+  require(c.data_source in data_lib.SOURCES, "data_source", c.data_source,
+           f"use one of {data_lib.SOURCES}")
+  require(c.data in DATASETS, "data", c.data, f"use one of {DATASETS}")
+  if c.data == "synthetic":
+    for field in ("alpha", "beta"):
+      require(c.synthetic[field] >= 0 and math.isfinite(c.synthetic[field]), f"synthetic.{field}",
+               c.synthetic[field], "must be a finite number >= 0 (a standard deviation)")
+    require(c.model == "mlr", "model", c.model, "data='synthetic' has 60 features, not images: "
+             "use --config.model=mlr (the paper's model for it)")
+    require(c.protocol == "paper", "protocol", c.protocol, "data='synthetic' follows the "
+             "authors' code: use --config.protocol=paper (the seed's protocol is Flower's MNIST)")
+    require(c.train_subset == 0, "train_subset", c.train_subset, "applies to data='mnist' only")
+    require(not c.iid, "iid", c.iid, "applies to data='mnist' only: Synthetic-IID is "
+             "--config.synthetic.iid=True")
+  else:
+    require(not c.sweep.federations, "sweep.federations", c.sweep.federations,
+             "applies to data='synthetic' only")
+  for field in ("num_clients", "clients_per_round", "num_rounds", "local_epochs", "batch_size",
+                "eval_every", "labels_per_client", "min_per_client", "checkpoint_every"):
+    require(_is_int(c[field]) and c[field] >= 1, field, c[field], "must be an integer >= 1")
+  for field in ("seed", "partition_seed"):
+    require(_is_int(c[field]) and 0 <= c[field] <= MAX_SEED, field, c[field],
+             f"must be an integer from 0 to {MAX_SEED}")
+  require(c.labels_per_client <= partition.NUM_CLASSES, "labels_per_client",
+           c.labels_per_client, f"must be between 1 and {partition.NUM_CLASSES}")
+  require(c.clients_per_round <= c.num_clients, "clients_per_round", c.clients_per_round,
+           f"cannot exceed num_clients={c.num_clients}")
+  _require_float32("lr", c.lr, positive=True)
+  _require_float32("mu", c.mu)
+  _require_float32("weight_decay", c.weight_decay)
+  require(0 <= c.client_val_fraction < 1, "client_val_fraction", c.client_val_fraction,
+           "must be in [0, 1)")
+  require(c.protocol == "seed" or c.client_val_fraction == 0, "client_val_fraction",
+           c.client_val_fraction, "applies to protocol='seed' only (protocol='paper' holds out "
+           "10 % of each client as its test set already): leave it unset")
+  require(0 <= c.stragglers_fraction <= 1, "stragglers_fraction", c.stragglers_fraction,
+           "must be between 0 and 1")
+  require(c.lognormal_sigma > 0, "lognormal_sigma", c.lognormal_sigma, "must be > 0")
+  for field, what in (("num_lanes", "backend default"), ("eval_batch_size", "backend default"),
+                      ("num_devices", "all devices"), ("train_subset", "all")):
+    require(_is_int(c[field]) and c[field] >= 0, field, c[field],
+             f"must be an integer >= 0 (0 = {what})")
+  require(c.straggler_rule in server.STRAGGLER_RULES, "straggler_rule", c.straggler_rule,
+           f"use one of {server.STRAGGLER_RULES}")
+  require(c.sampling in server.SAMPLINGS, "sampling", c.sampling,
+           f"use one of {server.SAMPLINGS}")
+  require(c.weighting in server.WEIGHTINGS, "weighting", c.weighting,
+           f"use one of {server.WEIGHTINGS}")
+  s = c.sweep
+  require(s.adaptive_mu_init is None or (s.adaptive_mu_init >= 0
+                                           and math.isfinite(s.adaptive_mu_init)),
+           "sweep.adaptive_mu_init", s.adaptive_mu_init, "must be a finite number >= 0 "
+           "(or unset for the paper's: 1 on Synthetic-IID, 0 otherwise)")
+  require(s.mu > 0 and math.isfinite(s.mu), "sweep.mu", s.mu,
+           "must be a finite number > 0 (the 'fedprox' algorithm is FedProx with mu > 0; "
+           "'fedprox_mu0' is the mu = 0 one)")
+  _require_float32("sweep.mu", s.mu, positive=True)
+  require(_is_int(s.seeds) and 1 <= s.seeds <= MAX_SEED + 1, "sweep.seeds", s.seeds,
+           f"must be an integer >= 1 (and <= {MAX_SEED + 1})")
+  if c.mode == "sweep":
+    require(c.seed + s.seeds - 1 <= MAX_SEED, "seed", c.seed,
+             f"a sweep runs seeds seed .. seed + sweep.seeds - 1 = {c.seed + s.seeds - 1}, past "
+             f"{MAX_SEED}: use seed <= {MAX_SEED - s.seeds + 1} (or fewer sweep.seeds)")
+  require(_is_int(s.experiments_per_program) and s.experiments_per_program >= 0,
+           "sweep.experiments_per_program", s.experiments_per_program,
+           "must be an integer >= 0 (0 = backend default)")
+  require(_is_int(s.concurrent_programs) and s.concurrent_programs >= 0,
+           "sweep.concurrent_programs", s.concurrent_programs,
+           "must be an integer >= 0 (0 = backend default)")
+  _check_grid(c)
+  return _fill_defaults(c)
+
+
+def _check_grid(c: ml_collections.ConfigDict) -> None:
+  """The sweep's axes: every algorithm registered, every straggler level in [0, 1], every
+  federation's name well formed (checked for runs too: a typo never waits for mode=sweep)."""
+  try:
+    [algorithms.get(a) for a in parse_list("algorithms", c.sweep.algorithms, str)]
+  except ValueError as e:
+    raise ConfigError(f"config.sweep.algorithms: {e}") from e
+  for f in parse_list("stragglers", c.sweep.stragglers, float):
+    if not 0 <= f <= 1:
+      raise ConfigError(f"config.sweep.stragglers: {f} is not between 0 and 1")
+  federations(c)
+
+
+def _fill_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The backend's defaults (``defaults``) in the fields left at 'auto' or 0."""
+  convolutional = c.model == "cnn"
+  c.conv_impl = ("none" if not convolutional  # the logistic regression has no convolution
+                 else defaults.conv_impl() if c.conv_impl == "auto" else c.conv_impl)
+  c.eval_conv_impl = ("none" if not convolutional
+                      else defaults.eval_conv_impl() if c.eval_conv_impl == "auto"
+                      else c.eval_conv_impl)
+  c.num_lanes = c.num_lanes or defaults.num_lanes(c.clients_per_round)
+  c.eval_batch_size = c.eval_batch_size or defaults.eval_batch_size(c.model)
+  return c
+
+
+def parse_list(field: str, value, cast):
+  try:
+    items = [cast(v) for v in str(value).replace(" ", "").split(",") if v != ""]
+  except ValueError as e:
+    raise ConfigError(f"config.sweep.{field}={value!r}: not a comma-separated list "
+                               f"({e})") from e
+  if not items:
+    raise ConfigError(f"config.sweep.{field} is empty")
+  repeated = sorted({v for v in items if items.count(v) > 1})
+  if repeated:
+    raise ConfigError(f"config.sweep.{field}={value!r} lists {', '.join(map(str, repeated))} "
+                      "more than once: list each once")
+  return items
+
+
+def federations(c: ml_collections.ConfigDict) -> dict:
+  """{federation name: (alpha, beta, iid)} of a synthetic sweep (c.sweep.federations, else
+  c.synthetic's one); {"": None} for MNIST."""
+  if c.data != "synthetic":
+    return {"": None}
+  if not c.sweep.federations:
+    s = c.synthetic
+    return {synthetic.name(s.alpha, s.beta, s.iid): (s.alpha, s.beta, s.iid)}
+  out = {}
+  for item in parse_list("federations", c.sweep.federations, str):
+    try:
+      alpha, beta, iid = synthetic.parse_name(item)
+    except ValueError as e:
+      raise ConfigError(f"config.sweep.federations: {e}") from e
+    out[synthetic.name(alpha, beta, iid)] = (alpha, beta, iid)
+  return out

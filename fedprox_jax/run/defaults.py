@@ -1,0 +1,65 @@
+"""Every backend-dependent default, in one table: what a config field left at 0 or 'auto'
+becomes. ``run/config.py`` fills them into the resolved config once; nothing else decides them.
+
+| field                          | CPU                                 | GPU / TPU          |
+|--------------------------------|-------------------------------------|--------------------|
+| num_lanes                      | 1                                   | clients_per_round  |
+| conv_impl (training)           | im2col                              | xla                |
+| eval_conv_impl                 | xla                                 | xla                |
+| eval_batch_size                | CNN 50, MLR 10000                   | CNN 1000, MLR 10000 |
+| sweep.experiments_per_program  | CNN and synthetic: 1, else all      | all                |
+| sweep.concurrent_programs      | one per core with programs of 1     | 1                  |
+
+Why each (the measurements, with their commands and CPU, are in benchmarks/README.md):
+* one lane on CPU: a wide vmapped CNN step spills its im2col patches out of cache, and the
+  clients packed into one lane do exactly the useful work; accelerators want the width;
+* im2col for training on CPU: XLA:CPU's backward convolution made a CNN round ~6x slower;
+  evaluation (forward only, never vmapped) is faster with XLA's convolution;
+* evaluation batch 50 for the CNN on CPU (the fastest of 25..500); the logistic regression
+  is one matmul, the whole test set at once;
+* programs of one experiment on CPU for the CNN (a wide vmapped CNN step is slower than the
+  same steps in turn) and the synthetic federations (a program's round lasts as long as its
+  longest experiment's, and their devices' sizes are heavy-tailed), with one program per
+  core side by side (their steps are too small for XLA:CPU to spread over the cores).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+
+def _backend(backend: str | None) -> str:
+  return backend or jax.default_backend()
+
+
+def num_lanes(clients_per_round: int, backend: str | None = None) -> int:
+  return 1 if _backend(backend) == "cpu" else clients_per_round
+
+
+def conv_impl(backend: str | None = None) -> str:
+  return "im2col" if _backend(backend) == "cpu" else "xla"
+
+
+def eval_conv_impl(backend: str | None = None) -> str:
+  del backend  # the same everywhere, measured on CPU and assumed on accelerators
+  return "xla"
+
+
+def eval_batch_size(model: str, backend: str | None = None) -> int:
+  if model == "mlr":
+    return 10_000
+  return 50 if _backend(backend) == "cpu" else 1000
+
+
+def experiments_per_program(model: str, num_experiments: int, data: str = "mnist",
+                            backend: str | None = None) -> int:
+  one_by_one = _backend(backend) == "cpu" and (model == "cnn" or data == "synthetic")
+  return 1 if one_by_one else num_experiments
+
+
+def concurrent_programs(experiments_per_program: int, backend: str | None = None) -> int:
+  if _backend(backend) != "cpu" or experiments_per_program != 1 or jax.process_count() > 1:
+    return 1
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -1,0 +1,77 @@
+"""The algorithm registry: each entry's vmapped round equals the looped reference, a plugged-in
+client optimizer reaches both, and the sweep grid takes its values from the entries."""
+
+import dataclasses
+
+import jax
+import optax
+import pytest
+
+from fedprox_jax.core import algorithms, models, reference, server
+from fedprox_jax.core.client import proximal
+from fedprox_jax.errors import ConfigError
+from fedprox_jax.run import sweep
+from helpers import HETERO_SIZES, tree_max_abs_diff, tiny_sweep_config
+
+K = len(HETERO_SIZES)
+SPEC = server.RoundSpec(clients_per_round=K, local_epochs=3, batch_size=4,
+                        max_client_size=max(HETERO_SIZES), num_lanes=2, sampling="uniform",
+                        straggler_rule="exact", weighting="samples")
+
+
+def _hparams(a: algorithms.Algorithm, mu=0.5):
+  return server.HParams.create(lr=0.05, mu=0.0 if a.mu_rule == "zero" else mu,
+                               stragglers_fraction=0.5, drop_stragglers=a.drop_stragglers,
+                               clients_per_round=K)
+
+
+@pytest.mark.parametrize("name", list(algorithms.REGISTRY))
+def test_each_registered_algorithm_vmapped_equals_looped(hetero_data, name):
+  a = algorithms.get(name)
+  model = models.LogisticRegression()
+  params = models.init_params(model, jax.random.key(0))
+  spec = dataclasses.replace(SPEC, client_optimizer=a.client_optimizer)
+  hp, key = _hparams(a), jax.random.key(5)
+  vmapped, m = server.make_round_fn(model.apply, spec)(params, hetero_data, hp, key)
+  looped, _ = reference.looped_round(model.apply, spec, params, hetero_data, hp, key)
+  assert tree_max_abs_diff(vmapped, params) > 1e-3
+  assert tree_max_abs_diff(vmapped, looped) < 2e-5
+  # FedAvg aggregates only the non-stragglers; the FedProx variants every sampled client.
+  assert int(m.num_aggregated) == (K - int(m.num_stragglers) if a.drop_stragglers else K)
+
+
+def test_a_plugged_in_client_optimizer_reaches_the_lanes_and_the_reference(hetero_data):
+  def clipped(hp):  # stateless, as the lanes require
+    return optax.chain(proximal(hp.mu), optax.clip_by_global_norm(0.05), optax.sgd(hp.lr))
+  a = dataclasses.replace(algorithms.FEDPROX, name="fedprox_clipped", client_optimizer=clipped)
+  model = models.LogisticRegression()
+  params = models.init_params(model, jax.random.key(0))
+  hp, key = _hparams(a), jax.random.key(5)
+  plain, _ = server.make_round_fn(model.apply, SPEC)(params, hetero_data, hp, key)
+  spec = dataclasses.replace(SPEC, client_optimizer=a.client_optimizer)
+  vmapped, _ = server.make_round_fn(model.apply, spec)(params, hetero_data, hp, key)
+  looped, _ = reference.looped_round(model.apply, spec, params, hetero_data, hp, key)
+  assert tree_max_abs_diff(vmapped, plain) > 1e-4  # the clipping changed the round
+  assert tree_max_abs_diff(vmapped, looped) < 2e-5
+
+
+def test_registry_rules():
+  assert list(algorithms.REGISTRY) == ["fedavg", "fedprox_mu0", "fedprox", "fedprox_adaptive"]
+  with pytest.raises(ValueError, match="'scaffold' is not one of fedavg, fedprox_mu0"):
+    algorithms.get("scaffold")
+  with pytest.raises(ValueError, match="registered already"):
+    algorithms.register(algorithms.FEDAVG)
+  with pytest.raises(ValueError, match="mu_rule"):
+    algorithms.Algorithm("x", "", drop_stragglers=False, mu_rule="sometimes")
+
+
+def test_the_sweep_grid_takes_each_algorithms_values():
+  c = tiny_sweep_config()
+  c.sweep.algorithms, c.sweep.stragglers, c.sweep.seeds, c.sweep.mu = (
+      "fedavg,fedprox_mu0,fedprox,fedprox_adaptive", "0.5", 1, 0.25)
+  grid = {p.algorithm: p for p in sweep.experiment_grid(c)}
+  assert [(p.mu, p.drop_stragglers, p.adaptive) for p in grid.values()] == [
+      (0.0, True, False), (0.0, False, False), (0.25, False, False), (0.0, False, True)]
+  c.sweep.algorithms = "fedavg,scaffold"
+  with pytest.raises(ConfigError, match="config.sweep.algorithms: 'scaffold' is not one of"):
+    sweep.experiment_grid(c)
