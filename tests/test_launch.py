@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from fedprox_jax import errors
-from fedprox_jax.run import experiment, single
+from fedprox_jax.run import single
 from fedprox_jax.run import config as config_lib
 from helpers import start_launch, wait_for_lines, write_idx_dir
 
@@ -76,7 +76,7 @@ def test_validate_config_names_field_value_and_fix(field, value, match):
 
 def test_a_sweep_past_the_last_seed_names_the_seed_field():
   c = mnist_config.get_config("figure1")
-  c.seed = experiment.MAX_SEED
+  c.seed = config_lib.MAX_SEED
   with pytest.raises(errors.ConfigError, match=r"config.seed=2147483647: a sweep runs seeds seed "
                      r"\.\. seed \+ sweep.seeds - 1 = 2147483651"):
     config_lib.resolve(c)

@@ -64,9 +64,10 @@ def test_sharded_sweep_equals_unsharded_sweep():
     setup = experiment.prepare(c, tiny_mnist(), lanes_over_devices=False)
     specs = sweep.experiment_grid(c)
     assert len(specs) == 6
-    base, _ = sweep.run_program(setup, specs, loop.Schedule(3, eval_every=2, checkpoint_every=3), distributed.make_mesh(1))
+    schedule = loop.Schedule(3, eval_every=2, checkpoint_every=3)  # rows after rounds 2 and 3
+    base, _ = sweep.run_program(setup, specs, schedule, distributed.make_mesh(1))
     for n in (2, 8):  # 6 experiments: 3 per device; padded to 8
-      sharded, _ = sweep.run_program(setup, specs, loop.Schedule(3, eval_every=2, checkpoint_every=3), distributed.make_mesh(n))
+      sharded, _ = sweep.run_program(setup, specs, schedule, distributed.make_mesh(n))
       assert sharded.keys() == base.keys() and len(base) == 6
       for name in base:
         assert_same_rows(base[name], sharded[name],

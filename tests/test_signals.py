@@ -10,7 +10,7 @@ import time
 import pytest
 
 from fedprox_jax.run import checkpoints as checkpoints_lib
-from fedprox_jax import errors, outputs
+from fedprox_jax import errors, outputs, schema
 from fedprox_jax.run import signals, single
 from helpers import read_rows, start_launch, tiny_mnist, tiny_run_config, wait_for_lines
 from helpers import write_idx_dir
@@ -50,6 +50,14 @@ def uninterrupted(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("full")
   single.run(_config(), str(workdir), mnist=MNIST)
   return read_rows(str(workdir / "metrics.jsonl"))
+
+
+def test_a_runs_rows_have_the_schema_columns(uninterrupted):
+  # A run's rows carry every column of the schema but the sweeps' own two (wall_time is
+  # dropped by read_rows).
+  assert len(uninterrupted) == 12 and all(
+      set(r) == set(schema.ROW_FIELDS) - {"global_train_loss", "dissimilarity", "wall_time"}
+      for r in uninterrupted)
 
 
 def _resumed_equals_uninterrupted(workdir, uninterrupted):

@@ -12,6 +12,7 @@ import optax
 import pytest
 
 from fedprox_jax import errors
+from fedprox_jax import schema
 from fedprox_jax.run import experiment, loop, sweep
 from fedprox_jax.run import config as config_lib
 from fedprox_jax.core import metrics, models, server
@@ -27,10 +28,13 @@ def test_vmapped_sweep_equals_experiments_one_by_one():
   setup = experiment.prepare(c, _tiny_mnist(), lanes_over_devices=False)
   specs = sweep.experiment_grid(c)
   assert len(specs) == 8  # 2 algorithms x 2 straggler levels x 2 seeds
-  together, diverged = sweep.run_program(setup, specs, loop.Schedule(3, eval_every=2, checkpoint_every=3))
+  schedule = loop.Schedule(3, eval_every=2, checkpoint_every=3)  # rows after rounds 2 and 3
+  together, diverged = sweep.run_program(setup, specs, schedule)
   assert diverged == {}
+  # Every column is one of the schema's (one name, one meaning), the sweep's extras included.
+  assert {k for r in together[specs[0].name] for k in r} == set(schema.ROW_FIELDS)
   for s in specs[::2]:  # one seed of each (algorithm, stragglers): 4 programs of one
-    alone = sweep.run_program(setup, [s], loop.Schedule(3, eval_every=2, checkpoint_every=3))[0][s.name]
+    alone = sweep.run_program(setup, [s], schedule)[0][s.name]
     assert_same_rows(together[s.name], alone, ("test_accuracy", "test_loss", "global_train_loss",
                                                "local_train_loss", "dissimilarity"),
                      rtol=2e-4, atol=2e-5, rounds=[2, 3])

@@ -308,20 +308,20 @@ def run_program(setup: experiment.Setup, specs: list, schedule: loop.Schedule,
   return rows, reported
 
 
-def _run_side_by_side(run_program, count: int, workers: int) -> list:
-  """[run_program(i, sweep_stopping) for i in range(count)], ``workers`` at a time in threads
+def _run_side_by_side(run_index, count: int, workers: int) -> list:
+  """[run_index(i, sweep_stopping) for i in range(count)], ``workers`` at a time in threads
   (JAX releases the GIL while a program runs). When one fails, or a stop is asked for, the
   programs still running save their round and stop, those not started never start, and the
   first failure (else the first stop) is raised: the workdir resumes as after any stop."""
   if workers <= 1:
-    return [run_program(i, None) for i in range(count)]
+    return [run_index(i, None) for i in range(count)]
   sweep_stopping = threading.Event()
 
   def guarded(i):
     if sweep_stopping.is_set() or signals.received():
       return None  # never started; a resume runs it
     try:
-      return run_program(i, sweep_stopping)
+      return run_index(i, sweep_stopping)
     except BaseException:
       sweep_stopping.set()
       raise
@@ -414,7 +414,7 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
                    [s.data.stats["data_sha256"] for s in setups.values()]))}
     wd.commit(resolved.to_dict(), stats)
     distributed.barrier("workdir ready")
-    def run_program(index, sweep_stopping):
+    def run_index(index, sweep_stopping):
       setup, chunk = programs[index]
       logging.info("program %d of %d: %s", index + 1, len(programs),
                    ", ".join(s.name for s in chunk))
@@ -423,7 +423,7 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
                              sweep_stopping)
 
     results, diverged = {}, {}
-    for rows, bad in _run_side_by_side(run_program, len(programs), side_by_side):
+    for rows, bad in _run_side_by_side(run_index, len(programs), side_by_side):
       results.update(rows)
       diverged.update(bad)
     seconds = time.perf_counter() - start
