@@ -253,7 +253,8 @@ def test_production_code_never_imports_the_looped_reference():
   import glob
   import os
   from helpers import ROOT
-  sources = glob.glob(os.path.join(ROOT, "fedprox_jax", "*.py")) + [os.path.join(ROOT, "launch.py")]
+  sources = (glob.glob(os.path.join(ROOT, "fedprox_jax", "**", "*.py"), recursive=True)
+             + [os.path.join(ROOT, "launch.py")])
   importers = [p for p in sources if not p.endswith("reference.py")
                and ("import reference" in open(p).read() or "fedprox_jax.core.reference" in open(p).read()
                     or ", reference" in open(p).read())]

@@ -188,9 +188,23 @@ def run_round(apply_fn: ApplyFn, spec: RoundSpec, global_params, data: Federated
   return finish_round(global_params, aggregate, plan, client_loss, stats)
 
 
-def make_round_fn(apply_fn: ApplyFn, spec: RoundSpec):
+class RoundFn:
   """The jitted round: (params, data, hp, round_key) -> (new params, RoundMetrics).
+  ``compilations`` counts how often it was compiled (jit traces once per compilation)."""
 
-  Shapes depend only on ``spec`` and the data, so it compiles once for a whole run.
-  """
-  return jax.jit(lambda params, data, hp, key: run_round(apply_fn, spec, params, data, hp, key))
+  def __init__(self, apply_fn: ApplyFn, spec: RoundSpec):
+    self.compilations = 0
+
+    def traced(params, data, hp, key):
+      self.compilations += 1
+      return run_round(apply_fn, spec, params, data, hp, key)
+    self._jitted = jax.jit(traced)
+
+  def __call__(self, params, data, hp, key):
+    return self._jitted(params, data, hp, key)
+
+
+def make_round_fn(apply_fn: ApplyFn, spec: RoundSpec) -> RoundFn:
+  """The jitted round. Shapes depend only on ``spec`` and the data, so it compiles once for a
+  whole run."""
+  return RoundFn(apply_fn, spec)

@@ -141,12 +141,7 @@ class _RunProgram(loop.Program):
     _, self.rounds_key = jax.random.split(jax.random.key(c.seed))
     self.replicate = replicate
     self.hp = replicate(experiment.hparams(c))
-    self.traces = 0  # compilations of the round (each one traces it once)
-
-    def counted_round(params, data, hp, key):
-      self.traces += 1
-      return server.run_round(setup.model.apply, setup.spec, params, data, hp, key)
-    self.round_fn = jax.jit(counted_round)
+    self.round_fn = server.make_round_fn(setup.model.apply, setup.spec)
     self.adapt = make_adapt_fn(setup) if c.adaptive_mu else None
     self.params = state["params"]
     self.mu_state = adaptive_mu.MuState(**state["mu"]) if self.adapt else None
@@ -216,7 +211,7 @@ def _train(setup: experiment.Setup, wd: Workdir, checkpoints, state: dict, first
   finally:
     if writer:
       writer.close()
-  return rows, program.traces
+  return rows, program.round_fn.compilations
 
 
 class _Eta:
@@ -261,7 +256,7 @@ def _finish(setup: experiment.Setup, wd: Workdir, rows: list, first_round: int,
       "seconds_per_round": rows[-1]["wall_time"] / rows[-1]["round"],
       "this_segment_seconds": total, "seed": c.seed, "partition": setup.data.stats,
       "resumed_after_round": first_round - 1 if first_round > 1 else None,
-      # 1 = the round compiled once for this segment (JAX's jit cache entries).
+      # 1 = the round was traced (and compiled) once for this segment.
       "round_compilations": compilations,
   }
   if wd.write:
