@@ -203,6 +203,10 @@ class RoundFn:
   def __call__(self, params, data, hp, key):
     return self._jitted(params, data, hp, key)
 
+  def lower(self, params, data, hp, key):
+    """``jax.jit``'s lowering, e.g. to read the compiled program."""
+    return self._jitted.lower(params, data, hp, key)
+
 
 def make_round_fn(apply_fn: ApplyFn, spec: RoundSpec) -> RoundFn:
   """The jitted round. Shapes depend only on ``spec`` and the data, so it compiles once for a
