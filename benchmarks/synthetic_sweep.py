@@ -41,7 +41,7 @@ def main(argv):
   c.sweep.federations = F.federation
   c = config_lib.resolve(c)
   federation = synthetic.parse_name(F.federation)
-  setup = experiment.prepare(sweep.federation_config(c, federation), None,
+  setup = experiment.prepare(sweep.data_config(c, federation, c.partition_seed), None,
                              lanes_over_devices=False)
   setup.config.num_rounds = F.rounds
   specs = sweep.experiment_grid(c)[:F.experiments]

@@ -10,6 +10,8 @@ Sweeps (the paper's Figure 1 grid: FedAvg, FedProx mu=0, FedProx mu>0 x straggle
   figure1_paper  the authors' protocol with logistic regression (20 local epochs)
 Every field can be overridden: --config.mu=0.5 --config.num_rounds=200 --config.model=mlr
 --config.sweep.seeds=3 --config.sweep.stragglers=0,0.9
+Partitions are an axis too: --config.sweep.partitions=5 (5 draws x every seed) or
+--config.sweep.partition_per_seed=True (each seed its own draw, as both sources do).
 """
 
 import ml_collections
@@ -92,8 +94,10 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.sweep.algorithms = "fedavg,fedprox_mu0,fedprox"  # comma-separated; fedprox uses sweep.mu; also fedprox_adaptive
   c.sweep.stragglers = "0,0.5,0.9"  # comma-separated straggler fractions
   c.sweep.seeds = 5                  # seeds seed .. seed + seeds - 1 per (algorithm, level)
+  c.sweep.partitions = 1             # partition draws: partition seeds partition_seed .. partition_seed + partitions - 1, each with every (algorithm, level, seed)
+  c.sweep.partition_per_seed = False  # True: each seed draws its own partition (partition seed = seed), as both sources' code does; then sweep.partitions must be 1
   c.sweep.mu = 1.0                   # mu of the fedprox algorithm (> 0)
-  c.sweep.dissimilarity = True        # log mean_k ||grad f_k - grad f||^2 at each evaluation
+  c.sweep.dissimilarity = True        # log mean_k ||grad f_k - grad f||^2 and the paper's B(w) at each evaluation
   c.sweep.experiments_per_program = 0  # experiments vmapped together (0 = backend default)
   c.sweep.concurrent_programs = 0    # programs run side by side in threads (0 = backend default: on CPU one per core when programs hold one experiment, else 1)
   c.sweep.adaptive_mu_init = config_dict.placeholder(float)  # fedprox_adaptive's first mu (None: the paper's, 1 on Synthetic-IID, else 0)

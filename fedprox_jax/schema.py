@@ -13,7 +13,11 @@ ROW_FIELDS = {
                         "steps (n_k-weighted); null when every client was dropped",
     "global_train_loss": "the global model's mean cross-entropy on all training examples "
                          "(sweeps; the paper's Figure 1 training loss)",
-    "dissimilarity": "mean_k ||grad f_k - grad f||^2 at the global model (sweeps)",
+    "dissimilarity": "mean_k ||grad f_k - grad f||^2 at the global model (sweeps; the "
+                     "authors' code's 'gradient difference')",
+    "b_dissimilarity": "the paper's B-local dissimilarity (Definition 3) at the global model: "
+                       "sqrt(sum_k p_k ||grad f_k||^2) / ||grad f||, p_k = n_k / n, 1 for "
+                       "identical clients (sweeps; null where grad f = 0)",
     "mu": "the proximal weight this round's clients trained with (moves only with adaptive mu)",
     "num_stragglers": "sampled clients that straggled this round",
     "num_aggregated": "clients whose models were averaged",

@@ -60,21 +60,41 @@ def test_common_random_numbers_across_algorithms():
     np.testing.assert_array_equal(np.asarray(plans[0].epochs)[kept], np.asarray(plans[1].epochs)[kept])
 
 
-def test_dissimilarity_equals_direct_per_client_computation():
-  data = make_federated_data([3, 17, 8, 40])
-  model = models.LogisticRegression()
-  params = models.init_params(model, jax.random.key(0))
+def _client_gradients(model, params, data):
   grads = []
   for o, n in zip(np.asarray(data.offsets), np.asarray(data.sizes)):
     loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
         model.apply(p, data.x[o:o + n]), data.y[o:o + n]).mean()
     grads.append(np.concatenate([np.ravel(g) for g in jax.tree_util.tree_leaves(jax.grad(loss)(params))]))
-  grads = np.stack(grads).astype(np.float64)
+  return np.stack(grads).astype(np.float64)
+
+
+def test_dissimilarities_equal_direct_per_client_computation():
+  data = make_federated_data([3, 17, 8, 40])
+  model = models.LogisticRegression()
+  params = models.init_params(model, jax.random.key(0))
+  grads = _client_gradients(model, params, data)
   weights = np.asarray(data.sizes) / np.asarray(data.sizes).sum()
   g = weights @ grads
-  expected = np.mean(np.sum((grads - g) ** 2, axis=1))
-  got = metrics.dissimilarity(model.apply, params, data, chunk=5)
-  np.testing.assert_allclose(float(got), expected, rtol=1e-4)
+  got = metrics.dissimilarities(model.apply, params, data, chunk=5)
+  # The authors' code's: a plain mean over clients around the n_k-weighted mean gradient.
+  np.testing.assert_allclose(float(got["dissimilarity"]),
+                             np.mean(np.sum((grads - g) ** 2, axis=1)), rtol=1e-4)
+  # The paper's Definition 3: B^2 = E_k ||grad F_k||^2 / ||grad f||^2, E_k with p_k = n_k / n.
+  b = np.sqrt(weights @ np.sum(grads ** 2, axis=1)) / np.linalg.norm(g)
+  assert b > 1.05  # these clients differ, so B = 1 below is a real check
+  np.testing.assert_allclose(float(got["b_dissimilarity"]), b, rtol=1e-4)
+
+
+def test_b_dissimilarity_is_one_when_every_client_holds_the_same_data():
+  one = make_federated_data([12])
+  data = one._replace(x=jnp.tile(one.x, (3, 1, 1, 1)), y=jnp.tile(one.y, 3),
+                      offsets=jnp.array([0, 12, 24], jnp.int32), sizes=jnp.full(3, 12, jnp.int32))
+  model = models.LogisticRegression()
+  got = metrics.dissimilarities(model.apply, models.init_params(model, jax.random.key(1)), data,
+                                chunk=5)
+  np.testing.assert_allclose(float(got["b_dissimilarity"]), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(float(got["dissimilarity"]), 0.0, atol=1e-5)
 
 
 def test_sweep_writes_results_table_and_figure(tmp_path):
@@ -86,7 +106,8 @@ def test_sweep_writes_results_table_and_figure(tmp_path):
   rows = plots.read_results_csv(str(tmp_path / "results.csv"))
   assert len(rows) == 8 * 2 and {r["round"] for r in rows} == {2, 3}
   table = (tmp_path / "summary.md").read_text()
-  assert table.count("\n") == 2 + 4 and "FedProx (mu>0)" in table and "±" in table
+  assert table.count("\n| ") == 4 and "FedProx (mu>0)" in table and "±" in table
+  assert "2 runs (1 partition x 2 seeds)" in table
   os.remove(tmp_path / "figure1.png")
   result = subprocess.run([sys.executable, "-m", "fedprox_jax.report.plots", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
@@ -94,6 +115,50 @@ def test_sweep_writes_results_table_and_figure(tmp_path):
   assert (tmp_path / "figure1.png").exists()
   with pytest.raises(errors.WorkdirError, match="holds a finished sweep"):
     sweep.run(c, str(tmp_path), mnist=_tiny_mnist())
+
+
+def test_partition_axis_sweep_equals_its_experiments_run_one_by_one(tmp_path):
+  c = _tiny_config(partition_seed=5, num_rounds=2)
+  c.sweep.update(dict(stragglers="0.5", partitions=2))  # 2 partitions x 2 algorithms x 2 seeds
+  mnist = _tiny_mnist()
+  results = sweep.run(c, str(tmp_path), mnist=mnist)
+  specs = sweep.experiment_grid(c)
+  assert [(s.partition, s.seed) for s in specs if s.algorithm == "fedprox"] == \
+      [(5, 0), (5, 1), (6, 0), (6, 1)]
+  assert set(results) == {s.name for s in specs} and specs[0].name.endswith("_seed0_p5")
+  stats = json.loads((tmp_path / "partition_stats.json").read_text())
+  assert list(stats["datasets"]) == ["partition5", "partition6"]
+  assert stats["datasets"]["partition5"]["data_sha256"] != \
+      stats["datasets"]["partition6"]["data_sha256"]
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["partition_seed"] == 5 and saved["sweep"]["partitions"] == 2
+  rows = plots.read_results_csv(str(tmp_path / "results.csv"))
+  assert {r["partition"] for r in rows} == {5, 6}
+  table = plots.summary_table(rows)
+  assert {(e["runs"], e["final_accuracy"]["partitions"]) for e in table} == {(4, 2)}
+  schedule = loop.Schedule(2, eval_every=1, checkpoint_every=2)
+  for s in (specs[1], specs[-1]):  # a seed of each partition, each on its own data
+    setup = experiment.prepare(sweep.data_config(c, None, s.partition), mnist,
+                               lanes_over_devices=False)
+    alone = sweep.run_program(setup, [s], schedule)[0][s.name]
+    assert_same_rows(results[s.name], alone, ("test_accuracy", "test_loss", "global_train_loss",
+                                              "dissimilarity", "b_dissimilarity"),
+                     rtol=2e-4, atol=2e-5, rounds=[1, 2])
+  # The same seed on the other partition is another run (so the comparison could fail).
+  other = results[specs[1].name.replace("_p5", "_p6")]
+  assert other[-1]["global_train_loss"] != results[specs[1].name][-1]["global_train_loss"]
+
+
+def test_partition_per_seed_gives_each_seed_its_own_partition():
+  c = _tiny_config(seed=3)
+  c.sweep.partition_per_seed = True
+  specs = sweep.experiment_grid(c)
+  assert len(specs) == 8 and all(s.partition == s.seed for s in specs)
+  assert {s.data_key for s in specs} == {("", 3), ("", 4)}
+  assert specs[0].name == "fedavg_s0.5_seed3_p3"
+  c.sweep.partitions = 2
+  with pytest.raises(errors.ConfigError, match="sweep.partitions=2: .*one partition per seed"):
+    config_lib.resolve(c)
 
 
 def test_plot_entry_point_explains_its_usage(tmp_path):

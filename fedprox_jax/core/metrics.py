@@ -1,9 +1,11 @@
 """Metrics of a global model, as pure functions (jit or vmap them over experiments).
 
 * ``evaluate``: accuracy and mean cross-entropy over a dataset, in fixed-size batches.
-* ``dissimilarity``: the paper's gradient dissimilarity, mean over clients k of
+* ``dissimilarities``: the authors' code's gradient dissimilarity, mean over clients k of
   ||grad f_k(w) - grad f(w)||^2 with grad f the sample-weighted mean of the clients' gradients
-  and f_k the client's mean loss over all of its training data.
+  and f_k the client's mean loss over all of its training data; and the paper's B-local
+  dissimilarity (Definition 3), B(w) = sqrt(sum_k p_k ||grad f_k(w)||^2) / ||grad f(w)||,
+  p_k = n_k / n (1 when every client holds the same data; larger, more heterogeneous).
 """
 
 from __future__ import annotations
@@ -61,8 +63,9 @@ def client_gradient(apply_fn: ApplyFn, params, data: FederatedData, client, chun
   return jax.tree_util.tree_map(lambda g: g / size, total)
 
 
-def dissimilarity(apply_fn: ApplyFn, params, data: FederatedData, chunk: int = 100):
-  """mean_k ||g_k - g||^2, g = sum_k (n_k / n) g_k, over all clients of ``data``.
+def dissimilarities(apply_fn: ApplyFn, params, data: FederatedData, chunk: int = 100) -> dict:
+  """{"dissimilarity": mean_k ||g_k - g||^2, "b_dissimilarity": sqrt(sum_k p_k ||g_k||^2) / ||g||}
+  with g = sum_k p_k g_k, p_k = n_k / n, over all clients of ``data``.
 
   Streams over clients with mean_k ||g_k - g||^2 = mean_k ||g_k||^2 - 2 <mean_k g_k, g> + ||g||^2,
   so memory stays at a few parameter copies whatever the number of clients.
@@ -71,16 +74,20 @@ def dissimilarity(apply_fn: ApplyFn, params, data: FederatedData, chunk: int = 1
   weights = data.sizes / jnp.sum(data.sizes)
 
   def add_client(k, carry):
-    sq_norms, mean_grad, weighted_grad = carry
+    sq_norms, weighted_sq_norms, mean_grad, weighted_grad = carry
     g = client_gradient(apply_fn, params, data, k, chunk)
     sq = sum(jnp.sum(leaf ** 2) for leaf in jax.tree_util.tree_leaves(g))
     mean_grad = jax.tree_util.tree_map(lambda a, b: a + b / num_clients, mean_grad, g)
     weighted_grad = jax.tree_util.tree_map(lambda a, b: a + weights[k] * b, weighted_grad, g)
-    return sq_norms + sq / num_clients, mean_grad, weighted_grad
+    return (sq_norms + sq / num_clients, weighted_sq_norms + weights[k] * sq, mean_grad,
+            weighted_grad)
 
   zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-  sq_norms, mean_grad, g = jax.lax.fori_loop(0, num_clients, add_client,
-                                             (jnp.zeros(()), zeros, zeros))
+  sq_norms, weighted_sq_norms, mean_grad, g = jax.lax.fori_loop(
+      0, num_clients, add_client, (jnp.zeros(()), jnp.zeros(()), zeros, zeros))
   dot = lambda a, b: sum(jnp.sum(u * v) for u, v in zip(jax.tree_util.tree_leaves(a),
                                                           jax.tree_util.tree_leaves(b)))
-  return sq_norms - 2 * dot(mean_grad, g) + dot(g, g)
+  g_sq = dot(g, g)
+  return {"dissimilarity": sq_norms - 2 * dot(mean_grad, g) + g_sq,
+          # inf at a stationary point of f (grad f = 0) where some client's gradient is not
+          "b_dissimilarity": jnp.sqrt(weighted_sq_norms / g_sq)}

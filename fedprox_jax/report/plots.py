@@ -14,13 +14,15 @@ import numpy as np
 
 from fedprox_jax import outputs
 from fedprox_jax.errors import UserError
+from fedprox_jax.report import statistics
 
-FIELDS = ("experiment", "federation", "algorithm", "stragglers", "seed", "mu", "round",
+FIELDS = ("experiment", "federation", "partition", "algorithm", "stragglers", "seed", "mu",
+          "round",
           "test_accuracy",
-          "test_loss", "global_train_loss", "local_train_loss", "dissimilarity", "num_stragglers",
+          "test_loss", "global_train_loss", "local_train_loss", "dissimilarity", "b_dissimilarity", "num_stragglers",
           "diverged_at_round", "wall_time")
 FLOAT_FIELDS = ("stragglers", "mu", "test_accuracy", "test_loss", "global_train_loss",
-                "local_train_loss", "dissimilarity", "wall_time")
+                "local_train_loss", "dissimilarity", "b_dissimilarity", "wall_time")
 LABELS = {"fedavg": "FedAvg", "fedprox_mu0": "FedProx (mu=0)", "fedprox": "FedProx (mu>0)",
           "fedprox_adaptive": "FedProx (adaptive mu)"}
 COLORS = {"fedavg": "tab:green", "fedprox_mu0": "tab:blue", "fedprox": "tab:red",
@@ -39,8 +41,9 @@ def write_results_csv(path: str, specs, results: dict, diverged: dict) -> None:
     writer.writeheader()
     for s in specs:
       # mu: the experiment's (an adaptive one's first); each row's own mu replaces it.
-      spec = {"experiment": s.name, "federation": s.federation, "algorithm": s.algorithm,
-              "stragglers": s.stragglers_fraction, "seed": s.seed, "mu": s.mu}
+      spec = {"experiment": s.name, "federation": s.federation, "partition": s.partition,
+              "algorithm": s.algorithm, "stragglers": s.stragglers_fraction, "seed": s.seed,
+              "mu": s.mu}
       for row in results[s.name]:
         writer.writerow({**spec, "diverged_at_round": diverged.get(s.name, ""),
                          **{k: "" if row[k] is None else row[k] for k in FIELDS if k in row}})
@@ -59,6 +62,8 @@ def read_results_csv(path: str) -> list:
       r["seed"], r["round"] = int(r["seed"]), int(r["round"])
       r["diverged_at_round"] = int(r["diverged_at_round"]) if r.get("diverged_at_round") else None
       r["federation"] = r.get("federation") or ""  # results.csv of MNIST sweeps before it
+      # (results.csv before 2026-12-02 had no partition column: one partition, the config's)
+      r["partition"] = int(r["partition"]) if r.get("partition") not in (None, "") else None
       if not r["algorithm"] or not r["experiment"]:
         raise ValueError("a row without its experiment or algorithm")
   except (KeyError, ValueError, TypeError, csv.Error) as e:
@@ -69,60 +74,67 @@ def read_results_csv(path: str) -> list:
   return rows
 
 
-def _curves(rows):
-  """{(federation, algorithm, stragglers): {seed: (rounds, {metric: values})}} of the
-  experiments that did not diverge."""
+def run_curves(rows):
+  """{(federation, algorithm, stragglers): {(partition, seed): (rounds, {metric: values})}} of
+  the experiments that did not diverge."""
   by = defaultdict(lambda: defaultdict(list))
   for r in rows:
     if r["diverged_at_round"] is None:
-      by[(r["federation"], r["algorithm"], r["stragglers"])][r["seed"]].append(r)
+      by[(r["federation"], r["algorithm"], r["stragglers"])][(r["partition"], r["seed"])].append(r)
   out = {}
-  for key, seeds in by.items():
+  for key, runs in by.items():
     out[key] = {}
-    for seed, rs in seeds.items():
+    for run, rs in runs.items():
       rs = sorted(rs, key=lambda r: r["round"])
-      out[key][seed] = ([r["round"] for r in rs],
-                        {m: np.array([r[m] for r in rs]) for m in
-                         ("test_accuracy", "global_train_loss", "dissimilarity", "mu")})
+      out[key][run] = ([r["round"] for r in rs],
+                       {m: np.array([r[m] for r in rs]) for m in
+                        ("test_accuracy", "global_train_loss", "dissimilarity", "mu")})
   return out
 
 
-def _diverged_seeds(rows) -> dict:
-  """{(federation, algorithm, stragglers): number of seeds that diverged}."""
-  seen = {(r["federation"], r["algorithm"], r["stragglers"], r["seed"]) for r in rows
-          if r["diverged_at_round"] is not None}
+def _diverged_runs(rows) -> dict:
+  """{(federation, algorithm, stragglers): number of (partition, seed) runs that diverged}."""
+  seen = {(r["federation"], r["algorithm"], r["stragglers"], r["partition"], r["seed"])
+          for r in rows if r["diverged_at_round"] is not None}
   counts = defaultdict(int)
-  for *key, _ in seen:
+  for *key, _, _ in seen:
     counts[tuple(key)] += 1
   return counts
 
 
+# The table's per-run numbers: name -> (rounds, metrics) -> value.
+RUN_STATISTICS = {
+    "final_accuracy": lambda rounds, m: float(m["test_accuracy"][-1]),
+    "last10_accuracy": lambda rounds, m: statistics.last_rounds_mean(rounds, m["test_accuracy"]),
+    "best_accuracy": lambda rounds, m: float(m["test_accuracy"].max()),
+    "final_train_loss": lambda rounds, m: float(m["global_train_loss"][-1]),
+}
+
+
 def summary_table(rows) -> list:
-  """Per (federation, algorithm, stragglers): final/best accuracy and final training loss,
-  mean and std (ddof 0) over the seeds that did not diverge, rounds to 80/90 %, and how many
-  seeds diverged."""
-  curves, diverged = _curves(rows), _diverged_seeds(rows)
+  """Per (federation, algorithm, stragglers), over its (partition, seed) runs that did not
+  diverge (``statistics.spread``: mean, sample std with ddof 1, the std over partitions and
+  over seeds): final accuracy, the mean accuracy of the last 10 rounds, best accuracy, final
+  global training loss; the mean rounds to 80/90 % over the runs that reach it; and how many
+  runs diverged."""
+  curves, diverged = run_curves(rows), _diverged_runs(rows)
   order = lambda key: (_federation_order(key[0]), key[2],
                        list(LABELS).index(key[1]) if key[1] in LABELS else 9)
   table = []
   for key in sorted(set(curves) | set(diverged), key=order):
     federation, algorithm, stragglers = key
-    seeds = curves.get(key, {})
+    runs = curves.get(key, {})
     entry = {"federation": federation, "algorithm": algorithm, "stragglers": stragglers,
-             "seeds": len(seeds), "seeds_diverged": diverged.get(key, 0)}
-    if seeds:
-      final = np.array([m["test_accuracy"][-1] for _, m in seeds.values()])
-      best = np.array([m["test_accuracy"].max() for _, m in seeds.values()])
-      loss = np.array([m["global_train_loss"][-1] for _, m in seeds.values()])
-      entry.update(final_accuracy_mean=float(final.mean()), final_accuracy_std=float(final.std()),
-                   best_accuracy_mean=float(best.mean()), best_accuracy_std=float(best.std()),
-                   final_train_loss_mean=float(loss.mean()),
-                   final_train_loss_std=float(loss.std()))
+             "runs": len(runs), "runs_diverged": diverged.get(key, 0)}
+    for name, statistic in RUN_STATISTICS.items():
+      if runs:
+        entry[name] = statistics.spread({run: statistic(rounds, m)
+                                         for run, (rounds, m) in runs.items()})
     for th in THRESHOLDS:
-      reached = [rounds[int(np.argmax(m["test_accuracy"] >= th))]
-                 for rounds, m in seeds.values() if (m["test_accuracy"] >= th).any()]
+      reached = [r for r in (statistics.rounds_to_target(rounds, m["test_accuracy"], th)
+                             for rounds, m in runs.values()) if r is not None]
       entry[f"rounds_to_{int(th * 100)}"] = float(np.mean(reached)) if reached else None
-      entry[f"seeds_reaching_{int(th * 100)}"] = len(reached)
+      entry[f"runs_reaching_{int(th * 100)}"] = len(reached)
     table.append(entry)
   return table
 
@@ -130,26 +142,40 @@ def summary_table(rows) -> list:
 def format_markdown(table) -> str:
   with_federation = any(e["federation"] for e in table)
   lead = "| federation " if with_federation else ""
-  lines = [lead + "| stragglers | algorithm | final accuracy | best accuracy | final training "
-           "loss | rounds to 80 % | rounds to 90 % |",
-           ("|---" if with_federation else "") + "|---:|---|---|---|---|---|---|"]
+  lines = [lead + "| stragglers | algorithm | runs | final accuracy | mean of last 10 rounds | "
+           "std of it over partitions | over seeds | best accuracy | final training loss | "
+           "rounds to 80 % | rounds to 90 % |",
+           ("|---" if with_federation else "") + "|---:|---|---:|---|---|---|---|---|---|---|---|"]
+  runs = set()
   for e in table:
     start = (f"| {e['federation']} " if with_federation else "") + (
         f"| {e['stragglers']:g} | {LABELS.get(e['algorithm'], e['algorithm'])} | ")
-    diverged = f" ({e['seeds_diverged']} diverged)" if e["seeds_diverged"] else ""
-    if not e["seeds"]:
-      lines.append(start + f"diverged ({e['seeds_diverged']} seeds) | | | | |")
+    diverged = f" ({e['runs_diverged']} diverged)" if e["runs_diverged"] else ""
+    if not e["runs"]:
+      lines.append(start + f"0{diverged} | diverged | | | | | | | |")
       continue
+    runs.add((e["final_accuracy"]["partitions"], e["final_accuracy"]["seeds"], e["runs"]))
 
     def reach(th):
       r = e[f"rounds_to_{th}"]
-      return "never" if r is None else f"{r:.0f} ({e[f'seeds_reaching_{th}']}/{e['seeds']} seeds)"
+      return "never" if r is None else f"{r:.0f} ({e[f'runs_reaching_{th}']}/{e['runs']} runs)"
 
-    def band(name):
-      return f"{e[name + '_mean']:.4f} ± {e[name + '_std']:.4f}"
-    lines.append(start + f"{band('final_accuracy')} | {band('best_accuracy')} | "
-                 f"{band('final_train_loss')} | {reach(80)} | {reach(90)} |{diverged}")
-  return "\n".join(lines) + "\n"
+    def part(name):
+      v = e["last10_accuracy"][name]
+      return "–" if v is None else f"{v:.4f}"
+    band = lambda name: statistics.format_band(e[name])
+    lines.append(start + f"{e['runs']}{diverged} | {band('final_accuracy')} | "
+                 f"{band('last10_accuracy')} | {part('std_over_partitions')} | "
+                 f"{part('std_over_seeds')} | {band('best_accuracy')} | "
+                 f"{band('final_train_loss')} | {reach(80)} | {reach(90)} |")
+  over = "; ".join(statistics.describe_runs(*r) for r in sorted(runs))
+  notes = [f"Mean ± sample std (ddof {statistics.DDOF}) over the runs that did not diverge"
+           + (f": {over}" if over else "") + ". The mean of the last 10 rounds averages the "
+           "evaluations in the last 10 rounds of each run; its spread is split into the std of "
+           "the per-partition means and the pooled std over seeds within a partition (– where "
+           "there is one partition, or one seed per partition). Rounds to 80/90 %: the mean "
+           "over the runs that reach it."]
+  return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
 METRIC_NAMES = {"global_train_loss": "training loss (global model)",
@@ -159,17 +185,17 @@ METRIC_NAMES = {"global_train_loss": "training loss (global model)",
 
 def _draw_panels(curves, columns, path: str, title: str, metrics: list) -> None:
   """One column per (label, federation, stragglers) of ``columns``; one row per metric; one line
-  per algorithm (mean over seeds), the seeds' min-max band shaded."""
+  per algorithm (mean over its runs: partitions x seeds), the runs' min-max band shaded."""
   fig = outputs.new_figure(figsize=(4.2 * len(columns), 3.2 * len(metrics)))
   axes = fig.subplots(len(metrics), len(columns), squeeze=False, sharex=True)
   for col, (label, federation, level) in enumerate(columns):
     for algorithm in LABELS:
-      seeds = curves.get((federation, algorithm, level))
-      if not seeds:
+      runs = curves.get((federation, algorithm, level))
+      if not runs:
         continue
-      rounds = next(iter(seeds.values()))[0]
+      rounds = next(iter(runs.values()))[0]
       for row, metric in enumerate(metrics):
-        values = np.stack([m[metric] for _, m in seeds.values()])
+        values = np.stack([m[metric] for _, m in runs.values()])
         ax = axes[row, col]
         ax.plot(rounds, values.mean(0), color=COLORS[algorithm], label=LABELS[algorithm],
                 linestyle=STYLES.get(algorithm, "-"))
@@ -199,7 +225,7 @@ def figure_paths(rows, workdir: str) -> list:
 
 def plot_sweep(rows, workdir: str, title: str = "") -> list:
   """Draws ``figure_paths(rows, workdir)``; returns them."""
-  curves = _curves(rows)
+  curves = run_curves(rows)
   if not curves:
     return []  # every experiment diverged: nothing to draw
   metrics = ["global_train_loss", "test_accuracy"]

@@ -128,7 +128,18 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require_float32("sweep.mu", s.mu, positive=True)
   require(_is_int(s.seeds) and 1 <= s.seeds <= MAX_SEED + 1, "sweep.seeds", s.seeds,
            f"must be an integer >= 1 (and <= {MAX_SEED + 1})")
+  require(_is_int(s.partitions) and 1 <= s.partitions <= MAX_SEED + 1, "sweep.partitions",
+           s.partitions, "must be an integer >= 1 (the number of partition draws)")
+  require(isinstance(s.partition_per_seed, bool), "sweep.partition_per_seed",
+           s.partition_per_seed, "must be True or False")
+  require(not (s.partition_per_seed and s.partitions > 1), "sweep.partitions", s.partitions,
+           "sweep.partition_per_seed=True draws one partition per seed already: leave "
+           "sweep.partitions at 1 (or set partition_per_seed=False for partitions x seeds)")
   if c.mode == "sweep":
+    require(c.partition_seed + s.partitions - 1 <= MAX_SEED, "partition_seed", c.partition_seed,
+             f"a sweep draws partitions partition_seed .. partition_seed + sweep.partitions - 1 "
+             f"= {c.partition_seed + s.partitions - 1}, past {MAX_SEED}: use partition_seed <= "
+             f"{MAX_SEED - s.partitions + 1} (or fewer sweep.partitions)")
     require(c.seed + s.seeds - 1 <= MAX_SEED, "seed", c.seed,
              f"a sweep runs seeds seed .. seed + sweep.seeds - 1 = {c.seed + s.seeds - 1}, past "
              f"{MAX_SEED}: use seed <= {MAX_SEED - s.seeds + 1} (or fewer sweep.seeds)")

@@ -7,6 +7,7 @@ metrics row.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from typing import NamedTuple
 
@@ -197,21 +198,29 @@ def make_mesh(c: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     raise ConfigError(f"config.{e}") from e
 
 
+def load_mnist(c: ml_collections.ConfigDict, mnist: data_lib.Mnist | None = None,
+               genuine: bool | None = None) -> tuple:
+  """(MNIST, whether it is genuine) for ``c`` (None, None where c.data is not MNIST): loaded as
+  ``c`` says (and refused unless genuine or allow_modified_mnist) when ``mnist`` is None; the
+  caller's own arrays are recorded as they are (``genuine``: already known)."""
+  if c.data != "mnist":
+    return None, None
+  if mnist is None:
+    mnist = data_lib.load_mnist(c.data_source, c.data_dir, c.download, c.allow_modified_mnist)
+    return mnist, data_lib.check_genuine(
+        mnist, f"the MNIST read from {c.data_dir or 'the default TFDS data dir'} "
+        f"(data_source={c.data_source})", c.allow_modified_mnist)
+  return mnist, data_lib.is_genuine(mnist) if genuine is None else genuine
+
+
 def prepare(c: ml_collections.ConfigDict, mnist: data_lib.Mnist | None,
-            lanes_over_devices: bool) -> Setup:
-  """Loads (unless ``mnist`` is given), partitions and places the data of validated config
-  ``c``, builds the model and the round spec. ``lanes_over_devices``: a run spreads its lanes
-  over the devices; a sweep spreads its experiments and keeps each one's lanes together."""
+            lanes_over_devices: bool, genuine: bool | None = None) -> Setup:
+  """Loads (unless ``mnist`` is given; ``genuine``: whether it is, if known), partitions and
+  places the data of validated config ``c``, builds the model and the round spec.
+  ``lanes_over_devices``: a run spreads its lanes over the devices; a sweep spreads its
+  experiments and keeps each one's lanes together."""
   mesh = make_mesh(c)
-  genuine = None
-  if c.data == "mnist":
-    if mnist is None:
-      mnist = data_lib.load_mnist(c.data_source, c.data_dir, c.download, c.allow_modified_mnist)
-      genuine = data_lib.check_genuine(
-          mnist, f"the MNIST read from {c.data_dir or 'the default TFDS data dir'} "
-          f"(data_source={c.data_source})", c.allow_modified_mnist)
-    else:  # the caller's own arrays: recorded as they are
-      genuine = data_lib.is_genuine(mnist)
+  mnist, genuine = load_mnist(c, mnist, genuine)
   exp = prepare_data(c, mnist)
   replicate = distributed.replicator(mesh)
   exp = exp._replace(train=replicate(jax.tree_util.tree_map(jnp.asarray, exp.train)),
@@ -239,7 +248,10 @@ def metrics_row(t: int, m: server.RoundMetrics, evaluation: dict, wall_time: flo
                 mu: float) -> dict:
   """The row of round ``t`` from its (host) round metrics and evaluation results."""
   executed = int(m.lanes.executed_steps)
-  return {"round": t, **{k: float(v) for k, v in evaluation.items()},
+  evaluation = {k: float(v) for k, v in evaluation.items()}
+  if not math.isfinite(evaluation.get("b_dissimilarity", 0.0)):  # grad f = 0: B undefined
+    evaluation["b_dissimilarity"] = None
+  return {"round": t, **evaluation,
           "local_train_loss": None if bool(m.all_dropped) else float(m.train_loss),
           "mu": float(mu),
           "num_stragglers": int(m.num_stragglers), "num_aggregated": int(m.num_aggregated),

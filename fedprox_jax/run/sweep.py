@@ -14,6 +14,7 @@ non-finite is named with its round, and none of its rows from then on is written
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import functools
@@ -43,8 +44,8 @@ ROWS_FILE = "rows.jsonl"  # every experiment's rows, with its name
 
 @dataclasses.dataclass(frozen=True)
 class GridPoint:
-  """One experiment of a sweep: an algorithm of ``core/algorithms`` at a straggler level and a
-  seed (and, on synthetic data, a federation)."""
+  """One experiment of a sweep: an algorithm of ``core/algorithms`` at a straggler level, a
+  seed and a partition (and, on synthetic data, a federation)."""
   algorithm: str
   mu: float  # adaptive: the first round's
   drop_stragglers: bool
@@ -52,42 +53,72 @@ class GridPoint:
   seed: int
   adaptive: bool = False
   federation: str = ""  # data=synthetic: the federation's name (synthetic_A_B, synthetic_iid)
+  # The partition's seed (data=synthetic: the generator's); ``partition_axis``: the sweep draws
+  # several, and the name says which.
+  partition: int = 0
+  partition_axis: bool = False
 
   @property
   def name(self) -> str:
     prefix = f"{self.federation}_" if self.federation else ""
-    return f"{prefix}{self.algorithm}_s{self.stragglers_fraction:g}_seed{self.seed}"
+    suffix = f"_p{self.partition}" if self.partition_axis else ""
+    return f"{prefix}{self.algorithm}_s{self.stragglers_fraction:g}_seed{self.seed}{suffix}"
+
+  @property
+  def data_key(self) -> tuple:
+    """Experiments with the same key share their data (and may share a program)."""
+    return (self.federation, self.partition)
+
+  @property
+  def data_label(self) -> str:
+    return "_".join(filter(None, [self.federation,
+                                  f"partition{self.partition}" if self.partition_axis else ""]))
 
 
-def federation_config(c: ml_collections.ConfigDict, federation) -> ml_collections.ConfigDict:
-  """``c`` with c.synthetic set to ``federation`` = (alpha, beta, iid) (None: ``c`` itself)."""
-  if federation is None:
-    return c
+def data_config(c: ml_collections.ConfigDict, federation, partition: int
+                ) -> ml_collections.ConfigDict:
+  """``c`` with c.synthetic set to ``federation`` = (alpha, beta, iid) (None: c's own) and the
+  partition seed ``partition``."""
   out = ml_collections.ConfigDict(c.to_dict())
-  out.synthetic.alpha, out.synthetic.beta, out.synthetic.iid = federation
+  if federation is not None:
+    out.synthetic.alpha, out.synthetic.beta, out.synthetic.iid = federation
+  out.partition_seed = partition
   return out
 
 
+def partition_seeds(c: ml_collections.ConfigDict, seed: int) -> list:
+  """The partitions experiments of ``seed`` run on: its own (partition_per_seed), else
+  partition_seed .. partition_seed + sweep.partitions - 1."""
+  if c.sweep.partition_per_seed:
+    return [seed]
+  return list(range(c.partition_seed, c.partition_seed + c.sweep.partitions))
+
+
 def experiment_grid(c: ml_collections.ConfigDict) -> list:
-  """The sweep's experiments, from ``c.sweep`` (federations, stragglers, algorithms, seeds,
-  mu), federation after federation."""
+  """The sweep's experiments, from ``c.sweep`` (federations, partitions, stragglers,
+  algorithms, seeds, mu), federation after federation, partition after partition."""
   chosen = config_lib.parse_list("algorithms", c.sweep.algorithms, str)
   try:
     chosen = [algorithms.get(a) for a in chosen]
   except ValueError as e:
     raise ConfigError(f"config.sweep.algorithms: {e}") from e
   fractions = config_lib.parse_list("stragglers", c.sweep.stragglers, float)  # checked there
+  seeds = range(c.seed, c.seed + c.sweep.seeds)
+  axis = c.sweep.partitions > 1 or c.sweep.partition_per_seed
+  partitions = sorted({p for seed in seeds for p in partition_seeds(c, seed)})
   grid = []
   for name, federation in config_lib.federations(c).items():
     iid = c.data == "synthetic" and federation[2]
-    for fraction in fractions:
-      for a in chosen:
-        mu = {"zero": 0.0, "config": c.sweep.mu,
-              "adaptive": (adaptive_mu.initial_mu(iid) if c.sweep.adaptive_mu_init is None
-                           else c.sweep.adaptive_mu_init)}[a.mu_rule]
-        for seed in range(c.seed, c.seed + c.sweep.seeds):
-          grid.append(GridPoint(a.name, mu, a.drop_stragglers, fraction, seed,
-                                a.mu_rule == "adaptive", name))
+    for partition in partitions:
+      for fraction in fractions:
+        for a in chosen:
+          mu = {"zero": 0.0, "config": c.sweep.mu,
+                "adaptive": (adaptive_mu.initial_mu(iid) if c.sweep.adaptive_mu_init is None
+                             else c.sweep.adaptive_mu_init)}[a.mu_rule]
+          for seed in seeds:
+            if partition in partition_seeds(c, seed):
+              grid.append(GridPoint(a.name, mu, a.drop_stragglers, fraction, seed,
+                                    a.mu_rule == "adaptive", name, partition, axis))
   return grid
 
 
@@ -143,7 +174,7 @@ def make_sweep_fns(apply_fn, eval_apply_fn, spec: server.RoundSpec, size: int,
     out = {"test_accuracy": accuracy, "test_loss": test_loss,
            "global_train_loss": global_train_loss}
     if with_dissimilarity:
-      out["dissimilarity"] = metrics.dissimilarity(apply_fn, params, train)
+      out.update(metrics.dissimilarities(apply_fn, params, train))
     return out
 
   evaluate_fn = jax.jit(_over_experiments(evaluate_one, (0, None, None, None), size))
@@ -206,7 +237,9 @@ class _SweepProgram(loop.Program):
       evaluation = self.evaluate_fn(params, train, test_x, test_y)
       # Finite parameters whose evaluation is not (the model's outputs overflow): diverged
       # too, from this round on (a row of NaN or inf is never written).
-      finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in evaluation.values()]), axis=0)
+      # (B is inf where grad f = 0, at finite parameters: written as null, not a divergence.)
+      finite = jnp.all(jnp.stack([jnp.isfinite(v) for k, v in evaluation.items()
+                                  if k != "b_dissimilarity"]), axis=0)
       diverged_at = jnp.where((diverged_at == 0) & ~finite, t, diverged_at)
     self.state = {"params": params, "diverged_at": diverged_at, "mu": dict(mu_state._asdict())}
     return _Round(t, self.state, m, mu, evaluation)
@@ -350,6 +383,40 @@ def _run_side_by_side(run_index, count: int, workers: int) -> list:
   return [f.result() for f in futures]
 
 
+def _checked_stats(c: ml_collections.ConfigDict, mnist) -> dict:
+  """The statistics (and digest) of data set ``c``'s partition, its round spec checked, from
+  host arrays that are dropped again: a sweep over partitions checks them all up front."""
+  stats = experiment.prepare_data(c, mnist).stats
+  experiment.round_spec(c, stats["max_train"])  # e.g. the data-order plan's size
+  return {**stats, "eval_batch_size": min(c.eval_batch_size, stats["test_examples"])}
+
+
+class _Setups:
+  """The sweep's set-ups by data key, prepared when a program first needs one and dropped after
+  its last program: a sweep over many partitions holds only the data sets of the programs
+  running (an MNIST partition is ~200 MB)."""
+
+  def __init__(self, make, program_keys: list, ready: dict):
+    self._make, self._ready = make, dict(ready)
+    self._left = collections.Counter(program_keys)
+    self._lock = threading.Lock()
+    self._key_locks = collections.defaultdict(threading.Lock)
+
+  def acquire(self, key) -> experiment.Setup:
+    with self._lock:
+      key_lock = self._key_locks[key]
+    with key_lock:  # two programs of one data set prepare it once
+      if key not in self._ready:
+        self._ready[key] = self._make(key)
+      return self._ready[key]
+
+  def release(self, key) -> None:
+    with self._lock:
+      self._left[key] -= 1
+      if self._left[key] == 0:
+        self._ready.pop(key, None)
+
+
 def _experiments_per_program(c, num_experiments: int, wd: Workdir) -> int:
   """The config's value; else, on a resume, the value the sweep started with (its programs
   and checkpoints are laid out by it); else the backend's default."""
@@ -382,17 +449,20 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
   specs = experiment_grid(c)
   wd = open_workdir(workdir, "sweep")
   try:
-    # One set-up per federation (MNIST: one); all checked before anything is written.
-    setups = {name: experiment.prepare(federation_config(c, federation), mnist,
-                                       lanes_over_devices=False)
-              for name, federation in config_lib.federations(c).items()}
-    first_setup = next(iter(setups.values()))
+    # One data set per (federation, partition), all checked before anything is written; each
+    # is placed on the device(s) only while programs of it run (``_Setups``).
+    federations = config_lib.federations(c)
+    keys = list(dict.fromkeys(s.data_key for s in specs))
+    configs = {key: data_config(c, federations[key[0]], key[1]) for key in keys}
+    mnist, genuine = experiment.load_mnist(c, mnist)
+    first_setup = experiment.prepare(configs[keys[0]], mnist, lanes_over_devices=False,
+                                     genuine=genuine)
     per_program = _experiments_per_program(
-        c, max(sum(s.federation == name for s in specs) for name in setups), wd)
-    programs = []  # (set-up, experiments); a program never mixes federations (their data differ)
-    for name, setup in setups.items():
-      own = [s for s in specs if s.federation == name]
-      programs += [(setup, own[first:first + per_program])
+        c, max(sum(s.data_key == key for s in specs) for key in keys), wd)
+    programs = []  # (data key, experiments): a program never mixes data sets
+    for key in keys:
+      own = [s for s in specs if s.data_key == key]
+      programs += [(key, own[first:first + per_program])
                    for first in range(0, len(own), per_program)]
     side_by_side = min(len(programs),
                        c.sweep.concurrent_programs or defaults.concurrent_programs(per_program))
@@ -403,24 +473,38 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
       side_by_side = 1
     resolved = ml_collections.ConfigDict(first_setup.config.to_dict())
     resolved.synthetic = c.synthetic
+    resolved.partition_seed = c.partition_seed
     resolved.sweep.experiments_per_program = per_program
     resolved.sweep.concurrent_programs = side_by_side
-    if len(setups) == 1:
+    if len(keys) == 1:
       stats = first_setup.data.stats
-    else:  # each federation's statistics and evaluation batch; one digest over all their data
-      stats = {"federations": {name: {**s.data.stats, "eval_batch_size": s.config.eval_batch_size}
-                               for name, s in setups.items()},
-               "data_sha256": data_lib.ordered_digest(np.array(
-                   [s.data.stats["data_sha256"] for s in setups.values()]))}
+    else:  # each data set's statistics and evaluation batch; one digest over all of them
+      labels = {s.data_key: s.data_label for s in specs}
+      datasets = {labels[keys[0]]: {**first_setup.data.stats,
+                                    "eval_batch_size": first_setup.config.eval_batch_size}}
+      for key in keys[1:]:
+        datasets[labels[key]] = _checked_stats(configs[key], mnist)
+      stats = {"datasets": datasets, "data_sha256": data_lib.ordered_digest(np.array(
+          [d["data_sha256"] for d in datasets.values()]))}
     wd.commit(resolved.to_dict(), stats)
     distributed.barrier("workdir ready")
+    setups = _Setups(lambda key: experiment.prepare(configs[key], mnist, lanes_over_devices=False,
+                                                    genuine=genuine),
+                     [key for key, _ in programs], {keys[0]: first_setup})
+    del first_setup
+
     def run_index(index, sweep_stopping):
-      setup, chunk = programs[index]
+      key, chunk = programs[index]
       logging.info("program %d of %d: %s", index + 1, len(programs),
                    ", ".join(s.name for s in chunk))
-      return run_program(setup, chunk, loop.Schedule.of(c), setup.mesh, wd,
-                             wd.file(os.path.join("checkpoints", f"program_{index}")),
-                             sweep_stopping)
+      setup = setups.acquire(key)
+      try:
+        return run_program(setup, chunk, loop.Schedule.of(c), setup.mesh, wd,
+                           wd.file(os.path.join("checkpoints", f"program_{index}")),
+                           sweep_stopping)
+      finally:
+        del setup
+        setups.release(key)
 
     results, diverged = {}, {}
     for rows, bad in _run_side_by_side(run_index, len(programs), side_by_side):
