@@ -87,6 +87,7 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.eval_batch_size = 0       # evaluation batch (0 = default: CNN 50 on CPU, 1000 otherwise; MLR 10000)
   c.eval_conv_impl = "auto"   # the CNN's convolution when evaluating: auto (= xla) | im2col | xla
   c.checkpoint_every = 10    # rounds between checkpoints (and at the end); resume = same --workdir
+  c.inexactness = False      # log the gamma-inexactness each round's clients reached (the paper's Definition 1; mean and max): about one more local epoch per client
   c.tensorboard = True       # TensorBoard event files in WORKDIR/tensorboard
   c.seed = 0                 # a sweep runs seeds seed .. seed + sweep.seeds - 1
   # Sweeps (mode='sweep').

@@ -18,6 +18,10 @@ ROW_FIELDS = {
     "b_dissimilarity": "the paper's B-local dissimilarity (Definition 3) at the global model: "
                        "sqrt(sum_k p_k ||grad f_k||^2) / ||grad f||, p_k = n_k / n, 1 for "
                        "identical clients (sweeps; null where grad f = 0)",
+    "gamma_mean": "the paper's gamma-inexactness (Definition 1), ||grad h_k(w_k; w_t)|| / "
+                  "||grad h_k(w_t; w_t)|| with h_k the client's local objective, mean over the "
+                  "round's clients that trained (config.inexactness)",
+    "gamma_max": "the largest gamma of the round's clients that trained (config.inexactness)",
     "mu": "the proximal weight this round's clients trained with (moves only with adaptive mu)",
     "num_stragglers": "sampled clients that straggled this round",
     "num_aggregated": "clients whose models were averaged",

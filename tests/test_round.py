@@ -32,6 +32,7 @@ def test_vmapped_round_equals_looped_round(hetero_data, model_name, num_lanes, d
   vmapped, m_vec = server.make_round_fn(model.apply, spec)(params, hetero_data, hp, key)
   looped, m_loop = reference.looped_round(model.apply, spec, params, hetero_data, hp, key)
   assert int(m_vec.num_stragglers) == 3  # 5 - round(2.5) = 5 - 2 (round half to even)
+  assert m_vec.inexactness is None  # off by default: the round computes none of it
   assert tree_max_abs_diff(vmapped, params) > 1e-3  # the round did train
   assert tree_max_abs_diff(vmapped, looped) < 2e-5
   np.testing.assert_allclose(m_vec.train_loss, m_loop.train_loss, rtol=1e-5)
@@ -259,3 +260,55 @@ def test_production_code_never_imports_the_looped_reference():
                and ("import reference" in open(p).read() or "fedprox_jax.core.reference" in open(p).read()
                     or ", reference" in open(p).read())]
   assert len(sources) > 10 and importers == []
+
+
+def _softmax_regression_gradient(kernel, bias, x, y):
+  """float64 gradient of the mean cross-entropy of a softmax regression."""
+  logits = x @ kernel + bias
+  p = np.exp(logits - logits.max(axis=1, keepdims=True))
+  p /= p.sum(axis=1, keepdims=True)
+  p[np.arange(len(y)), y] -= 1
+  return x.T @ p / len(y), p.mean(axis=0)
+
+
+def test_each_clients_gamma_inexactness_against_a_float64_reference(hetero_data):
+  """gamma_k = ||grad h_k(w_k)|| / ||grad h_k(w_t)||, h_k = F_k + wd/2 ||w||^2 + mu/2 ||w - w_t||^2,
+  at each client's own solution (the looped reference's), in float64: 4 clients packed into 2
+  lanes (so clients finish mid-loop) and a dropped straggler (no step, no gamma)."""
+  model = models.make_model("mlr")
+  params = models.init_params(model, jax.random.key(0))
+  num_lanes = 2
+  spec = _spec(num_lanes, inexactness=True)
+  mu, wd = 0.5, 0.01
+  hp = server.HParams.create(lr=0.05, mu=mu, stragglers_fraction=0.2, drop_stragglers=True,
+                             clients_per_round=K, weight_decay=wd)
+  key = jax.random.key(3)
+  _, m = server.make_round_fn(model.apply, spec)(params, hetero_data, hp, key)
+  plan = jax.jit(server.plan_round, static_argnums=3)(key, hetero_data, hp, spec)
+  x = np.asarray(hetero_data.x, np.float64).reshape(len(hetero_data.y), -1)
+  y = np.asarray(hetero_data.y)
+  w_t = {k: np.asarray(v, np.float64) for k, v in params["params"]["Dense_0"].items()}
+
+  def grad_h_norm(w, o, n):
+    gk, gb = _softmax_regression_gradient(w["kernel"], w["bias"], x[o:o + n], y[o:o + n])
+    gk += wd * w["kernel"] + mu * (w["kernel"] - w_t["kernel"])
+    gb += wd * w["bias"] + mu * (w["bias"] - w_t["bias"])
+    return np.sqrt(np.sum(gk ** 2) + np.sum(gb ** 2))
+
+  client_update = jax.jit(reference.client_update, static_argnums=0,
+                          static_argnames=("batch_size", "max_size", "max_epochs"))
+  expected = []
+  for i in range(K):
+    o, n, e = int(plan.offsets[i]), int(plan.sizes[i]), int(plan.epochs[i])
+    if e == 0:
+      expected.append(np.nan)
+      continue
+    w_k, _ = client_update(model.apply, params, hetero_data, o, n, e, plan.keys[i], hp.local,
+                           batch_size=spec.batch_size, max_size=spec.max_client_size,
+                           max_epochs=spec.local_epochs)
+    w_k = {k: np.asarray(v, np.float64) for k, v in w_k["params"]["Dense_0"].items()}
+    expected.append(grad_h_norm(w_k, o, n) / grad_h_norm(w_t, o, n))
+  expected = np.array(expected)
+  assert np.isnan(expected).sum() == 1  # the dropped straggler ran no step
+  assert np.nanmin(expected) > 0.01 and np.nanmax(expected) < 1  # training reduced grad h
+  np.testing.assert_allclose(np.asarray(m.inexactness), expected, rtol=2e-3)

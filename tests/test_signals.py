@@ -53,10 +53,11 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_a_runs_rows_have_the_schema_columns(uninterrupted):
-  # A run's rows carry every column of the schema but the sweeps' own two (wall_time is
-  # dropped by read_rows).
+  # A run's rows carry every column of the schema but the sweeps' own three and the optional
+  # inexactness (wall_time is dropped by read_rows).
   assert len(uninterrupted) == 12 and all(
-      set(r) == set(schema.ROW_FIELDS) - {"global_train_loss", "dissimilarity", "wall_time"}
+      set(r) == set(schema.ROW_FIELDS) - {"global_train_loss", "dissimilarity", "b_dissimilarity",
+                                          "gamma_mean", "gamma_max", "wall_time"}
       for r in uninterrupted)
 
 

@@ -24,7 +24,7 @@ from helpers import tiny_sweep_config as _tiny_config
 
 
 def test_vmapped_sweep_equals_experiments_one_by_one():
-  c = _tiny_config()
+  c = _tiny_config(inexactness=True)
   setup = experiment.prepare(c, _tiny_mnist(), lanes_over_devices=False)
   specs = sweep.experiment_grid(c)
   assert len(specs) == 8  # 2 algorithms x 2 straggler levels x 2 seeds
@@ -36,8 +36,11 @@ def test_vmapped_sweep_equals_experiments_one_by_one():
   for s in specs[::2]:  # one seed of each (algorithm, stragglers): 4 programs of one
     alone = sweep.run_program(setup, [s], schedule)[0][s.name]
     assert_same_rows(together[s.name], alone, ("test_accuracy", "test_loss", "global_train_loss",
-                                               "local_train_loss", "dissimilarity"),
+                                               "local_train_loss", "dissimilarity",
+                                               "b_dissimilarity"),
                      rtol=2e-4, atol=2e-5, rounds=[2, 3])
+    # A ratio of gradient norms near a solution: float32 noise of the parameters shows more.
+    assert_same_rows(together[s.name], alone, ("gamma_mean", "gamma_max"), rtol=2e-3)
   # FedProx (mu > 0) and FedAvg really differ, so the comparison above could fail.
   names = [s.name for s in specs]
   assert together[names[0]][-1]["global_train_loss"] != together[names[2]][-1]["global_train_loss"]

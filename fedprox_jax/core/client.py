@@ -177,3 +177,35 @@ def local_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, data: Federa
   """
   x, y, valid = minibatch(data, offset, size, perms, step, batch_size)
   return sgd_step(apply_fn, tx, params, opt_state, x, y, valid, active)
+
+
+def full_gradient(apply_fn: ApplyFn, params, data: FederatedData, offset, size, chunk: int = 100):
+  """Gradient of the mean cross-entropy over a client's ``size`` examples from ``offset``,
+  ``chunk`` at a time (memory: one chunk's activations, whatever the client's size)."""
+
+  def add_chunk(i, grad_sum):
+    pos = i * chunk + jnp.arange(chunk)
+    valid = pos < size
+    idx = offset + jnp.minimum(pos, size - 1)
+
+    def loss_sum(p):
+      ce = optax.softmax_cross_entropy_with_integer_labels(apply_fn(p, data.x[idx]), data.y[idx])
+      return jnp.sum(jnp.where(valid, ce, 0.0))
+
+    return jax.tree_util.tree_map(jnp.add, grad_sum, jax.grad(loss_sum)(params))
+
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+  total = jax.lax.fori_loop(0, cdiv(size, chunk), add_chunk, zeros)
+  return jax.tree_util.tree_map(lambda g: g / size, total)
+
+
+def local_objective_grad_norm(apply_fn: ApplyFn, params, anchor, data: FederatedData, offset,
+                              size, hp: LocalHParams, chunk: int = 100):
+  """||grad h(params; anchor)|| for the objective the local solver descends,
+  h(w; w_t) = F_k(w) + wd/2 ||w||^2 + mu/2 ||w - w_t||^2 (F_k: the client's mean loss over all
+  its examples; wd = 0 is the paper's h_k). The paper's gamma-inexactness (Definition 1) of a
+  local solution w* is ||grad h(w*; w_t)|| / ||grad h(w_t; w_t)||."""
+  g = full_gradient(apply_fn, params, data, offset, size, chunk)
+  total = jax.tree_util.tree_map(lambda g, w, a: g + hp.weight_decay * w + hp.mu * (w - a),
+                                 g, params, anchor)
+  return jnp.sqrt(sum(jnp.sum(leaf ** 2) for leaf in jax.tree_util.tree_leaves(total)))

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from fedprox_jax.core.client import (ApplyFn, FederatedData, LocalHParams, epoch_permutations,
-                                local_optimizer, num_local_steps)
+                                local_objective_grad_norm, local_optimizer, num_local_steps)
 from fedprox_jax.core.client import local_step as local_step_fn
 
 
@@ -68,8 +68,15 @@ def pack_lanes(steps: jax.Array, num_lanes: int):
 
 def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: ClientPlan,
               hp: LocalHParams, *, batch_size: int, max_size: int, max_epochs: int,
-              num_lanes: int, lane_sharding=None, client_optimizer=local_optimizer):
-  """Runs all clients of ``plan`` -> (sum_k weights_k * params_k, per-client mean loss, LaneStats).
+              num_lanes: int, lane_sharding=None, client_optimizer=local_optimizer,
+              inexactness: bool = False):
+  """Runs all clients of ``plan`` -> (sum_k weights_k * params_k, per-client mean loss, LaneStats,
+  per-client gamma-inexactness or None).
+
+  ``inexactness``: also the paper's gamma of each client's solution
+  (``client.local_objective_grad_norm`` at its final parameters over the same at the global
+  model; NaN for a client that ran no step): a pass over the client's data when it finishes
+  and one at the global model, about one more local epoch per client.
 
   ``lane_sharding`` (a ``jax.sharding.Sharding`` of a lane-axis vector, e.g.
   ``NamedSharding(mesh, P("devices"))``) spreads the lanes over devices: each device runs its
@@ -111,14 +118,19 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
       finished = active & (local_step + 1 == steps[c])
       return params, finished, c, jnp.where(active, loss, 0.0)
 
-    def finish_clients(params, aggregate, finished, c):
-      """Adds finished clients' weighted params to the aggregate; their lanes restart from global."""
+    def finish_clients(params, aggregate, grad_norms, finished, c):
+      """Adds finished clients' weighted params to the aggregate (and, with ``inexactness``,
+      notes ||grad h|| at their solutions); their lanes restart from global."""
       contribution = jnp.where(finished, plan.weights[c], 0.0)
       aggregate = jax.tree_util.tree_map(
           lambda acc, p: acc + jnp.tensordot(contribution, p, axes=1), aggregate, params)
+      if inexactness:
+        norms = jax.vmap(lambda p, k: local_objective_grad_norm(
+            apply_fn, p, global_params, data, plan.offsets[k], plan.sizes[k], hp))(params, c)
+        grad_norms = grad_norms.at[c].add(jnp.where(finished, norms, 0.0))
       fresh = jax.tree_util.tree_map(lambda g, p: jnp.broadcast_to(g, p.shape), global_params,
                                      params)
-      return select_lanes(finished, fresh, params), aggregate
+      return select_lanes(finished, fresh, params), aggregate, grad_norms
 
     if lanes == 1:
       # vmap over a single lane would turn every matmul into a batched dot of batch 1, which
@@ -130,31 +142,34 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
       vmapped_lane_step = jax.vmap(lane_step)
 
     def body(carry):
-      s, params, pos, local_step, aggregate, loss_sum = carry
+      s, params, pos, local_step, aggregate, loss_sum, grad_norms = carry
       params, finished, c, loss = vmapped_lane_step(params, pos, local_step, queue)
       # A real branch (its predicate is not per lane): the rare client boundary costs nothing
       # on the other steps.
-      params, aggregate = jax.lax.cond(jnp.any(finished), finish_clients,
-                                       lambda p, a, f, c: (p, a), params, aggregate, finished, c)
+      params, aggregate, grad_norms = jax.lax.cond(
+          jnp.any(finished), finish_clients, lambda p, a, g, f, c: (p, a, g), params, aggregate,
+          grad_norms, finished, c)
       loss_sum = loss_sum.at[c].add(loss)
       pos = pos + finished
       local_step = jnp.where(finished, 0, local_step + 1)
-      return s + 1, params, pos, local_step, aggregate, loss_sum
+      return s + 1, params, pos, local_step, aggregate, loss_sum, grad_norms
 
     zeros_lanes = jnp.zeros(lanes, jnp.int32)
     init = (jnp.zeros((), jnp.int32),
             jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (lanes,) + a.shape),
                                    global_params),
             zeros_lanes, zeros_lanes, jax.tree_util.tree_map(jnp.zeros_like, global_params),
-            jnp.zeros(num_clients, jnp.float32))
+            jnp.zeros(num_clients, jnp.float32),
+            # ||grad h|| at each client's solution (``inexactness``; else an empty carry)
+            jnp.zeros(num_clients if inexactness else 0, jnp.float32))
     loop_steps = jnp.max(load)
     carry = jax.lax.while_loop(lambda carry: carry[0] < loop_steps, body, init)
-    return carry[4], carry[5]
+    return carry[4], carry[5], carry[6]
 
   shared = (global_params, data, plan, perms, steps, hp)
   if lane_sharding is None:
     groups = 1
-    aggregate, loss_sum = run_group(queue, load, shared)
+    aggregate, loss_sum, grad_norms = run_group(queue, load, shared)
   else:
     # Each device runs its own lanes with its own trip count; one all-reduce at the end.
     mesh, axis = lane_sharding.mesh, lane_sharding.spec[0]
@@ -164,12 +179,18 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
     def on_device(queue, load, shared):
       return jax.lax.psum(run_group(queue, load, shared), axis)
 
-    aggregate, loss_sum = jax.shard_map(
+    aggregate, loss_sum, grad_norms = jax.shard_map(
         on_device, mesh=mesh, in_specs=(by_lane, by_lane, replicated),
-        out_specs=(replicated, replicated), check_vma=False)(queue, load, shared)
+        out_specs=(replicated, replicated, replicated), check_vma=False)(queue, load, shared)
   client_loss = loss_sum / jnp.maximum(steps, 1)
+  gamma = None
+  if inexactness:
+    at_global = jax.lax.map(lambda k: local_objective_grad_norm(
+        apply_fn, global_params, global_params, data, plan.offsets[k], plan.sizes[k], hp),
+        jnp.arange(num_clients))
+    gamma = jnp.where(steps > 0, grad_norms / at_global, jnp.nan)
   group_trips = jnp.max(load.reshape(groups, -1), axis=1)
   stats = LaneStats(useful_steps=jnp.sum(steps),
                     executed_steps=jnp.sum(group_trips) * (num_lanes // groups),
                     critical_path=jnp.max(steps), loop_steps=jnp.max(group_trips))
-  return aggregate, client_loss, stats
+  return aggregate, client_loss, stats, gamma

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedprox_jax.core.client import ApplyFn, FederatedData, cdiv
+from fedprox_jax.core.client import ApplyFn, FederatedData, cdiv, full_gradient
 
 
 def evaluate(apply_fn: ApplyFn, params, x, y, batch_size: int):
@@ -45,22 +45,7 @@ def evaluate(apply_fn: ApplyFn, params, x, y, batch_size: int):
 
 def client_gradient(apply_fn: ApplyFn, params, data: FederatedData, client, chunk: int):
   """Gradient of client ``client``'s mean loss over all its examples, ``chunk`` at a time."""
-  offset, size = data.offsets[client], data.sizes[client]
-
-  def add_chunk(i, grad_sum):
-    pos = i * chunk + jnp.arange(chunk)
-    valid = pos < size
-    idx = offset + jnp.minimum(pos, size - 1)
-
-    def loss_sum(p):
-      ce = optax.softmax_cross_entropy_with_integer_labels(apply_fn(p, data.x[idx]), data.y[idx])
-      return jnp.sum(jnp.where(valid, ce, 0.0))
-
-    return jax.tree_util.tree_map(jnp.add, grad_sum, jax.grad(loss_sum)(params))
-
-  zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-  total = jax.lax.fori_loop(0, cdiv(size, chunk), add_chunk, zeros)
-  return jax.tree_util.tree_map(lambda g: g / size, total)
+  return full_gradient(apply_fn, params, data, data.offsets[client], data.sizes[client], chunk)
 
 
 def dissimilarities(apply_fn: ApplyFn, params, data: FederatedData, chunk: int = 100) -> dict:

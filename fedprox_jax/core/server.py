@@ -43,6 +43,8 @@ class RoundSpec:
   mesh: jax.sharding.Mesh | None = None
   # The local solver: traced LocalHParams -> optax chain (``algorithms.Algorithm``).
   client_optimizer: Callable = local_optimizer
+  # Also each client's gamma-inexactness (RoundMetrics.inexactness): ~ one more local epoch.
+  inexactness: bool = False
 
   @property
   def lane_sharding(self):
@@ -101,6 +103,8 @@ class RoundMetrics(NamedTuple):
   train_loss: jax.Array      # n_k-weighted mean of the trained clients' mean minibatch loss
   lanes: LaneStats
   finite: jax.Array          # bool: the new global model and the train loss are finite
+  # [K] each client's gamma (lanes.run_lanes; NaN: ran no step); None unless spec.inexactness
+  inexactness: jax.Array | None = None
 
 
 def sample_clients(key, sizes, k: int, sampling: str):
@@ -163,7 +167,8 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]))
 
 
-def finish_round(global_params, aggregate, plan: ClientPlan, client_loss, stats: LaneStats):
+def finish_round(global_params, aggregate, plan: ClientPlan, client_loss, stats: LaneStats,
+                 inexactness=None):
   all_dropped = jnp.sum(plan.weights) == 0
   new_params = jax.tree_util.tree_map(
       lambda g, a: jnp.where(all_dropped, g, a), global_params, aggregate)
@@ -173,7 +178,8 @@ def finish_round(global_params, aggregate, plan: ClientPlan, client_loss, stats:
   metrics = RoundMetrics(client_ids=plan.ids, num_stragglers=jnp.sum(plan.is_straggler),
                          num_aggregated=jnp.sum(plan.weights > 0), all_dropped=all_dropped,
                          train_loss=train_loss, lanes=stats,
-                         finite=jnp.isfinite(train_loss) & all_finite(new_params))
+                         finite=jnp.isfinite(train_loss) & all_finite(new_params),
+                         inexactness=inexactness)
   return new_params, metrics
 
 
@@ -181,11 +187,12 @@ def run_round(apply_fn: ApplyFn, spec: RoundSpec, global_params, data: Federated
               hp: HParams, round_key):
   """One FedProx round, vectorized: plan, packed vmapped client updates, aggregation."""
   plan = plan_round(round_key, data, hp, spec)
-  aggregate, client_loss, stats = run_lanes(
+  aggregate, client_loss, stats, gamma = run_lanes(
       apply_fn, global_params, data, plan, hp.local, batch_size=spec.batch_size,
       max_size=spec.max_client_size, max_epochs=spec.local_epochs, num_lanes=spec.num_lanes,
-      lane_sharding=spec.lane_sharding, client_optimizer=spec.client_optimizer)
-  return finish_round(global_params, aggregate, plan, client_loss, stats)
+      lane_sharding=spec.lane_sharding, client_optimizer=spec.client_optimizer,
+      inexactness=spec.inexactness)
+  return finish_round(global_params, aggregate, plan, client_loss, stats, gamma)
 
 
 class RoundFn:

@@ -19,10 +19,12 @@ from fedprox_jax.report import statistics
 FIELDS = ("experiment", "federation", "partition", "algorithm", "stragglers", "seed", "mu",
           "round",
           "test_accuracy",
-          "test_loss", "global_train_loss", "local_train_loss", "dissimilarity", "b_dissimilarity", "num_stragglers",
+          "test_loss", "global_train_loss", "local_train_loss", "dissimilarity", "b_dissimilarity", "gamma_mean", "gamma_max",
+          "num_stragglers",
           "diverged_at_round", "wall_time")
 FLOAT_FIELDS = ("stragglers", "mu", "test_accuracy", "test_loss", "global_train_loss",
-                "local_train_loss", "dissimilarity", "b_dissimilarity", "wall_time")
+                "local_train_loss", "dissimilarity", "b_dissimilarity", "gamma_mean",
+                "gamma_max", "wall_time")
 LABELS = {"fedavg": "FedAvg", "fedprox_mu0": "FedProx (mu=0)", "fedprox": "FedProx (mu>0)",
           "fedprox_adaptive": "FedProx (adaptive mu)"}
 COLORS = {"fedavg": "tab:green", "fedprox_mu0": "tab:blue", "fedprox": "tab:red",

@@ -107,6 +107,7 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   require(0 <= c.stragglers_fraction <= 1, "stragglers_fraction", c.stragglers_fraction,
            "must be between 0 and 1")
   require(c.lognormal_sigma > 0, "lognormal_sigma", c.lognormal_sigma, "must be > 0")
+  require(isinstance(c.inexactness, bool), "inexactness", c.inexactness, "must be True or False")
   for field, what in (("num_lanes", "backend default"), ("eval_batch_size", "backend default"),
                       ("num_devices", "all devices"), ("train_subset", "all")):
     require(_is_int(c[field]) and c[field] >= 0, field, c[field],

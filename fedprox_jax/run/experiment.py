@@ -164,7 +164,8 @@ def round_spec(c: ml_collections.ConfigDict, max_client_size: int,
   return server.RoundSpec(
       clients_per_round=c.clients_per_round, local_epochs=c.local_epochs,
       batch_size=batch_size, max_client_size=max_client_size, num_lanes=lanes,
-      sampling=c.sampling, straggler_rule=c.straggler_rule, weighting=c.weighting, mesh=mesh)
+      sampling=c.sampling, straggler_rule=c.straggler_rule, weighting=c.weighting, mesh=mesh,
+      inexactness=c.inexactness)
 
 
 def _check_plan_size(c, max_client_size: int) -> None:
@@ -249,6 +250,11 @@ def metrics_row(t: int, m: server.RoundMetrics, evaluation: dict, wall_time: flo
   """The row of round ``t`` from its (host) round metrics and evaluation results."""
   executed = int(m.lanes.executed_steps)
   evaluation = {k: float(v) for k, v in evaluation.items()}
+  if m.inexactness is not None:  # over the clients that trained (the others' gamma is NaN)
+    gamma = np.asarray(m.inexactness, np.float64)
+    gamma = gamma[~np.isnan(gamma)]
+    evaluation.update(gamma_mean=float(gamma.mean()) if len(gamma) else None,
+                      gamma_max=float(gamma.max()) if len(gamma) else None)
   if not math.isfinite(evaluation.get("b_dissimilarity", 0.0)):  # grad f = 0: B undefined
     evaluation["b_dissimilarity"] = None
   return {"round": t, **evaluation,
