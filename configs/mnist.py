@@ -8,6 +8,8 @@ Sweeps (the paper's Figure 1 grid: FedAvg, FedProx mu=0, FedProx mu>0 x straggle
 0.9 x seeds, run as vmapped programs):
   figure1        the seed protocol with the CNN
   figure1_paper  the authors' protocol with logistic regression (20 local epochs)
+  mu_grid        the paper's appendix: FedProx with mu 0, 0.001, 0.01, 0.1, 1 x stragglers 0, 0.9
+                 (fedprox_mu<value> in sweep.algorithms: FedProx with that mu)
 Every field can be overridden: --config.mu=0.5 --config.num_rounds=200 --config.model=mlr
 --config.sweep.seeds=3 --config.sweep.stragglers=0,0.9
 Partitions are an axis too: --config.sweep.partitions=5 (5 draws x every seed) or
@@ -23,7 +25,10 @@ VARIANTS = {
     "fedprox_mu0": dict(mu=0.0, stragglers_fraction=0.9, drop_stragglers=False),
     "figure1": dict(mode="sweep", protocol="seed", model="cnn", eval_every=5),
     "figure1_paper": dict(mode="sweep", protocol="paper", model="mlr"),
+    # The paper's appendix grid of mu (its code's MNIST setting), with and without stragglers.
+    "mu_grid": dict(mode="sweep", protocol="paper", model="mlr"),
 }
+MU_GRID = "fedprox_mu0,fedprox_mu0.001,fedprox_mu0.01,fedprox_mu0.1,fedprox_mu1"
 
 
 def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
@@ -104,4 +109,6 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.sweep.adaptive_mu_init = config_dict.placeholder(float)  # fedprox_adaptive's first mu (None: the paper's, 1 on Synthetic-IID, else 0)
   c.sweep.federations = ""           # data=synthetic: comma-separated iid | ALPHA_BETA, e.g. iid,0_0,1_1 ('' = c.synthetic's)
   c.update(VARIANTS[variant])
+  if variant == "mu_grid":
+    c.sweep.algorithms, c.sweep.stragglers = MU_GRID, "0,0.9"
   return c

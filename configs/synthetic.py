@@ -13,6 +13,8 @@ Sweeps (one vmapped program per federation):
   heterogeneity  the paper's Figure 2 grid: Synthetic-IID, (0,0), (0.5,0.5), (1,1) x FedAvg,
                  FedProx mu=0, FedProx mu=1 x stragglers 0, 0.5, 0.9 x 5 seeds
   adaptive_mu    adaptive mu vs fixed mu = 0 and mu = 1 on the four federations, no stragglers
+  mu_grid        the paper's appendix: FedProx with mu 0, 0.001, 0.01, 0.1, 1 on the four
+                 federations x stragglers 0, 0.9
 Every field can be overridden, e.g. --config.synthetic.alpha=0.5 --config.sweep.seeds=2.
 """
 
@@ -27,6 +29,7 @@ VARIANTS = {
     "adaptive": dict(mu=0.0, stragglers_fraction=0.0, drop_stragglers=False, adaptive_mu=True),
     "heterogeneity": dict(mode="sweep"),
     "adaptive_mu": dict(mode="sweep"),
+    "mu_grid": dict(mode="sweep"),
 }
 
 
@@ -50,9 +53,12 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.sweep.mu = 1.0
   c.sweep.stragglers = "0,0.5,0.9"
   c.sweep.algorithms = "fedavg,fedprox_mu0,fedprox"
-  c.sweep.federations = FOUR_FEDERATIONS if variant in ("heterogeneity", "adaptive_mu") else ""
+  c.sweep.federations = (FOUR_FEDERATIONS if variant in ("heterogeneity", "adaptive_mu", "mu_grid")
+                         else "")
   if variant == "adaptive_mu":
     c.sweep.algorithms = "fedprox_mu0,fedprox,fedprox_adaptive"
     c.sweep.stragglers = "0"
+  if variant == "mu_grid":
+    c.sweep.algorithms, c.sweep.stragglers = mnist.MU_GRID, "0,0.9"
   c.update(VARIANTS[variant])
   return c

@@ -64,15 +64,28 @@ def test_registry_rules():
     algorithms.register(algorithms.FEDAVG)
   with pytest.raises(ValueError, match="mu_rule"):
     algorithms.Algorithm("x", "", drop_stragglers=False, mu_rule="sometimes")
+  # fedprox_mu<value>: FedProx with that fixed mu (the appendix's mu grids), one name per mu.
+  a = algorithms.get("fedprox_mu0.01")
+  assert (a.mu, a.mu_rule, a.drop_stragglers) == (0.01, "fixed", False)
+  assert algorithms.get("fedprox_mu1e-05").mu == 1e-5
+  for bad, match in (("fedprox_mu0.010", "write it fedprox_mu0.01"),
+                     ("fedprox_mux", "'x' after fedprox_mu is not a number"),
+                     ("fedprox_mu-1", "must be a finite number"),
+                     ("fedprox_muinf", "must be a finite number"),
+                     ("fedprox_mu1e-50", "must be a finite number")):
+    with pytest.raises(ValueError, match=match):
+      algorithms.get(bad)
 
 
 def test_the_sweep_grid_takes_each_algorithms_values():
   c = tiny_sweep_config()
   c.sweep.algorithms, c.sweep.stragglers, c.sweep.seeds, c.sweep.mu = (
-      "fedavg,fedprox_mu0,fedprox,fedprox_adaptive", "0.5", 1, 0.25)
+      "fedavg,fedprox_mu0,fedprox,fedprox_adaptive,fedprox_mu0.001", "0.5", 1, 0.25)
   grid = {p.algorithm: p for p in sweep.experiment_grid(c)}
   assert [(p.mu, p.drop_stragglers, p.adaptive) for p in grid.values()] == [
-      (0.0, True, False), (0.0, False, False), (0.25, False, False), (0.0, False, True)]
+      (0.0, True, False), (0.0, False, False), (0.25, False, False), (0.0, False, True),
+      (0.001, False, False)]
+  assert grid["fedprox_mu0.001"].name == "fedprox_mu0.001_s0.5_seed0"
   c.sweep.algorithms = "fedavg,scaffold"
   with pytest.raises(ConfigError, match="config.sweep.algorithms: 'scaffold' is not one of"):
     sweep.experiment_grid(c)

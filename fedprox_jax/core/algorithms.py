@@ -16,13 +16,16 @@ and its test against ``reference.py``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
+import numpy as np
 import optax
 
 from fedprox_jax.core.client import LocalHParams, local_optimizer
 
-MU_RULES = ("zero", "config", "adaptive")
+MU_RULES = ("zero", "config", "fixed", "adaptive")
+FIXED_MU_PREFIX = "fedprox_mu"  # fedprox_mu0.01: FedProx with mu = 0.01 (a grid's column)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +38,8 @@ class Algorithm:
     drop_stragglers: the server discards stragglers' partial work (FedAvg) instead of
       aggregating it (FedProx).
     mu_rule: 'zero' (no proximal term), 'config' (the config's mu: ``sweep.mu`` in a sweep),
-      or 'adaptive' (the paper's heuristic, from ``sweep.adaptive_mu_init`` or its default).
+      'fixed' (its own ``mu``: the fedprox_mu<value> names), or 'adaptive' (the paper's
+      heuristic, from ``sweep.adaptive_mu_init`` or its default).
     client_optimizer: traced ``LocalHParams`` -> the local solver's optax chain. It must keep
       no state across steps other than what ``init`` derives from the global model: the lanes
       share one optimizer state (``core/lanes.py``).
@@ -45,6 +49,7 @@ class Algorithm:
   drop_stragglers: bool
   mu_rule: str
   client_optimizer: Callable[[LocalHParams], optax.GradientTransformation] = local_optimizer
+  mu: float = 0.0  # mu_rule 'fixed': the proximal weight
 
   def __post_init__(self):
     if self.mu_rule not in MU_RULES:
@@ -63,10 +68,33 @@ def register(algorithm: Algorithm) -> Algorithm:
 
 
 def get(name: str) -> Algorithm:
-  """The registered algorithm ``name``; a ValueError naming the registered ones otherwise."""
-  if name not in REGISTRY:
-    raise ValueError(f"{name!r} is not one of {', '.join(REGISTRY)}")
-  return REGISTRY[name]
+  """The registered algorithm ``name``, or FedProx with a fixed mu for ``fedprox_mu<value>``
+  (value > 0, written as Python's ``f"{value:g}"`` writes it: 0.01, 1, 1e-05); a ValueError
+  naming the registered ones otherwise."""
+  if name in REGISTRY:
+    return REGISTRY[name]
+  if name.startswith(FIXED_MU_PREFIX):
+    return fixed_mu(name)
+  raise ValueError(f"{name!r} is not one of {', '.join(REGISTRY)} (or {FIXED_MU_PREFIX}<mu>, "
+                   f"e.g. {FIXED_MU_PREFIX}0.01: FedProx with that mu)")
+
+
+def fixed_mu(name: str) -> Algorithm:
+  """``fedprox_mu<value>``: FedProx (partial work kept) with proximal weight ``value``."""
+  text = name[len(FIXED_MU_PREFIX):]
+  try:
+    mu = float(text)
+  except ValueError:
+    raise ValueError(f"{name!r}: {text!r} after {FIXED_MU_PREFIX} is not a number (write e.g. "
+                     f"{FIXED_MU_PREFIX}0.01)") from None
+  tiny = float(np.finfo(np.float32).tiny)
+  if not (math.isfinite(mu) and tiny <= mu <= 3.4e38):
+    raise ValueError(f"{name!r}: mu must be a finite number from {tiny:.3g} to 3.4e38 (mu = 0 "
+                     "is fedprox_mu0)")
+  if text != f"{mu:g}":
+    raise ValueError(f"{name!r}: write it {FIXED_MU_PREFIX}{mu:g} (one name per mu)")
+  return Algorithm(name, f"FedProx with mu = {mu:g}: partial work kept",
+                   drop_stragglers=False, mu_rule="fixed", mu=mu)
 
 
 FEDAVG = register(Algorithm("fedavg", "FedAvg: stragglers dropped, no proximal term",

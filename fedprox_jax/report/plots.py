@@ -13,6 +13,7 @@ from collections import defaultdict
 import numpy as np
 
 from fedprox_jax import outputs
+from fedprox_jax.core.algorithms import FIXED_MU_PREFIX  # fedprox_mu<value>: FedProx with that mu
 from fedprox_jax.errors import UserError
 from fedprox_jax.report import statistics
 
@@ -29,6 +30,25 @@ LABELS = {"fedavg": "FedAvg", "fedprox_mu0": "FedProx (mu=0)", "fedprox": "FedPr
           "fedprox_adaptive": "FedProx (adaptive mu)"}
 COLORS = {"fedavg": "tab:green", "fedprox_mu0": "tab:blue", "fedprox": "tab:red",
           "fedprox_adaptive": "tab:purple"}
+MORE_COLORS = ("tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+
+
+def label(algorithm: str) -> str:
+  if algorithm in LABELS:
+    return LABELS[algorithm]
+  if algorithm.startswith(FIXED_MU_PREFIX):
+    return f"FedProx (mu={algorithm[len(FIXED_MU_PREFIX):]})"
+  return algorithm
+
+
+def algorithm_order(algorithm: str) -> tuple:
+  """The named algorithms in LABELS' order, then the fixed-mu ones by mu, then the rest."""
+  if algorithm in LABELS:
+    return (0, list(LABELS).index(algorithm), "")
+  try:
+    return (1, float(algorithm[len(FIXED_MU_PREFIX):]), "")
+  except ValueError:
+    return (2, 0.0, algorithm)
 # Dashed: without stragglers FedAvg and FedProx (mu=0) are the same run, and their lines coincide.
 STYLES = {"fedprox_mu0": "--"}
 THRESHOLDS = (0.8, 0.9)
@@ -120,8 +140,7 @@ def summary_table(rows) -> list:
   global training loss; the mean rounds to 80/90 % over the runs that reach it; and how many
   runs diverged."""
   curves, diverged = run_curves(rows), _diverged_runs(rows)
-  order = lambda key: (_federation_order(key[0]), key[2],
-                       list(LABELS).index(key[1]) if key[1] in LABELS else 9)
+  order = lambda key: (_federation_order(key[0]), key[2], algorithm_order(key[1]))
   table = []
   for key in sorted(set(curves) | set(diverged), key=order):
     federation, algorithm, stragglers = key
@@ -151,7 +170,7 @@ def format_markdown(table) -> str:
   runs = set()
   for e in table:
     start = (f"| {e['federation']} " if with_federation else "") + (
-        f"| {e['stragglers']:g} | {LABELS.get(e['algorithm'], e['algorithm'])} | ")
+        f"| {e['stragglers']:g} | {label(e['algorithm'])} | ")
     diverged = f" ({e['runs_diverged']} diverged)" if e["runs_diverged"] else ""
     if not e["runs"]:
       lines.append(start + f"0{diverged} | diverged | | | | | | | |")
@@ -190,8 +209,12 @@ def _draw_panels(curves, columns, path: str, title: str, metrics: list) -> None:
   per algorithm (mean over its runs: partitions x seeds), the runs' min-max band shaded."""
   fig = outputs.new_figure(figsize=(4.2 * len(columns), 3.2 * len(metrics)))
   axes = fig.subplots(len(metrics), len(columns), squeeze=False, sharex=True)
-  for col, (label, federation, level) in enumerate(columns):
-    for algorithm in LABELS:
+  algorithms = sorted({a for _, a, _ in curves}, key=algorithm_order)
+  colors = dict(COLORS)
+  for extra, color in zip([a for a in algorithms if a not in COLORS], MORE_COLORS * 9):
+    colors[extra] = color
+  for col, (title_of_column, federation, level) in enumerate(columns):
+    for algorithm in algorithms:
       runs = curves.get((federation, algorithm, level))
       if not runs:
         continue
@@ -199,10 +222,10 @@ def _draw_panels(curves, columns, path: str, title: str, metrics: list) -> None:
       for row, metric in enumerate(metrics):
         values = np.stack([m[metric] for _, m in runs.values()])
         ax = axes[row, col]
-        ax.plot(rounds, values.mean(0), color=COLORS[algorithm], label=LABELS[algorithm],
+        ax.plot(rounds, values.mean(0), color=colors[algorithm], label=label(algorithm),
                 linestyle=STYLES.get(algorithm, "-"))
-        ax.fill_between(rounds, values.min(0), values.max(0), color=COLORS[algorithm], alpha=0.2)
-    axes[0, col].set_title(label)
+        ax.fill_between(rounds, values.min(0), values.max(0), color=colors[algorithm], alpha=0.2)
+    axes[0, col].set_title(title_of_column)
     axes[-1, col].set_xlabel("round")
   for row, metric in enumerate(metrics):
     axes[row, 0].set_ylabel(METRIC_NAMES[metric])
