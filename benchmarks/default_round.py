@@ -71,8 +71,7 @@ def main(argv):
     # Useful work of the timed rounds (identical for every path: same plans).
     spec = spec_with(1)
     plans = [server.plan_round(key, exp.train, hp, spec) for key in keys[1:]]
-    useful_steps = np.mean([int(client.num_local_steps(p.sizes, p.epochs, c.batch_size).sum())
-                            for p in plans])
+    useful_steps = np.mean([int(p.steps.sum()) for p in plans])
     examples = np.mean([int(jnp.sum(p.sizes * p.epochs)) for p in plans])
     print(f"\nmodel={F.model} clients_per_round={k} stragglers={F.stragglers} "
           f"useful client-steps/round={useful_steps:.0f} examples/round={examples:.0f} "

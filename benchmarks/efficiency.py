@@ -14,7 +14,6 @@ from absl import app, flags
 import common
 from fedprox_jax.core import server
 from fedprox_jax.run import experiment
-from fedprox_jax.core.client import num_local_steps
 from fedprox_jax.core.lanes import pack_lanes
 
 flags.DEFINE_integer("rounds", 100, "rounds to plan")
@@ -43,7 +42,7 @@ def main(argv):
       @jax.jit
       def one(t, spec=spec, hp=hp):
         plan = server.plan_round(jax.random.fold_in(jax.random.key(c.seed), t), exp.train, hp, spec)
-        steps = num_local_steps(plan.sizes, plan.epochs, spec.batch_size)
+        steps = plan.steps
         _, load = pack_lanes(steps, spec.num_lanes)
         return jnp.sum(steps), jnp.max(load) * spec.num_lanes, jnp.max(steps), jnp.max(load)
 

@@ -8,6 +8,7 @@ Sweeps (the paper's Figure 1 grid: FedAvg, FedProx mu=0, FedProx mu>0 x straggle
 0.9 x seeds, run as vmapped programs):
   figure1        the seed protocol with the CNN
   figure1_paper  the authors' protocol with logistic regression (20 local epochs)
+  figure1_e1     figure1_paper with E = 1, stragglers by SGD steps (straggler_work=iterations)
   mu_grid        the paper's appendix: FedProx with mu 0, 0.001, 0.01, 0.1, 1 x stragglers 0, 0.9
                  (fedprox_mu<value> in sweep.algorithms: FedProx with that mu)
 Every field can be overridden: --config.mu=0.5 --config.num_rounds=200 --config.model=mlr
@@ -27,6 +28,9 @@ VARIANTS = {
     "figure1_paper": dict(mode="sweep", protocol="paper", model="mlr"),
     # The paper's appendix grid of mu (its code's MNIST setting), with and without stragglers.
     "mu_grid": dict(mode="sweep", protocol="paper", model="mlr"),
+    # The appendix's E = 1: stragglers run a number of SGD steps, not epochs (none below 1).
+    "figure1_e1": dict(mode="sweep", protocol="paper", model="mlr", local_epochs=1,
+                       straggler_work="iterations"),
 }
 MU_GRID = "fedprox_mu0,fedprox_mu0.001,fedprox_mu0.01,fedprox_mu0.1,fedprox_mu1"
 
@@ -83,6 +87,7 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.adaptive_mu = False      # the paper's heuristic from mu: +0.1 when the global training loss rises, -0.1 after 5 falls (costs an evaluation on all training data per round)
   # (the help of a field is the comment on its line)
   c.straggler_rule = config_dict.placeholder(str)  # bernoulli (seed) | exact (paper: a count)
+  c.straggler_work = "epochs"  # what a straggler runs: epochs (both sources: 1 .. E-1) | iterations (1 .. int(E n / B) + 1 SGD steps, the authors' commented-out solve_iters: stragglers at E = 1)
   c.sampling = config_dict.placeholder(str)  # uniform (both) | weighted | weighted_replacement
   c.weighting = config_dict.placeholder(str)  # batches (seed) | samples (paper) | uniform
   c.num_lanes = 0             # vmap lanes the clients are packed into (0 = backend default)

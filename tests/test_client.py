@@ -120,7 +120,8 @@ def test_k_active_steps_inside_a_longer_masked_loop_equal_exactly_k_steps():
   # Client 0: 1 epoch of 9 examples at B = 4 -> 3 steps; client 1: 3 epochs -> 30 steps.
   # Two lanes: the loop runs 30 steps and masks client 0's lane for 27 of them.
   plan = ClientPlan(ids=jnp.array([0, 1]), offsets=data.offsets, sizes=data.sizes,
-                    epochs=jnp.array([1, 3]), weights=jnp.array([1.0, 0.0]),
+                    epochs=jnp.array([1, 3]), steps=jnp.array([3, 30]),
+                    weights=jnp.array([1.0, 0.0]),
                     is_straggler=jnp.array([True, False]), keys=keys)
   aggregate, _, stats, _ = run_lanes(MLR.apply, w0, data, plan, hp, batch_size=4, max_size=40,
                                   max_epochs=3, num_lanes=2)

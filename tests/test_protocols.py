@@ -50,6 +50,8 @@ def test_every_protocol_field_can_be_set_on_its_own():
     ("client_val_fraction", 1.0, r"must be in \[0, 1\)"),
     ("mlr_init", "he", "use one of"),
     ("sampling", "stratified", "use one of"),
+    ("straggler_work", "seconds", "use one of"),
+    ("straggler_work", "iterations", "use it with straggler_rule='exact'"),  # seed: bernoulli
 ])
 def test_bad_protocol_fields_are_named(field, value, match):
   c = mnist_config.get_config("fedprox")

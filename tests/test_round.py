@@ -19,13 +19,14 @@ def _spec(num_lanes=2, **overrides):
   return server.RoundSpec(**{**fields, **overrides})
 
 
-@pytest.mark.parametrize("model_name,num_lanes,drop", [
-    ("mlr", 1, False), ("mlr", 2, False), ("mlr", K, True), ("cnn", 2, False), ("cnn", K, True),
+@pytest.mark.parametrize("model_name,num_lanes,drop,work", [
+    ("mlr", 1, False, "epochs"), ("mlr", 2, False, "iterations"), ("mlr", K, True, "epochs"),
+    ("cnn", 2, False, "epochs"), ("cnn", K, True, "epochs"),
 ])
-def test_vmapped_round_equals_looped_round(hetero_data, model_name, num_lanes, drop):
+def test_vmapped_round_equals_looped_round(hetero_data, model_name, num_lanes, drop, work):
   model = models.make_model(model_name)
   params = models.init_params(model, jax.random.key(0))
-  spec = _spec(num_lanes)
+  spec = _spec(num_lanes, straggler_work=work)
   hp = server.HParams.create(lr=0.05, mu=1.0, stragglers_fraction=0.5, drop_stragglers=drop,
                              clients_per_round=K)
   key = jax.random.key(3)
@@ -199,6 +200,29 @@ def test_straggler_epochs_are_one_to_e_minus_one(hetero_data, local_epochs, rule
     return
   allowed = set(range(1, local_epochs)) or {1}
   assert epochs_seen <= allowed and len(epochs_seen) == len(allowed)
+
+
+@pytest.mark.parametrize("local_epochs", [1, 3])
+def test_stragglers_by_iterations_run_one_to_int_en_over_b_plus_one_steps(hetero_data,
+                                                                         local_epochs):
+  """The authors' solve_iters draw, randint(1, int(E n / B) + 2), capped at the full work
+  E ceil(n / B); the others run their full work; at E = 1 stragglers do run less."""
+  spec = _spec(2, local_epochs=local_epochs, straggler_work="iterations")
+  hp = server.HParams.create(0.05, 1.0, 0.6, False, K)
+  b, sizes = spec.batch_size, np.asarray(hetero_data.sizes)
+  fewer = 0
+  for seed in range(30):
+    plan = server.plan_round(jax.random.key(seed), hetero_data, hp, spec)
+    straggler, steps = np.asarray(plan.is_straggler), np.asarray(plan.steps)
+    n = sizes[np.asarray(plan.ids)]
+    full = local_epochs * -(-n // b)
+    assert np.all(steps[~straggler] == full[~straggler])
+    assert np.all((steps[straggler] >= 1)
+                  & (steps[straggler] <= np.minimum(local_epochs * n // b + 1, full)[straggler]))
+    # The epochs begun cover the steps (the data orders they need are drawn).
+    assert np.all(np.asarray(plan.epochs) == -(-steps // -(-n // b)))
+    fewer += int(np.sum(steps[straggler] < full[straggler]))
+  assert fewer > 10
 
 
 def test_pack_lanes_places_every_working_client_once():

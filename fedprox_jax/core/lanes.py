@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from fedprox_jax.core.client import (ApplyFn, FederatedData, LocalHParams, epoch_permutations,
-                                local_objective_grad_norm, local_optimizer, num_local_steps)
+                                local_objective_grad_norm, local_optimizer)
 from fedprox_jax.core.client import local_step as local_step_fn
 
 
@@ -28,7 +28,9 @@ class ClientPlan(NamedTuple):
   ids: jax.Array           # client ids
   offsets: jax.Array       # data ranges
   sizes: jax.Array
-  epochs: jax.Array        # local epochs; 0 = does no work (a dropped straggler)
+  epochs: jax.Array        # local epochs begun (the data orders drawn); 0 = no work
+  steps: jax.Array         # local SGD steps: epochs * ceil(n / B), or fewer (a straggler by
+                           # iterations: server.STRAGGLER_WORK); 0 = a dropped straggler
   weights: jax.Array       # aggregation weights: sum to 1, or all 0 when nothing is kept
   is_straggler: jax.Array  # bool
   keys: jax.Array          # per-client PRNG keys (data order)
@@ -83,7 +85,7 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
   lanes (shard_map: its own loop and trip count, no per-step communication), and the
   aggregate is summed across devices once at the end.
   """
-  steps = num_local_steps(plan.sizes, plan.epochs, batch_size).astype(jnp.int32)
+  steps = plan.steps.astype(jnp.int32)
   queue, load = pack_lanes(steps, num_lanes)
   # A loop, not a vmap, over clients: each client's shuffle sorts only its own size bucket.
   perms = jax.lax.map(lambda a: epoch_permutations(a[0], a[1], max_size, max_epochs),

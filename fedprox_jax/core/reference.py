@@ -74,6 +74,9 @@ def looped_round(apply_fn: ApplyFn, spec: server.RoundSpec, global_params, data:
                                 plan.epochs[i], plan.keys[i], hp.local,
                                 batch_size=spec.batch_size, max_size=spec.max_client_size,
                                 max_epochs=spec.local_epochs,
+                                # by epochs the reference counts the steps itself
+                                num_steps=(plan.steps[i] if spec.straggler_work == "iterations"
+                                           else None),
                                 client_optimizer=spec.client_optimizer)
              for i in range(spec.clients_per_round)]
   aggregate = weighted_average([p for p, _ in results], plan.weights)

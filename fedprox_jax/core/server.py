@@ -13,7 +13,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedprox_jax.core.client import ApplyFn, FederatedData, LocalHParams, local_optimizer
+from fedprox_jax.core.client import ApplyFn, FederatedData, LocalHParams, cdiv, local_optimizer
 from fedprox_jax.core.lanes import ClientPlan, LaneStats, run_lanes
 
 # uniform w/o replacement (both sources' code) | ∝ n_k w/o replacement | ∝ n_k with
@@ -21,6 +21,10 @@ from fedprox_jax.core.lanes import ClientPlan, LaneStats, run_lanes
 SAMPLINGS = ("uniform", "weighted", "weighted_replacement")
 # the authors' exact count per round | the seed's Bernoulli schedule over (round, client)
 STRAGGLER_RULES = ("exact", "bernoulli")
+# What a straggler runs: 1 .. E-1 epochs, drawn uniformly (both sources) | a uniform number of
+# SGD steps from 1 to int(E n / B) + 1, at most its full work (the alternative left commented
+# out in the authors' code, `solve_iters`: the one that gives stragglers at E = 1)
+STRAGGLER_WORK = ("epochs", "iterations")
 # aggregate ∝ n_k (the paper's code) | ∝ ceil(n_k / B), the batches (the seed: Flower's clients
 # report len(trainloader)) | simple average
 WEIGHTINGS = ("samples", "batches", "uniform")
@@ -45,6 +49,7 @@ class RoundSpec:
   client_optimizer: Callable = local_optimizer
   # Also each client's gamma-inexactness (RoundMetrics.inexactness): ~ one more local epoch.
   inexactness: bool = False
+  straggler_work: str = "epochs"  # STRAGGLER_WORK
 
   @property
   def lane_sharding(self):
@@ -55,7 +60,8 @@ class RoundSpec:
   def __post_init__(self):
     for name, value, allowed in (("sampling", self.sampling, SAMPLINGS),
                                  ("straggler_rule", self.straggler_rule, STRAGGLER_RULES),
-                                 ("weighting", self.weighting, WEIGHTINGS)):
+                                 ("weighting", self.weighting, WEIGHTINGS),
+                                 ("straggler_work", self.straggler_work, STRAGGLER_WORK)):
       if value not in allowed:
         raise ValueError(f"{name}={value!r} is not one of {allowed}")
     if self.mesh is not None and self.num_lanes % self.mesh.size:
@@ -156,10 +162,20 @@ def plan_round(round_key, data: FederatedData, hp: HParams, spec: RoundSpec) -> 
   straggler_epochs = jax.random.randint(k_epochs, (spec.clients_per_round,), 1, max(e, 2))
   straggler_epochs = jnp.minimum(straggler_epochs, e)
   dropped = is_straggler & hp.drop_stragglers
-  epochs = jnp.where(dropped, 0, jnp.where(is_straggler, straggler_epochs, e)).astype(jnp.int32)
+  batches = cdiv(sizes, spec.batch_size)  # steps per epoch
+  if spec.straggler_work == "iterations":
+    # randint(1, int(E n / B) + 2) as the authors' solve_iters draw, capped at the full work.
+    drawn = jax.random.randint(k_epochs, (spec.clients_per_round,), 1,
+                               e * sizes // spec.batch_size + 2)
+    steps = jnp.where(dropped, 0, jnp.where(is_straggler, jnp.minimum(drawn, e * batches),
+                                            e * batches)).astype(jnp.int32)
+    epochs = cdiv(steps, batches).astype(jnp.int32)
+  else:
+    epochs = jnp.where(dropped, 0, jnp.where(is_straggler, straggler_epochs, e)).astype(jnp.int32)
+    steps = (epochs * batches).astype(jnp.int32)
   weights, _ = aggregation_weights(sizes, ~dropped, spec.weighting, spec.batch_size)
   keys = jax.vmap(lambda i: jax.random.fold_in(k_data, i))(ids)
-  return ClientPlan(ids=ids, offsets=data.offsets[ids], sizes=sizes, epochs=epochs,
+  return ClientPlan(ids=ids, offsets=data.offsets[ids], sizes=sizes, epochs=epochs, steps=steps,
                     weights=weights, is_straggler=is_straggler, keys=keys)
 
 
@@ -172,7 +188,7 @@ def finish_round(global_params, aggregate, plan: ClientPlan, client_loss, stats:
   all_dropped = jnp.sum(plan.weights) == 0
   new_params = jax.tree_util.tree_map(
       lambda g, a: jnp.where(all_dropped, g, a), global_params, aggregate)
-  trained = plan.epochs > 0
+  trained = plan.steps > 0
   loss_w = jnp.where(trained, plan.sizes, 0).astype(jnp.float32)
   train_loss = jnp.sum(loss_w * client_loss) / jnp.maximum(jnp.sum(loss_w), 1.0)
   metrics = RoundMetrics(client_ids=plan.ids, num_stragglers=jnp.sum(plan.is_straggler),

@@ -114,6 +114,11 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
              f"must be an integer >= 0 (0 = {what})")
   require(c.straggler_rule in server.STRAGGLER_RULES, "straggler_rule", c.straggler_rule,
            f"use one of {server.STRAGGLER_RULES}")
+  require(c.straggler_work in server.STRAGGLER_WORK, "straggler_work", c.straggler_work,
+           f"use one of {server.STRAGGLER_WORK}")
+  require(c.straggler_work == "epochs" or c.straggler_rule == "exact", "straggler_work",
+           c.straggler_work, "'iterations' is the authors' alternative: use it with "
+           "straggler_rule='exact' (the seed's Bernoulli rule has no stragglers at E = 1)")
   require(c.sampling in server.SAMPLINGS, "sampling", c.sampling,
            f"use one of {server.SAMPLINGS}")
   require(c.weighting in server.WEIGHTINGS, "weighting", c.weighting,

@@ -165,7 +165,7 @@ def round_spec(c: ml_collections.ConfigDict, max_client_size: int,
       clients_per_round=c.clients_per_round, local_epochs=c.local_epochs,
       batch_size=batch_size, max_client_size=max_client_size, num_lanes=lanes,
       sampling=c.sampling, straggler_rule=c.straggler_rule, weighting=c.weighting, mesh=mesh,
-      inexactness=c.inexactness)
+      inexactness=c.inexactness, straggler_work=c.straggler_work)
 
 
 def _check_plan_size(c, max_client_size: int) -> None:
