@@ -70,10 +70,21 @@ def test_summary_table_reports_every_statistic_over_partitions_and_seeds():
   # 80 %: only partition 0's runs (0.80, 0.82, 0.84) reach it, at round 10 each.
   assert (e["rounds_to_80"], e["runs_reaching_80"]) == (10.0, 3)
   assert e["rounds_to_90"] is None and e["runs_reaching_90"] == 0
+  # The gain over FedAvg is paired run by run: FedAvg at 0.9 x the final accuracy of each run.
+  fedavg_rows = [dict(r, algorithm="fedavg", experiment=r["experiment"].replace("fedprox", "fedavg"),
+                      test_accuracy=0.9 * r["test_accuracy"]) for r in _rows(TABLE)]
+  (paired,) = [e for e in plots.summary_table(_rows(TABLE) + fedavg_rows)
+               if e["algorithm"] == "fedprox"]
+  gains = 0.1 * 0.55 * values  # the last-10 means' differences, run by run
+  np.testing.assert_allclose(paired["last10_gain_over_fedavg"]["mean"], gains.mean())
+  np.testing.assert_allclose(paired["last10_gain_over_fedavg"]["std"], np.std(gains, ddof=1))
+  assert "last10_gain_over_fedavg" not in e  # no FedAvg runs to pair with
   md = plots.format_markdown(table)
   assert "6 runs (2 partitions x 3 seeds)" in md and "ddof 1" in md
   assert f"{values.mean():.4f} ± {np.std(values, ddof=1):.4f}" in md
   assert "10 (3/6 runs)" in md and "| 0 (1 diverged) | diverged" in md
+  assert "+" + statistics.format_band(paired["last10_gain_over_fedavg"]) + " |" in \
+      plots.format_markdown(plots.summary_table(_rows(TABLE) + fedavg_rows))
 
 
 def _run(tmp_path, seed, accuracies, partition_seed=42, **config):

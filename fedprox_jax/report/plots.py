@@ -124,6 +124,7 @@ def _diverged_runs(rows) -> dict:
   return counts
 
 
+BASELINE = "fedavg"  # what the gains are measured against, run by run
 # The table's per-run numbers: name -> (rounds, metrics) -> value.
 RUN_STATISTICS = {
     "final_accuracy": lambda rounds, m: float(m["test_accuracy"][-1]),
@@ -137,8 +138,8 @@ def summary_table(rows) -> list:
   """Per (federation, algorithm, stragglers), over its (partition, seed) runs that did not
   diverge (``statistics.spread``: mean, sample std with ddof 1, the std over partitions and
   over seeds): final accuracy, the mean accuracy of the last 10 rounds, best accuracy, final
-  global training loss; the mean rounds to 80/90 % over the runs that reach it; and how many
-  runs diverged."""
+  global training loss; the gain of the last-10 mean over FedAvg's, paired by (partition,
+  seed); the mean rounds to 80/90 % over the runs that reach it; and how many runs diverged."""
   curves, diverged = run_curves(rows), _diverged_runs(rows)
   order = lambda key: (_federation_order(key[0]), key[2], algorithm_order(key[1]))
   table = []
@@ -151,6 +152,13 @@ def summary_table(rows) -> list:
       if runs:
         entry[name] = statistics.spread({run: statistic(rounds, m)
                                          for run, (rounds, m) in runs.items()})
+    baseline = curves.get((federation, BASELINE, stragglers), {})
+    paired = sorted(set(runs) & set(baseline))
+    if algorithm != BASELINE and paired:
+      # The same partition and seed: the same clients, stragglers and data orders each round.
+      last10 = RUN_STATISTICS["last10_accuracy"]
+      entry["last10_gain_over_fedavg"] = statistics.spread(
+          {run: last10(*runs[run]) - last10(*baseline[run]) for run in paired})
     for th in THRESHOLDS:
       reached = [r for r in (statistics.rounds_to_target(rounds, m["test_accuracy"], th)
                              for rounds, m in runs.values()) if r is not None]
@@ -164,16 +172,17 @@ def format_markdown(table) -> str:
   with_federation = any(e["federation"] for e in table)
   lead = "| federation " if with_federation else ""
   lines = [lead + "| stragglers | algorithm | runs | final accuracy | mean of last 10 rounds | "
-           "std of it over partitions | over seeds | best accuracy | final training loss | "
-           "rounds to 80 % | rounds to 90 % |",
-           ("|---" if with_federation else "") + "|---:|---|---:|---|---|---|---|---|---|---|---|"]
+           "std of it over partitions | over seeds | minus FedAvg's (paired) | best accuracy | "
+           "final training loss | rounds to 80 % | rounds to 90 % |",
+           ("|---" if with_federation else "")
+           + "|---:|---|---:|---|---|---|---|---|---|---|---|---|"]
   runs = set()
   for e in table:
     start = (f"| {e['federation']} " if with_federation else "") + (
         f"| {e['stragglers']:g} | {label(e['algorithm'])} | ")
     diverged = f" ({e['runs_diverged']} diverged)" if e["runs_diverged"] else ""
     if not e["runs"]:
-      lines.append(start + f"0{diverged} | diverged | | | | | | | |")
+      lines.append(start + f"0{diverged} | diverged | | | | | | | | |")
       continue
     runs.add((e["final_accuracy"]["partitions"], e["final_accuracy"]["seeds"], e["runs"]))
 
@@ -185,17 +194,22 @@ def format_markdown(table) -> str:
       v = e["last10_accuracy"][name]
       return "–" if v is None else f"{v:.4f}"
     band = lambda name: statistics.format_band(e[name])
+    gain = e.get("last10_gain_over_fedavg")
+    gain = "–" if gain is None else (f"{'+' if gain['mean'] >= 0 else ''}"
+                                     f"{statistics.format_band(gain)}")
     lines.append(start + f"{e['runs']}{diverged} | {band('final_accuracy')} | "
                  f"{band('last10_accuracy')} | {part('std_over_partitions')} | "
-                 f"{part('std_over_seeds')} | {band('best_accuracy')} | "
+                 f"{part('std_over_seeds')} | {gain} | {band('best_accuracy')} | "
                  f"{band('final_train_loss')} | {reach(80)} | {reach(90)} |")
   over = "; ".join(statistics.describe_runs(*r) for r in sorted(runs))
   notes = [f"Mean ± sample std (ddof {statistics.DDOF}) over the runs that did not diverge"
            + (f": {over}" if over else "") + ". The mean of the last 10 rounds averages the "
            "evaluations in the last 10 rounds of each run; its spread is split into the std of "
            "the per-partition means and the pooled std over seeds within a partition (– where "
-           "there is one partition, or one seed per partition). Rounds to 80/90 %: the mean "
-           "over the runs that reach it."]
+           "there is one partition, or one seed per partition). Minus FedAvg's: the difference of "
+           "the last-10 means run by run (the same partition and seed: the same clients, "
+           "stragglers and data orders), mean ± std. Rounds to 80/90 %: the mean over the runs "
+           "that reach it."]
   return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
