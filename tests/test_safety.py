@@ -22,7 +22,7 @@ from fedprox_jax.report import bands, plots
 from fedprox_jax.data import mnist as data
 from fedprox_jax import errors, files, outputs
 from fedprox_jax.run import experiment
-from fedprox_jax.run import single
+from fedprox_jax.run import single, sweep
 from fedprox_jax.run import workdir as workdir_lib
 from helpers import (SHARED_DATA, read_rows, start_launch, tiny_mnist, tiny_run_config,
                      wait_for_lines, write_idx_dir)
@@ -343,8 +343,7 @@ def test_a_plan_too_large_for_memory_is_refused_before_compiling(tmp_path):
 # --- the report commands on damaged workdirs -------------------------------------------------
 
 def _sweep_workdir(tmp_path):
-  specs = [type("Spec", (), dict(name="fedavg_s0.5_seed0", federation="", algorithm="fedavg",
-                                 stragglers_fraction=0.5, seed=0, mu=0.0))()]
+  specs = [sweep.GridPoint("fedavg", 0.0, True, 0.5, 0)]  # named fedavg_s0.5_seed0
   rows = {"fedavg_s0.5_seed0": [{"round": t, "test_accuracy": 0.1 * t, "test_loss": 1.0,
                                  "global_train_loss": 1.0, "local_train_loss": 1.0,
                                  "num_stragglers": 1, "wall_time": 1.0} for t in (1, 2)]}
