@@ -341,7 +341,7 @@ def test_sweep_names_each_diverged_experiment_and_writes_no_nan(tmp_path):
     assert np.isnan(mine[-1]["test_accuracy"]) and all(np.isfinite(r["test_accuracy"])
                                                        for r in mine[:-1])
   table = (tmp_path / "summary.md").read_text()
-  assert "diverged (2 seeds)" in table
+  assert "| 0 (2 diverged) | diverged |" in table  # both runs of the cell
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert set(summary["diverged"]) == {"fedprox_s0.5_seed0", "fedprox_s0.5_seed1"}
 
