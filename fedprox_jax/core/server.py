@@ -158,9 +158,6 @@ def plan_round(round_key, data: FederatedData, hp: HParams, spec: RoundSpec) -> 
   is_straggler = draw_stragglers(k_straggler, ids, data.sizes.shape[0], hp,
                                  spec.straggler_rule, spec.local_epochs)
   e = spec.local_epochs
-  # A straggler runs 1 .. E-1 epochs, drawn uniformly (randint(1, E) in both sources; E when E = 1).
-  straggler_epochs = jax.random.randint(k_epochs, (spec.clients_per_round,), 1, max(e, 2))
-  straggler_epochs = jnp.minimum(straggler_epochs, e)
   dropped = is_straggler & hp.drop_stragglers
   batches = cdiv(sizes, spec.batch_size)  # steps per epoch
   if spec.straggler_work == "iterations":
@@ -171,6 +168,9 @@ def plan_round(round_key, data: FederatedData, hp: HParams, spec: RoundSpec) -> 
                                             e * batches)).astype(jnp.int32)
     epochs = cdiv(steps, batches).astype(jnp.int32)
   else:
+    # 1 .. E-1 epochs, drawn uniformly (randint(1, E) in both sources; E when E = 1).
+    straggler_epochs = jnp.minimum(
+        jax.random.randint(k_epochs, (spec.clients_per_round,), 1, max(e, 2)), e)
     epochs = jnp.where(dropped, 0, jnp.where(is_straggler, straggler_epochs, e)).astype(jnp.int32)
     steps = (epochs * batches).astype(jnp.int32)
   weights, _ = aggregation_weights(sizes, ~dropped, spec.weighting, spec.batch_size)
