@@ -62,8 +62,10 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.synthetic.iid = False    # data=synthetic: True = Synthetic-IID (one shared model; alpha, beta unused)
   # Partition.
   c.num_clients = 1000       # clients the training set is split over
-  c.iid = False              # True: a random equal split instead of the power-law one
-  c.labels_per_client = 2    # digits each client holds (power-law split)
+  c.partition = "power_law"  # power_law (the seed's) | iid | labeldir (NIID-Bench: Dirichlet(dirichlet_beta) over each label's clients) | label_count (NIID-Bench #C=k: labels_per_client labels each) | quantity (NIID-Bench: IID, Dirichlet(dirichlet_beta) sizes)
+  c.iid = False              # True: the same as partition=iid (a random equal split)
+  c.dirichlet_beta = 0.5     # partition=labeldir | quantity: the Dirichlet concentration (smaller: more skew; NIID-Bench's 0.5)
+  c.labels_per_client = 2    # digits each client holds (power_law and label_count splits)
   c.min_per_client = 10      # examples every client gets before the log-normal shares
   c.lognormal_sigma = 2.0    # sigma of the log-normal client shares (bigger: more skew)
   # numpy seed of the power-law draws. 42 is the seed baseline's argument, but its draws came

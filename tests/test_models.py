@@ -99,3 +99,20 @@ def test_jitted_init_equals_flax_eager_init():
     for a, b in zip(jax.tree_util.tree_leaves(eager), jax.tree_util.tree_leaves(jitted),
                     strict=True):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_niid_bench_cnn_layers_and_convolutions():
+  """NIID-Bench's MNIST CNN (Flower's CNNMnist): its layers' shapes, 44,426 parameters as in
+  PyTorch, and the two convolutions giving the same logits and gradients."""
+  x = jax.random.normal(jax.random.key(0), (3, 28, 28, 1))
+  a, b = models.make_model("niid_cnn", "im2col"), models.make_model("niid_cnn", "xla")
+  params = models.init_params(a, jax.random.key(1))
+  shapes = sorted(tuple(v.shape) for v in jax.tree_util.tree_leaves(params))
+  assert shapes == sorted([(6,), (5, 5, 1, 6), (16,), (5, 5, 6, 16), (120,), (256, 120), (84,),
+                           (120, 84), (10,), (84, 10)])
+  assert sum(v.size for v in jax.tree_util.tree_leaves(params)) == 44426
+  np.testing.assert_allclose(a.apply(params, x), b.apply(params, x), rtol=1e-5, atol=1e-5)
+  loss = lambda m: lambda p: jnp.sum(m.apply(p, x) ** 2)
+  ga, gb = jax.grad(loss(a))(params), jax.grad(loss(b))(params)
+  for u, v in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
+    np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)

@@ -2,6 +2,8 @@
 
 * ``CNN``: the seed baseline's network (Conv5x5/32 -> pool -> Conv5x5/64 -> pool -> FC512 -> FC10).
 * ``LogisticRegression``: multinomial logistic regression 784 -> 10 (the paper's MNIST model).
+* ``LeNet`` (``niid_cnn``): NIID-Bench's MNIST CNN (conv 6@5x5 -> pool -> conv 16@5x5 -> pool ->
+  FC120 -> FC84 -> FC10; Flower's ``baselines/niid_bench`` ``CNNMnist``).
 
 Initialisation follows PyTorch's defaults (weights and biases ~ U(+-1/sqrt(fan_in))) so that
 training dynamics at the seed's learning rate (0.03) match the PyTorch baseline.
@@ -27,7 +29,8 @@ import jax
 import jax.numpy as jnp
 
 CONV_IMPLS = ("im2col", "xla")
-MODEL_NAMES = ("cnn", "mlr")
+MODEL_NAMES = ("cnn", "mlr", "niid_cnn")
+CONVOLUTIONAL = ("cnn", "niid_cnn")  # the models with a convolution (conv_impl applies)
 MLR_INITS = ("torch", "glorot")  # PyTorch nn.Linear's default (the seed) | TF Glorot (the paper)
 
 
@@ -118,6 +121,29 @@ class CNN(nn.Module):
     return Dense(self.num_classes)(x)
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """PyTorch's MaxPool2d(2, 2) (no padding; an odd last row or column is dropped, as there)."""
+  n, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2]
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class LeNet(nn.Module):
+  """NIID-Bench's MNIST CNN: 28x28 -> conv 6@5x5 24 -> pool 12 -> conv 16@5x5 8 -> pool 4 ->
+  FC120 -> FC84 -> FC10, ReLU after each but the last, PyTorch's default initialisation."""
+  num_classes: int = 10
+  conv_impl: str = "im2col"
+
+  @nn.compact
+  def __call__(self, x):
+    x = max_pool_2x2(nn.relu(Conv2D(6, 5, 0, self.conv_impl)(x)))
+    x = max_pool_2x2(nn.relu(Conv2D(16, 5, 0, self.conv_impl)(x)))
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(Dense(120)(x))
+    x = nn.relu(Dense(84)(x))
+    return Dense(self.num_classes)(x)
+
+
 class LogisticRegression(nn.Module):
   """Multinomial logistic regression on the flattened image. ``init_scheme``: 'torch' (PyTorch's
   nn.Linear default, the seed) or 'glorot' (the authors' TensorFlow dense layer: Glorot-
@@ -142,6 +168,10 @@ def make_model(name: str, conv_impl: str = "im2col", num_classes: int = 10,
     if conv_impl not in CONV_IMPLS:
       raise ValueError(f"conv_impl={conv_impl!r} is not one of {CONV_IMPLS}")
     return CNN(num_classes=num_classes, conv_impl=conv_impl)
+  if name == "niid_cnn":
+    if conv_impl not in CONV_IMPLS:
+      raise ValueError(f"conv_impl={conv_impl!r} is not one of {CONV_IMPLS}")
+    return LeNet(num_classes=num_classes, conv_impl=conv_impl)
   if name == "mlr":
     if mlr_init not in MLR_INITS:
       raise ValueError(f"mlr_init={mlr_init!r} is not one of {MLR_INITS}")

@@ -1,4 +1,6 @@
-"""Splitting a labelled training set over clients: the seed's power-law non-IID rule, or IID.
+"""Splitting a labelled training set over clients: the seed's power-law non-IID rule, IID, and
+NIID-Bench's label and quantity skews (Li, Diao, Chen, He 2022, ``partition_data`` of
+Xtra-Computing/NIID-Bench ``utils.py``; Flower's ``baselines/niid_bench``).
 
 A partition is an ``order`` over the training examples in which every client's examples are
 contiguous, plus per-client ``offsets``/``sizes`` into it: the engine's (offset, size) ranges.
@@ -124,12 +126,129 @@ def iid_partition(num_examples: int, num_clients: int, seed: int = 42) -> Partit
   return _from_client_lists(np.array_split(perm, num_clients))
 
 
+# NIID-Bench's partitions, by their names there: homo (IID), noniid-labeldir (Dirichlet over each
+# label's clients), noniid-#label<k> (k labels per client), iid-diff-quantity (Dirichlet sizes).
+NIID_BENCH_MIN_SIZE = 10  # the minimum client size both Dirichlet rules redraw until they reach
+
+
+def _seeded(seed: int) -> np.random.Generator:
+  # One generator for every draw (NIID-Bench seeds numpy's global one and Python's `random`;
+  # Flower's port uses np.random.default_rng(seed), as here).
+  return np.random.default_rng(seed)
+
+
+def dirichlet_label_partition(labels: np.ndarray, num_clients: int, beta: float,
+                              seed: int = 42, min_size: int = NIID_BENCH_MIN_SIZE) -> Partition:
+  """NIID-Bench's ``noniid-labeldir``: for each label, its examples (shuffled) are split over
+  the clients by shares ~ Dirichlet(beta); a client already holding N / num_clients examples
+  gets no share of the next labels (their "balance" rule); the whole draw is repeated until
+  every client holds at least ``min_size`` examples. Each client's examples are shuffled."""
+  labels = np.asarray(labels)
+  if not (beta > 0 and np.isfinite(beta)):
+    raise ValueError(f"dirichlet_beta={beta} must be a finite number > 0 (smaller: more skew; "
+                     "NIID-Bench uses 0.5)")
+  n = len(labels)
+  if num_clients < 1 or num_clients * min_size > n:
+    raise ValueError(f"num_clients={num_clients} must be from 1 to {n // min_size}: every "
+                     f"client needs at least {min_size} of the {n} examples")
+  rng = _seeded(seed)
+  for _ in range(1000):
+    clients = [[] for _ in range(num_clients)]
+    for k in range(int(labels.max()) + 1):
+      idx_k = np.flatnonzero(labels == k)
+      rng.shuffle(idx_k)
+      shares = rng.dirichlet(np.repeat(beta, num_clients))
+      shares = shares * np.array([len(c) < n / num_clients for c in clients])
+      shares = shares / shares.sum()
+      cuts = (np.cumsum(shares) * len(idx_k)).astype(int)[:-1]
+      clients = [c + part.tolist() for c, part in zip(clients, np.split(idx_k, cuts))]
+    if min(len(c) for c in clients) >= min_size:
+      break
+  else:
+    raise ValueError(f"the Dirichlet(beta={beta}) label split gave some of the {num_clients} "
+                     f"clients fewer than {min_size} examples in 1000 draws: raise "
+                     "dirichlet_beta or lower num_clients")
+  for c in clients:
+    rng.shuffle(c)
+  return _from_client_lists([np.asarray(c, np.int64) for c in clients])
+
+
+def label_count_partition(labels: np.ndarray, num_clients: int, labels_per_client: int,
+                          seed: int = 42) -> Partition:
+  """NIID-Bench's ``noniid-#label<k>`` (#C = k): client i holds label i mod K and k - 1 more
+  drawn uniformly without repeats; each label's examples (shuffled) are split equally
+  (``np.array_split``) over the clients holding it. k = K: every label split over all clients."""
+  labels = np.asarray(labels)
+  num_classes = int(labels.max()) + 1
+  if not 1 <= labels_per_client <= num_classes:
+    raise ValueError(f"labels_per_client={labels_per_client} must be from 1 to the "
+                     f"{num_classes} classes")
+  if num_clients < 1:
+    raise ValueError(f"num_clients={num_clients} must be >= 1")
+  rng = _seeded(seed)
+  if labels_per_client == num_classes:
+    held = [list(range(num_classes)) for _ in range(num_clients)]
+  else:
+    held = []
+    for i in range(num_clients):
+      current = [i % num_classes]
+      while len(current) < labels_per_client:
+        label = int(rng.integers(num_classes))
+        if label not in current:
+          current.append(label)
+      held.append(current)
+  clients = [[] for _ in range(num_clients)]
+  for k in range(num_classes):
+    idx_k = np.flatnonzero(labels == k)
+    rng.shuffle(idx_k)
+    holders = [j for j in range(num_clients) if k in held[j]]
+    if not holders:
+      continue  # NIID-Bench leaves such a label unused too
+    for j, part in zip(holders, np.array_split(idx_k, len(holders))):
+      clients[j].append(part)
+  empty = [j for j, c in enumerate(clients) if sum(len(p) for p in c) == 0]
+  if empty:
+    raise ValueError(f"labels_per_client={labels_per_client} over {num_clients} clients leaves "
+                     f"client {empty[0]} no example (a label has more holders than examples): "
+                     "lower num_clients")
+  return _from_client_lists([np.concatenate(c) for c in clients])
+
+
+def dirichlet_quantity_partition(num_examples: int, num_clients: int, beta: float,
+                                 seed: int = 42, min_size: int = NIID_BENCH_MIN_SIZE
+                                 ) -> Partition:
+  """NIID-Bench's ``iid-diff-quantity``: the examples shuffled, client sizes in shares ~
+  Dirichlet(beta), redrawn until every share is at least ``min_size`` examples."""
+  if not (beta > 0 and np.isfinite(beta)):
+    raise ValueError(f"dirichlet_beta={beta} must be a finite number > 0 (smaller: more skew; "
+                     "NIID-Bench uses 0.5)")
+  if num_clients < 1 or num_clients * min_size > num_examples:
+    raise ValueError(f"num_clients={num_clients} must be from 1 to {num_examples // min_size}: "
+                     f"every client needs at least {min_size} of the {num_examples} examples")
+  rng = _seeded(seed)
+  order = rng.permutation(num_examples)
+  for _ in range(1000):
+    shares = rng.dirichlet(np.repeat(beta, num_clients))
+    shares = shares / shares.sum()
+    if np.min(shares * num_examples) >= min_size:
+      break
+  else:
+    raise ValueError(f"the Dirichlet(beta={beta}) quantity split gave some of the "
+                     f"{num_clients} clients fewer than {min_size} examples in 1000 draws: "
+                     "raise dirichlet_beta or lower num_clients")
+  cuts = (np.cumsum(shares) * num_examples).astype(int)[:-1]
+  return _from_client_lists(np.split(order, cuts))
+
+
 def partition_stats(partition: Partition, labels: np.ndarray) -> dict:
   """The statistics the paper tabulates, plus how many labels each client holds."""
   sizes = partition.sizes
-  labels_held = [len(np.unique(labels[partition.order[o:o + n]]))
-                 for o, n in zip(partition.offsets, sizes)]
-  return {
+  counts = np.stack([np.bincount(labels[partition.order[o:o + n]], minlength=NUM_CLASSES)
+                     for o, n in zip(partition.offsets, sizes)])
+  labels_held = (counts > 0).sum(axis=1)
+  # Each client's examples per label (NIID-Bench's traindata_cls_counts), for small federations.
+  per_client = {"label_counts": counts.tolist()} if len(sizes) <= 100 else {}
+  return {**per_client,
       "clients": int(len(sizes)), "examples": int(sizes.sum()), "mean": float(sizes.mean()),
       "std": float(sizes.std()), "min": int(sizes.min()), "median": float(np.median(sizes)),
       "max": int(sizes.max()), "labels_per_client_min": int(min(labels_held)),

@@ -45,6 +45,10 @@ def _is_int(v) -> bool:
   return isinstance(v, int) and not isinstance(v, bool)
 
 
+# How the training set is split over clients (``experiment._partition``).
+PARTITIONS = ("power_law", "iid", "labeldir", "label_count", "quantity")
+
+
 def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks every field, the sweep's grid included, before any work is done; returns a copy
   with its protocol's values and the backend's defaults (``defaults``) in the fields it left
@@ -83,6 +87,8 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     require(c.train_subset == 0, "train_subset", c.train_subset, "applies to data='mnist' only")
     require(not c.iid, "iid", c.iid, "applies to data='mnist' only: Synthetic-IID is "
              "--config.synthetic.iid=True")
+    require(c.partition == "power_law", "partition", c.partition, "applies to data='mnist' "
+            "only (a synthetic federation comes partitioned)")
   else:
     require(not c.sweep.federations, "sweep.federations", c.sweep.federations,
              "applies to data='synthetic' only")
@@ -92,6 +98,15 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for field in ("seed", "partition_seed"):
     require(_is_int(c[field]) and 0 <= c[field] <= MAX_SEED, field, c[field],
              f"must be an integer from 0 to {MAX_SEED}")
+  require(c.partition in PARTITIONS, "partition", c.partition, f"use one of {PARTITIONS}")
+  if c.iid:
+    require(c.partition in ("power_law", "iid"), "iid", c.iid,
+            f"iid=True is partition=iid; it cannot be combined with partition={c.partition}")
+    c.partition = "iid"
+  if c.partition in ("labeldir", "quantity"):
+    require(math.isfinite(c.dirichlet_beta) and c.dirichlet_beta > 0, "dirichlet_beta",
+            c.dirichlet_beta, "must be a finite number > 0 (smaller: more skew; NIID-Bench "
+            "uses 0.5)")
   require(c.labels_per_client <= partition.NUM_CLASSES, "labels_per_client",
            c.labels_per_client, f"must be between 1 and {partition.NUM_CLASSES}")
   require(c.clients_per_round <= c.num_clients, "clients_per_round", c.clients_per_round,
@@ -174,7 +189,7 @@ def _check_grid(c: ml_collections.ConfigDict) -> None:
 
 def _fill_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The backend's defaults (``defaults``) in the fields left at 'auto' or 0."""
-  convolutional = c.model == "cnn"
+  convolutional = c.model in models.CONVOLUTIONAL
   c.conv_impl = ("none" if not convolutional  # the logistic regression has no convolution
                  else defaults.conv_impl() if c.conv_impl == "auto" else c.conv_impl)
   c.eval_conv_impl = ("none" if not convolutional

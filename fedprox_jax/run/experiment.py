@@ -40,8 +40,17 @@ class Dataset(NamedTuple):
 
 def _partition(c, labels) -> partition.Partition:
   try:
-    if c.iid:
+    if c.partition == "iid":
       return partition.iid_partition(len(labels), c.num_clients, c.partition_seed)
+    if c.partition == "labeldir":
+      return partition.dirichlet_label_partition(labels, c.num_clients, c.dirichlet_beta,
+                                                 c.partition_seed)
+    if c.partition == "label_count":
+      return partition.label_count_partition(labels, c.num_clients, c.labels_per_client,
+                                             c.partition_seed)
+    if c.partition == "quantity":
+      return partition.dirichlet_quantity_partition(len(labels), c.num_clients,
+                                                    c.dirichlet_beta, c.partition_seed)
     return partition.power_law_partition(labels, c.num_clients, c.labels_per_client,
                                          c.min_per_client, c.lognormal_sigma, c.partition_seed)
   except ValueError as e:
