@@ -123,7 +123,7 @@ def test_k_active_steps_inside_a_longer_masked_loop_equal_exactly_k_steps():
                     epochs=jnp.array([1, 3]), steps=jnp.array([3, 30]),
                     weights=jnp.array([1.0, 0.0]),
                     is_straggler=jnp.array([True, False]), keys=keys)
-  aggregate, _, stats, _ = run_lanes(MLR.apply, w0, data, plan, hp, batch_size=4, max_size=40,
+  aggregate, _, stats, _, _ = run_lanes(MLR.apply, w0, data, plan, hp, batch_size=4, max_size=40,
                                   max_epochs=3, num_lanes=2)
   assert int(stats.loop_steps) == 30
   exactly_k, metrics = reference.client_update(MLR.apply, w0, data, 0, 9, 1, keys[0], hp,

@@ -1,16 +1,19 @@
 """Federated algorithms as data: a registry of ``Algorithm`` values, not branches in the loops.
 
 An algorithm says how its clients train (``client_optimizer``: an optax chain built from the
-traced local hyper-parameters), what the server does with stragglers (``drop_stragglers``)
-and where its proximal weight mu comes from (``mu_rule``). The server update is the weighted
-average of the clients' models (FedAvg's; as FedOpt writes it, server SGD with lr 1 on the
-averaged pseudo-gradient, computed exactly as the average rather than g - 1 * (g - avg),
-which float32 would round). docs/design.md says how SCAFFOLD, FedNova and FedAdam plug in.
+traced local hyper-parameters), what the server does with stragglers (``drop_stragglers``),
+where its proximal weight mu comes from (``mu_rule``), and how the server combines the clients'
+models: their average (FedAvg, FedProx), FedNova's normalised average (``aggregation``), a
+server optimizer on the pseudo-gradient (``server_optimizer``: FedOpt, ``core/fedopt.py``), and
+SCAFFOLD's control variates (``control_variates``, ``core/scaffold.py``). The averaging
+algorithms compute the average itself (not g - 1 * (g - avg), which float32 would round).
 
-The algorithms of one program must share their static parts (the optimizer chain): mu and
-the drop flag are traced, so FedAvg and the FedProx variants are vmapped side by side in one
-compiled round. Adding an algorithm is a module (or a few lines here), one ``register`` call
-and its test against ``reference.py``.
+The algorithms of one program must share their static parts (optimizer chain, aggregation,
+server optimizer, variates: ``round_statics``): mu, the drop flag and the server's
+hyper-parameters are traced, so e.g. FedAvg and the FedProx variants are vmapped side by side
+in one compiled round; a sweep gives each set of static parts programs of its own. Adding an
+algorithm is a module (or a few lines here), one ``register`` call and its test against
+``reference.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Callable
 import numpy as np
 import optax
 
-from fedprox_jax.core.client import LocalHParams, local_optimizer
+from fedprox_jax.core.client import LocalHParams, local_momentum_optimizer, local_optimizer
 
 MU_RULES = ("zero", "config", "fixed", "adaptive")
 FIXED_MU_PREFIX = "fedprox_mu"  # fedprox_mu0.01: FedProx with mu = 0.01 (a grid's column)
@@ -42,7 +45,13 @@ class Algorithm:
       heuristic, from ``sweep.adaptive_mu_init`` or its default).
     client_optimizer: traced ``LocalHParams`` -> the local solver's optax chain. It must keep
       no state across steps other than what ``init`` derives from the global model: the lanes
-      share one optimizer state (``core/lanes.py``).
+      share one optimizer state (``core/lanes.py``) unless ``round_statics`` gives it per-lane
+      state (momentum).
+    aggregation: 'average' or 'normalized' (FedNova).
+    server_optimizer: one of ``fedopt.SERVER_OPTIMIZERS`` ('none': the average is the model).
+    control_variates: SCAFFOLD's c and c_i.
+    server_lr: the server learning rate when the config leaves ``server_lr`` unset.
+    paper: where it comes from (the README's table).
   """
   name: str
   description: str
@@ -50,10 +59,31 @@ class Algorithm:
   mu_rule: str
   client_optimizer: Callable[[LocalHParams], optax.GradientTransformation] = local_optimizer
   mu: float = 0.0  # mu_rule 'fixed': the proximal weight
+  aggregation: str = "average"
+  server_optimizer: str = "none"
+  control_variates: bool = False
+  server_lr: float = 1.0
+  paper: str = ""
 
   def __post_init__(self):
     if self.mu_rule not in MU_RULES:
       raise ValueError(f"mu_rule={self.mu_rule!r} is not one of {MU_RULES}")
+
+  @property
+  def stateful_server(self) -> bool:
+    """The server keeps state besides the model (checkpointed with it)."""
+    return self.server_optimizer != "none" or self.control_variates
+
+
+def round_statics(algorithm: Algorithm, momentum: float) -> dict:
+  """The ``RoundSpec`` fields of ``algorithm`` with clients using SGD ``momentum`` (0: none)."""
+  client_optimizer = algorithm.client_optimizer
+  if momentum and client_optimizer is local_optimizer:
+    client_optimizer = local_momentum_optimizer
+  return dict(client_optimizer=client_optimizer, aggregation=algorithm.aggregation,
+              server_optimizer=algorithm.server_optimizer,
+              control_variates=algorithm.control_variates,
+              per_lane_state=client_optimizer is local_momentum_optimizer)
 
 
 REGISTRY: dict = {}
@@ -105,3 +135,23 @@ FEDPROX = register(Algorithm("fedprox", "FedProx: partial work kept, proximal te
                              drop_stragglers=False, mu_rule="config"))
 FEDPROX_ADAPTIVE = register(Algorithm("fedprox_adaptive", "FedProx with the paper's adaptive mu",
                                       drop_stragglers=False, mu_rule="adaptive"))
+# The successors keep stragglers' partial work (FedNova's point is to weigh unequal work).
+SUCCESSOR = dict(drop_stragglers=False, mu_rule="zero")
+SCAFFOLD = register(Algorithm(
+    "scaffold", "SCAFFOLD: control variates (option II), server lr", control_variates=True,
+    server_optimizer="sgd", paper="Karimireddy et al. 2020", **SUCCESSOR))
+FEDNOVA = register(Algorithm(
+    "fednova", "FedNova: updates normalised by each client's local steps",
+    aggregation="normalized", paper="Wang et al. 2020", **SUCCESSOR))
+FEDAVGM = register(Algorithm(
+    "fedavgm", "FedAvgM: server SGD with momentum on the pseudo-gradient",
+    server_optimizer="avgm", paper="Hsu et al. 2019", **SUCCESSOR))
+FEDADAGRAD = register(Algorithm(
+    "fedadagrad", "FedAdagrad: server Adagrad on the pseudo-gradient", server_optimizer="adagrad",
+    server_lr=0.1, paper="Reddi et al. 2021", **SUCCESSOR))
+FEDADAM = register(Algorithm(
+    "fedadam", "FedAdam: server Adam on the pseudo-gradient", server_optimizer="adam",
+    server_lr=0.01, paper="Reddi et al. 2021", **SUCCESSOR))
+FEDYOGI = register(Algorithm(
+    "fedyogi", "FedYogi: server Yogi on the pseudo-gradient", server_optimizer="yogi",
+    server_lr=0.01, paper="Reddi et al. 2021", **SUCCESSOR))

@@ -34,6 +34,7 @@ class LocalHParams(NamedTuple):
   lr: jax.Array
   mu: jax.Array
   weight_decay: jax.Array | float = 0.0  # torch.optim.SGD's weight_decay (the seed: 0.001)
+  momentum: jax.Array | float = 0.0  # torch.optim.SGD's momentum (local_momentum_optimizer)
 
 
 class ProximalState(NamedTuple):
@@ -69,6 +70,15 @@ def local_optimizer(hp: LocalHParams) -> optax.GradientTransformation:
   """
   return optax.chain(proximal(hp.mu), optax.add_decayed_weights(hp.weight_decay),
                      optax.sgd(hp.lr))
+
+
+def local_momentum_optimizer(hp: LocalHParams) -> optax.GradientTransformation:
+  """``local_optimizer`` with heavy-ball momentum, as ``torch.optim.SGD(lr, momentum,
+  weight_decay)``: buf <- momentum * buf + (grad + mu (w - w_global) + wd w), w <- w - lr buf
+  (NIID-Bench's clients: momentum 0.9). Its state (the buffer) is per client: the lanes carry
+  it per lane and reset it at each client's start."""
+  return optax.chain(proximal(hp.mu), optax.add_decayed_weights(hp.weight_decay),
+                     optax.sgd(hp.lr, momentum=hp.momentum))
 
 
 def cdiv(a, b):
@@ -150,12 +160,13 @@ def masked_cross_entropy(logits, labels, valid):
 
 
 def sgd_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, params, opt_state, x, y, valid,
-             active=None):
+             active=None, extra_update=None):
   """One local step; returns (params, opt_state, minibatch loss before the step).
 
   ``active`` (a traced bool) masks the step: when False the update is zeroed, so the params
   come back bit-identical. Masking the update rather than selecting between old and new params
-  fuses into the SGD update and costs no extra pass over the parameters.
+  fuses into the SGD update and costs no extra pass over the parameters. ``extra_update`` (a
+  parameter tree) is added to the optimizer's update: SCAFFOLD's -lr (c - c_i).
   """
 
   def loss_fn(p):
@@ -163,20 +174,23 @@ def sgd_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, params, opt_st
 
   loss, grads = jax.value_and_grad(loss_fn)(params)
   updates, opt_state = tx.update(grads, opt_state, params)
+  if extra_update is not None:
+    updates = jax.tree_util.tree_map(jnp.add, updates, extra_update)
   if active is not None:
     updates = jax.tree_util.tree_map(lambda u: jnp.where(active, u, 0.0), updates)
   return optax.apply_updates(params, updates), opt_state, loss
 
 
 def local_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, data: FederatedData,
-               offset, size, perms, step, batch_size: int, params, opt_state, active=None):
+               offset, size, perms, step, batch_size: int, params, opt_state, active=None,
+               extra_update=None):
   """Step number ``step`` of a client's local training: its minibatch, then ``sgd_step``.
 
   The one step both the vectorized lanes and the looped reference (``reference.py``) run, so
   the two cannot drift apart.
   """
   x, y, valid = minibatch(data, offset, size, perms, step, batch_size)
-  return sgd_step(apply_fn, tx, params, opt_state, x, y, valid, active)
+  return sgd_step(apply_fn, tx, params, opt_state, x, y, valid, active, extra_update)
 
 
 def full_gradient(apply_fn: ApplyFn, params, data: FederatedData, offset, size, chunk: int = 100):

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fedprox_jax.core import scaffold
 from fedprox_jax.core.client import (ApplyFn, FederatedData, LocalHParams, epoch_permutations,
                                 local_objective_grad_norm, local_optimizer)
 from fedprox_jax.core.client import local_step as local_step_fn
@@ -71,9 +72,18 @@ def pack_lanes(steps: jax.Array, num_lanes: int):
 def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: ClientPlan,
               hp: LocalHParams, *, batch_size: int, max_size: int, max_epochs: int,
               num_lanes: int, lane_sharding=None, client_optimizer=local_optimizer,
-              inexactness: bool = False):
+              inexactness: bool = False, per_lane_state: bool = False,
+              control: scaffold.Control | None = None):
   """Runs all clients of ``plan`` -> (sum_k weights_k * params_k, per-client mean loss, LaneStats,
-  per-client gamma-inexactness or None).
+  per-client gamma-inexactness or None, SCAFFOLD's variate changes or None).
+
+  ``per_lane_state``: the client optimizer keeps state of its own across steps (momentum): each
+  lane carries it and re-initialises it at each client's start. Otherwise the lanes share the
+  state ``init`` derives from the global model (the proximal anchor), and carry none.
+
+  ``control`` (SCAFFOLD's variates): each step adds -lr (c - c_i) to the client's update, and a
+  finished client's c_i+ - c_i is added at its id into a [num_clients, ...] tree of changes
+  (returned; summed over devices like the aggregate).
 
   ``inexactness``: also the paper's gamma of each client's solution
   (``client.local_objective_grad_norm`` at its final parameters over the same at the global
@@ -102,27 +112,34 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
     Everything else the lanes read comes in as ``shared`` (not as closures), so that inside
     shard_map each device works on its own replicated copy.
     """
-    global_params, data, plan, perms, steps, hp = shared
+    global_params, data, plan, perms, steps, hp, control = shared
     lanes = queue.shape[0]
     tx = client_optimizer(hp)
     # Proximal SGD keeps no state but its anchor, the global model, which all lanes share: so
-    # the lanes carry no optimizer state (the looped reference carries it; the equality tests
-    # would catch a stateful local optimizer).
+    # without ``per_lane_state`` the lanes carry no optimizer state (the looped reference
+    # carries it; the equality tests would catch a stateful optimizer run without it).
     opt_state = tx.init(global_params)
 
-    def lane_step(params, pos, local_step, lane_queue):
+    def lane_step(params, lane_opt, pos, local_step, lane_queue):
       """One step of one lane: advance its current client, or do nothing (a masked step)."""
       c = lane_queue[jnp.minimum(pos, num_clients - 1)]
       active = (pos < num_clients) & (c >= 0)
       c = jnp.maximum(c, 0)
-      params, _, loss = local_step_fn(apply_fn, tx, data, plan.offsets[c], plan.sizes[c],
-                                      perms[c], local_step, batch_size, params, opt_state, active)
+      extra = None
+      if control is not None:  # SCAFFOLD: y <- y - lr (c - c_i) after the optimizer's step
+        extra = jax.tree_util.tree_map(lambda d: -hp.lr * d,
+                                       scaffold.correction(control, plan.ids[c]))
+      params, new_opt, loss = local_step_fn(
+          apply_fn, tx, data, plan.offsets[c], plan.sizes[c], perms[c], local_step, batch_size,
+          params, lane_opt if per_lane_state else opt_state, active, extra)
       finished = active & (local_step + 1 == steps[c])
-      return params, finished, c, jnp.where(active, loss, 0.0)
+      return (params, new_opt if per_lane_state else (), finished, c,
+              jnp.where(active, loss, 0.0))
 
-    def finish_clients(params, aggregate, grad_norms, finished, c):
+    def finish_clients(params, lane_opt, aggregate, grad_norms, deltas, finished, c):
       """Adds finished clients' weighted params to the aggregate (and, with ``inexactness``,
-      notes ||grad h|| at their solutions); their lanes restart from global."""
+      notes ||grad h|| at their solutions; with ``control``, their c_i changes); their lanes
+      restart from global (and a fresh optimizer state)."""
       contribution = jnp.where(finished, plan.weights[c], 0.0)
       aggregate = jax.tree_util.tree_map(
           lambda acc, p: acc + jnp.tensordot(contribution, p, axes=1), aggregate, params)
@@ -130,9 +147,21 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
         norms = jax.vmap(lambda p, k: local_objective_grad_norm(
             apply_fn, p, global_params, data, plan.offsets[k], plan.sizes[k], hp))(params, c)
         grad_norms = grad_norms.at[c].add(jnp.where(finished, norms, 0.0))
+      if control is not None:
+        change = jax.vmap(lambda p, k: scaffold.client_delta(control, global_params, p,
+                                                             steps[k], hp.lr))(params, c)
+        deltas = jax.tree_util.tree_map(
+            lambda acc, d: acc.at[plan.ids[c]].add(
+                jnp.where(finished.reshape((-1,) + (1,) * (d.ndim - 1)), d, 0.0)),
+            deltas, change)
       fresh = jax.tree_util.tree_map(lambda g, p: jnp.broadcast_to(g, p.shape), global_params,
                                      params)
-      return select_lanes(finished, fresh, params), aggregate, grad_norms
+      if per_lane_state:
+        lane_opt = select_lanes(finished, broadcast_lanes(opt_state), lane_opt)
+      return select_lanes(finished, fresh, params), lane_opt, aggregate, grad_norms, deltas
+
+    def broadcast_lanes(tree):
+      return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (lanes,) + a.shape), tree)
 
     if lanes == 1:
       # vmap over a single lane would turn every matmul into a batched dot of batch 1, which
@@ -144,34 +173,36 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
       vmapped_lane_step = jax.vmap(lane_step)
 
     def body(carry):
-      s, params, pos, local_step, aggregate, loss_sum, grad_norms = carry
-      params, finished, c, loss = vmapped_lane_step(params, pos, local_step, queue)
+      s, params, lane_opt, pos, local_step, aggregate, loss_sum, grad_norms, deltas = carry
+      params, lane_opt, finished, c, loss = vmapped_lane_step(params, lane_opt, pos, local_step,
+                                                              queue)
       # A real branch (its predicate is not per lane): the rare client boundary costs nothing
       # on the other steps.
-      params, aggregate, grad_norms = jax.lax.cond(
-          jnp.any(finished), finish_clients, lambda p, a, g, f, c: (p, a, g), params, aggregate,
-          grad_norms, finished, c)
+      params, lane_opt, aggregate, grad_norms, deltas = jax.lax.cond(
+          jnp.any(finished), finish_clients, lambda p, o, a, g, d, f, c: (p, o, a, g, d),
+          params, lane_opt, aggregate, grad_norms, deltas, finished, c)
       loss_sum = loss_sum.at[c].add(loss)
       pos = pos + finished
       local_step = jnp.where(finished, 0, local_step + 1)
-      return s + 1, params, pos, local_step, aggregate, loss_sum, grad_norms
+      return s + 1, params, lane_opt, pos, local_step, aggregate, loss_sum, grad_norms, deltas
 
     zeros_lanes = jnp.zeros(lanes, jnp.int32)
-    init = (jnp.zeros((), jnp.int32),
-            jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (lanes,) + a.shape),
-                                   global_params),
+    init = (jnp.zeros((), jnp.int32), broadcast_lanes(global_params),
+            broadcast_lanes(opt_state) if per_lane_state else (),
             zeros_lanes, zeros_lanes, jax.tree_util.tree_map(jnp.zeros_like, global_params),
             jnp.zeros(num_clients, jnp.float32),
             # ||grad h|| at each client's solution (``inexactness``; else an empty carry)
-            jnp.zeros(num_clients if inexactness else 0, jnp.float32))
+            jnp.zeros(num_clients if inexactness else 0, jnp.float32),
+            # SCAFFOLD's c_i changes (``control``; else an empty carry)
+            () if control is None else jax.tree_util.tree_map(jnp.zeros_like, control.clients))
     loop_steps = jnp.max(load)
     carry = jax.lax.while_loop(lambda carry: carry[0] < loop_steps, body, init)
-    return carry[4], carry[5], carry[6]
+    return carry[5], carry[6], carry[7], carry[8]
 
-  shared = (global_params, data, plan, perms, steps, hp)
+  shared = (global_params, data, plan, perms, steps, hp, control)
   if lane_sharding is None:
     groups = 1
-    aggregate, loss_sum, grad_norms = run_group(queue, load, shared)
+    aggregate, loss_sum, grad_norms, deltas = run_group(queue, load, shared)
   else:
     # Each device runs its own lanes with its own trip count; one all-reduce at the end.
     mesh, axis = lane_sharding.mesh, lane_sharding.spec[0]
@@ -181,9 +212,9 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
     def on_device(queue, load, shared):
       return jax.lax.psum(run_group(queue, load, shared), axis)
 
-    aggregate, loss_sum, grad_norms = jax.shard_map(
+    aggregate, loss_sum, grad_norms, deltas = jax.shard_map(
         on_device, mesh=mesh, in_specs=(by_lane, by_lane, replicated),
-        out_specs=(replicated, replicated, replicated), check_vma=False)(queue, load, shared)
+        out_specs=(replicated,) * 4, check_vma=False)(queue, load, shared)
   client_loss = loss_sum / jnp.maximum(steps, 1)
   gamma = None
   if inexactness:
@@ -195,4 +226,4 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
   stats = LaneStats(useful_steps=jnp.sum(steps),
                     executed_steps=jnp.sum(group_trips) * (num_lanes // groups),
                     critical_path=jnp.max(steps), loop_steps=jnp.max(group_trips))
-  return aggregate, client_loss, stats, gamma
+  return aggregate, client_loss, stats, gamma, None if control is None else deltas

@@ -13,6 +13,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fedprox_jax.core import fednova, fedopt, scaffold
 from fedprox_jax.core.client import ApplyFn, FederatedData, LocalHParams, cdiv, local_optimizer
 from fedprox_jax.core.lanes import ClientPlan, LaneStats, run_lanes
 
@@ -28,6 +29,9 @@ STRAGGLER_WORK = ("epochs", "iterations")
 # aggregate ∝ n_k (the paper's code) | ∝ ceil(n_k / B), the batches (the seed: Flower's clients
 # report len(trainloader)) | simple average
 WEIGHTINGS = ("samples", "batches", "uniform")
+# How the server combines the clients' models: their weighted average (FedAvg, FedProx, and
+# FedOpt's pseudo-gradient) | FedNova's normalised average (``core/fednova.py``)
+AGGREGATIONS = ("average", "normalized")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +54,13 @@ class RoundSpec:
   # Also each client's gamma-inexactness (RoundMetrics.inexactness): ~ one more local epoch.
   inexactness: bool = False
   straggler_work: str = "epochs"  # STRAGGLER_WORK
+  # The algorithm's static parts (``algorithms.Algorithm``): AGGREGATIONS; the server's
+  # optimizer on the pseudo-gradient (fedopt.SERVER_OPTIMIZERS, 'none': the average itself);
+  # SCAFFOLD's control variates; a client optimizer with state of its own (momentum).
+  aggregation: str = "average"
+  server_optimizer: str = "none"
+  control_variates: bool = False
+  per_lane_state: bool = False
 
   @property
   def lane_sharding(self):
@@ -61,7 +72,10 @@ class RoundSpec:
     for name, value, allowed in (("sampling", self.sampling, SAMPLINGS),
                                  ("straggler_rule", self.straggler_rule, STRAGGLER_RULES),
                                  ("weighting", self.weighting, WEIGHTINGS),
-                                 ("straggler_work", self.straggler_work, STRAGGLER_WORK)):
+                                 ("straggler_work", self.straggler_work, STRAGGLER_WORK),
+                                 ("aggregation", self.aggregation, AGGREGATIONS),
+                                 ("server_optimizer", self.server_optimizer,
+                                  fedopt.SERVER_OPTIMIZERS)):
       if value not in allowed:
         raise ValueError(f"{name}={value!r} is not one of {allowed}")
     if self.mesh is not None and self.num_lanes % self.mesh.size:
@@ -87,18 +101,39 @@ class HParams(NamedTuple):
   drop_stragglers: jax.Array  # bool: FedAvg discards stragglers, FedProx keeps partial work
   exact_stragglers: jax.Array  # int: the 'exact' rule's count (exact_straggler_count)
   weight_decay: jax.Array
+  momentum: jax.Array | float = 0.0  # the clients' (used where spec.per_lane_state)
+  server: fedopt.ServerHParams = fedopt.ServerHParams()
 
   @classmethod
   def create(cls, lr, mu, stragglers_fraction, drop_stragglers, clients_per_round: int,
-             weight_decay=0.0):
+             weight_decay=0.0, momentum=0.0, server: fedopt.ServerHParams | None = None):
+    server = server or fedopt.ServerHParams()
     return cls(jnp.float32(lr), jnp.float32(mu), jnp.float32(stragglers_fraction),
                jnp.bool_(drop_stragglers),
                jnp.int32(exact_straggler_count(clients_per_round, stragglers_fraction)),
-               jnp.float32(weight_decay))
+               jnp.float32(weight_decay), jnp.float32(momentum),
+               fedopt.ServerHParams(*(jnp.float32(v) for v in server)))
 
   @property
   def local(self) -> LocalHParams:
-    return LocalHParams(lr=self.lr, mu=self.mu, weight_decay=self.weight_decay)
+    return LocalHParams(lr=self.lr, mu=self.mu, weight_decay=self.weight_decay,
+                        momentum=self.momentum)
+
+
+class ServerState(NamedTuple):
+  """What the server keeps from round to round: the global model, the server optimizer's state
+  (() where the server averages) and SCAFFOLD's control variates (() without them)."""
+  params: object
+  opt_state: object = ()
+  control: object = ()
+
+
+def init_server_state(spec: RoundSpec, params, num_clients: int,
+                      hp: HParams | None = None) -> ServerState:
+  """The state before round 1 of the algorithm ``spec`` describes."""
+  return ServerState(
+      params, fedopt.init_state(spec.server_optimizer, params, hp and hp.server),
+      scaffold.init(params, num_clients) if spec.control_variates else ())
 
 
 class RoundMetrics(NamedTuple):
@@ -174,6 +209,9 @@ def plan_round(round_key, data: FederatedData, hp: HParams, spec: RoundSpec) -> 
     epochs = jnp.where(dropped, 0, jnp.where(is_straggler, straggler_epochs, e)).astype(jnp.int32)
     steps = (epochs * batches).astype(jnp.int32)
   weights, _ = aggregation_weights(sizes, ~dropped, spec.weighting, spec.batch_size)
+  if spec.aggregation == "normalized":  # FedNova: p_i tau_eff / a_i (1 - their sum: on x)
+    weights, _ = fednova.weights(weights, fednova.effective_steps(
+        steps, hp.lr, hp.mu, hp.momentum if spec.per_lane_state else 0.0))
   keys = jax.vmap(lambda i: jax.random.fold_in(k_data, i))(ids)
   return ClientPlan(ids=ids, offsets=data.offsets[ids], sizes=sizes, epochs=epochs, steps=steps,
                     weights=weights, is_straggler=is_straggler, keys=keys)
@@ -184,8 +222,13 @@ def all_finite(tree) -> jax.Array:
 
 
 def finish_round(global_params, aggregate, plan: ClientPlan, client_loss, stats: LaneStats,
-                 inexactness=None):
+                 inexactness=None, keep_on_global=None):
+  """The new global model (the clients' aggregate; with ``keep_on_global``, FedNova's weight
+  on the old model, plus that share of it) and the round's metrics."""
   all_dropped = jnp.sum(plan.weights) == 0
+  if keep_on_global is not None:
+    aggregate = jax.tree_util.tree_map(lambda a, g: a + keep_on_global * g, aggregate,
+                                       global_params)
   new_params = jax.tree_util.tree_map(
       lambda g, a: jnp.where(all_dropped, g, a), global_params, aggregate)
   trained = plan.steps > 0
@@ -199,39 +242,76 @@ def finish_round(global_params, aggregate, plan: ClientPlan, client_loss, stats:
   return new_params, metrics
 
 
-def run_round(apply_fn: ApplyFn, spec: RoundSpec, global_params, data: FederatedData,
-              hp: HParams, round_key):
-  """One FedProx round, vectorized: plan, packed vmapped client updates, aggregation."""
+def server_update(spec: RoundSpec, state: ServerState, average, hp: HParams, client_deltas,
+                  metrics: RoundMetrics) -> tuple:
+  """The server's step after the clients' ``average`` (already the new model for the
+  averaging algorithms): FedOpt's optimizer on x - average, SCAFFOLD's variates. A round in
+  which every client was dropped changes nothing. -> (ServerState, metrics)."""
+  params, opt_state, control = average, state.opt_state, state.control
+  if spec.server_optimizer != "none":
+    stepped, stepped_opt = fedopt.apply(spec.server_optimizer, hp.server, state.params, average,
+                                        state.opt_state)
+    keep = metrics.all_dropped
+    params = jax.tree_util.tree_map(lambda old, new: jnp.where(keep, old, new), state.params,
+                                    stepped)
+    opt_state = jax.tree_util.tree_map(lambda old, new: jnp.where(keep, old, new),
+                                       state.opt_state, stepped_opt)
+  if spec.control_variates:
+    control = scaffold.update(state.control, client_deltas)
+  finite = metrics.finite & all_finite(params)
+  return ServerState(params, opt_state, control), metrics._replace(finite=finite)
+
+
+def round_step(apply_fn: ApplyFn, spec: RoundSpec, state: ServerState, data: FederatedData,
+               hp: HParams, round_key):
+  """One round of the algorithm ``spec`` describes, vectorized: plan, packed vmapped client
+  updates, aggregation, the server's update -> (ServerState, RoundMetrics)."""
   plan = plan_round(round_key, data, hp, spec)
-  aggregate, client_loss, stats, gamma = run_lanes(
+  global_params = state.params
+  aggregate, client_loss, stats, gamma, deltas = run_lanes(
       apply_fn, global_params, data, plan, hp.local, batch_size=spec.batch_size,
       max_size=spec.max_client_size, max_epochs=spec.local_epochs, num_lanes=spec.num_lanes,
       lane_sharding=spec.lane_sharding, client_optimizer=spec.client_optimizer,
-      inexactness=spec.inexactness)
-  return finish_round(global_params, aggregate, plan, client_loss, stats, gamma)
+      inexactness=spec.inexactness, per_lane_state=spec.per_lane_state,
+      control=state.control if spec.control_variates else None)
+  keep = 1.0 - jnp.sum(plan.weights) if spec.aggregation == "normalized" else None
+  average, m = finish_round(global_params, aggregate, plan, client_loss, stats, gamma, keep)
+  return server_update(spec, state, average, hp, deltas, m)
+
+
+def run_round(apply_fn: ApplyFn, spec: RoundSpec, global_params, data: FederatedData,
+              hp: HParams, round_key):
+  """One round of an algorithm whose server keeps nothing but the model (FedAvg, FedProx,
+  FedNova) -> (new params, RoundMetrics)."""
+  if spec.server_optimizer != "none" or spec.control_variates:
+    raise ValueError("this round's server keeps state: use round_step with a ServerState")
+  state, m = round_step(apply_fn, spec, ServerState(global_params), data, hp, round_key)
+  return state.params, m
 
 
 class RoundFn:
-  """The jitted round: (params, data, hp, round_key) -> (new params, RoundMetrics).
+  """The jitted round: (params, data, hp, round_key) -> (new params, RoundMetrics), or with
+  ``with_state`` (ServerState, data, hp, round_key) -> (ServerState, RoundMetrics).
   ``compilations`` counts how often it was compiled (jit traces once per compilation)."""
 
-  def __init__(self, apply_fn: ApplyFn, spec: RoundSpec):
+  def __init__(self, apply_fn: ApplyFn, spec: RoundSpec, with_state: bool = False):
     self.compilations = 0
+    step = round_step if with_state else run_round
 
-    def traced(params, data, hp, key):
+    def traced(state, data, hp, key):
       self.compilations += 1
-      return run_round(apply_fn, spec, params, data, hp, key)
+      return step(apply_fn, spec, state, data, hp, key)
     self._jitted = jax.jit(traced)
 
-  def __call__(self, params, data, hp, key):
-    return self._jitted(params, data, hp, key)
+  def __call__(self, state, data, hp, key):
+    return self._jitted(state, data, hp, key)
 
-  def lower(self, params, data, hp, key):
+  def lower(self, state, data, hp, key):
     """``jax.jit``'s lowering, e.g. to read the compiled program."""
-    return self._jitted.lower(params, data, hp, key)
+    return self._jitted.lower(state, data, hp, key)
 
 
-def make_round_fn(apply_fn: ApplyFn, spec: RoundSpec) -> RoundFn:
+def make_round_fn(apply_fn: ApplyFn, spec: RoundSpec, with_state: bool = False) -> RoundFn:
   """The jitted round. Shapes depend only on ``spec`` and the data, so it compiles once for a
   whole run."""
-  return RoundFn(apply_fn, spec)
+  return RoundFn(apply_fn, spec, with_state)

@@ -1,0 +1,184 @@
+"""SCAFFOLD, FedNova, FedOpt and momentum clients: each vmapped round equals the looped
+reference written from its paper's pseudo-code (core/reference.py), over two rounds with
+stragglers' partial work and unequal data, and each algorithm's own claims."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedprox_jax.core import algorithms, fednova, fedopt, models, reference, scaffold, server
+from helpers import HETERO_SIZES, make_federated_data, tree_max_abs_diff
+
+SIZES = HETERO_SIZES + (4, 31)  # 7 clients, 4 sampled a round: some c_i stay untouched
+SPEC = server.RoundSpec(clients_per_round=4, local_epochs=3, batch_size=4,
+                        max_client_size=max(SIZES), num_lanes=2, sampling="uniform",
+                        straggler_rule="exact", weighting="samples")
+MODEL = models.LogisticRegression()
+
+
+@pytest.fixture(scope="module")
+def data():
+  return make_federated_data(SIZES, seed=3)
+
+
+def _setup(name, momentum=0.0, stragglers=0.5, mu=0.0, server_lr=None):
+  a = algorithms.get(name)
+  spec = dataclasses.replace(SPEC, **algorithms.round_statics(a, momentum))
+  hp = server.HParams.create(
+      lr=0.05, mu=mu, stragglers_fraction=stragglers, drop_stragglers=a.drop_stragglers,
+      clients_per_round=spec.clients_per_round, momentum=momentum,
+      server=fedopt.ServerHParams(lr=a.server_lr if server_lr is None else server_lr))
+  return spec, hp
+
+
+def _two_rounds(spec, hp, data, step):
+  params = models.init_params(MODEL, jax.random.key(0))
+  state = server.init_server_state(spec, params, len(SIZES), hp)
+  states = []
+  for t in (1, 2):
+    state, m = step(MODEL.apply, spec, state, data, hp, jax.random.key(t))
+    states.append((state, m))
+  return params, states
+
+
+_round_step = jax.jit(server.round_step, static_argnums=(0, 1))
+
+
+@pytest.mark.parametrize("name, momentum, mu", [
+    ("scaffold", 0.0, 0.0), ("scaffold", 0.9, 0.0), ("fednova", 0.0, 0.0),
+    ("fednova", 0.9, 0.0), ("fednova", 0.0, 0.5), ("fednova", 0.5, 0.5), ("fedavgm", 0.0, 0.0),
+    ("fedadam", 0.0, 0.0), ("fedyogi", 0.0, 0.0), ("fedadagrad", 0.9, 0.0),
+    ("fedprox", 0.9, 0.5)])
+def test_vmapped_equals_looped_over_two_rounds(data, name, momentum, mu):
+  spec, hp = _setup(name, momentum, mu=mu)
+  x0, vmapped = _two_rounds(spec, hp, data, _round_step)
+  _, looped = _two_rounds(spec, hp, data, reference.looped_round_step)
+  for (v, mv), (l, ml) in zip(vmapped, looped):
+    assert int(mv.num_stragglers) == 2 and int(mv.num_aggregated) == 4  # partial work kept
+    assert tree_max_abs_diff(v.params, x0) > 1e-3
+    assert tree_max_abs_diff(v.params, l.params) < 3e-5, name
+    if jax.tree_util.tree_leaves(v.opt_state):  # FedOpt's server state (m, v or momentum)
+      assert tree_max_abs_diff(v.opt_state, l.opt_state) < 3e-5
+    if spec.control_variates:  # (x - y) / (K lr): differences grow by 1 / (K lr)
+      assert tree_max_abs_diff(v.control, l.control) < 5e-4
+      assert tree_max_abs_diff(v.control.server, jax.tree_util.tree_map(
+          jnp.zeros_like, v.control.server)) > 1e-3
+    np.testing.assert_allclose(mv.train_loss, ml.train_loss, rtol=1e-5)
+
+
+def test_scaffold_variates_after_two_rounds_by_hand(data):
+  """Round 1 from zero variates: c_i = (x0 - y_i) / (K_i lr) for the sampled clients, 0 for the
+  others, c = sum_i c_i / N; round 2 corrects the sampled clients' steps with c - c_i and moves
+  their c_i by -c + (x1 - y_i) / (K_i lr)."""
+  spec, hp = _setup("scaffold")
+  x0, [(s1, m1), (s2, m2)] = _two_rounds(spec, hp, data, _round_step)
+  n = len(SIZES)
+  lr = 0.05
+  plan1 = server.plan_round(jax.random.key(1), data, hp, spec)
+  expected_ci = jax.tree_util.tree_map(lambda p: np.zeros((n,) + p.shape, np.float32), x0)
+  for i in range(spec.clients_per_round):
+    k = int(plan1.steps[i])
+    y, _ = reference.client_update(
+        MODEL.apply, x0, data, plan1.offsets[i], plan1.sizes[i], plan1.epochs[i], plan1.keys[i],
+        hp.local, batch_size=spec.batch_size, max_size=spec.max_client_size,
+        max_epochs=spec.local_epochs)
+    for e, a, b in zip(jax.tree_util.tree_leaves(expected_ci), jax.tree_util.tree_leaves(x0),
+                       jax.tree_util.tree_leaves(y)):
+      e[int(plan1.ids[i])] = (np.asarray(a) - np.asarray(b)) / (k * lr)
+  untouched = sorted(set(range(n)) - set(np.asarray(plan1.ids).tolist()))
+  assert len(untouched) == 3
+  for e, got, c in zip(jax.tree_util.tree_leaves(expected_ci),
+                       jax.tree_util.tree_leaves(s1.control.clients),
+                       jax.tree_util.tree_leaves(s1.control.server)):
+    np.testing.assert_allclose(got, e, atol=2e-4)
+    assert np.all(np.asarray(got)[untouched] == 0)
+    np.testing.assert_allclose(c, e.sum(axis=0) / n, atol=5e-5)
+  # Round 2: the clients not sampled in either round keep c_i = 0; c moved by the mean change.
+  plan2 = server.plan_round(jax.random.key(2), data, hp, spec)
+  never = sorted(set(untouched) - set(np.asarray(plan2.ids).tolist()))
+  change = jax.tree_util.tree_map(jnp.subtract, s2.control.clients, s1.control.clients)
+  for d, c1, c2 in zip(jax.tree_util.tree_leaves(change),
+                       jax.tree_util.tree_leaves(s1.control.server),
+                       jax.tree_util.tree_leaves(s2.control.server)):
+    assert np.all(np.asarray(d)[never] == 0)
+    np.testing.assert_allclose(c2 - c1, np.asarray(d).sum(axis=0) / n, atol=5e-5)
+
+
+def test_fednova_equals_fedavg_with_equal_work_and_not_otherwise():
+  data = make_federated_data((12, 12, 12, 12), seed=1)
+  spec = dataclasses.replace(SPEC, clients_per_round=4, max_client_size=12)
+  nova_spec, hp = _setup("fednova", stragglers=0.0)
+  nova_spec = dataclasses.replace(nova_spec, clients_per_round=4, max_client_size=12)
+  x0 = models.init_params(MODEL, jax.random.key(0))
+  avg, _ = server.run_round(MODEL.apply, spec, x0, data, hp, jax.random.key(3))
+  nova, m = server.run_round(MODEL.apply, nova_spec, x0, data, hp, jax.random.key(3))
+  assert tree_max_abs_diff(avg, x0) > 1e-3
+  assert tree_max_abs_diff(nova, avg) < 1e-6
+  # Stragglers run fewer steps: FedNova weighs client i by p_i tau_eff / a_i, FedAvg by p_i.
+  _, hp = _setup("fednova", stragglers=0.5)
+  avg, _ = server.run_round(MODEL.apply, spec, x0, data, hp, jax.random.key(3))
+  nova, _ = server.run_round(MODEL.apply, nova_spec, x0, data, hp, jax.random.key(3))
+  plan = server.plan_round(jax.random.key(3), data, hp, spec)
+  steps = np.asarray(plan.steps)
+  assert len(set(steps.tolist())) > 1
+  a = steps.astype(np.float64)  # plain SGD: a_i = tau_i
+  p = np.asarray(plan.weights, np.float64)
+  w = p * (p * a).sum() / a
+  ys = [reference.client_update(MODEL.apply, x0, data, plan.offsets[i], plan.sizes[i],
+                                plan.epochs[i], plan.keys[i], hp.local, batch_size=4,
+                                max_size=12, max_epochs=3)[0] for i in range(4)]
+  expected = jax.tree_util.tree_map(
+      lambda x, *y: x + sum(w[i] * (y[i] - x) for i in range(4)), x0, *ys)
+  assert tree_max_abs_diff(nova, expected) < 2e-6
+  assert tree_max_abs_diff(nova, avg) > 1e-4
+
+
+def test_fednova_effective_steps_closed_forms():
+  steps = jnp.array([0, 1, 7, 40])
+  np.testing.assert_allclose(fednova.effective_steps(steps, 0.1, 0.0, 0.0), [0, 1, 7, 40])
+  for lr, mu, rho in ((0.05, 0.0, 0.9), (0.05, 2.0, 0.0), (0.05, 1.0, 0.5)):
+    got = fednova.effective_steps(steps, lr, mu, rho)
+    want = [reference.fednova_a(int(k), lr, mu, rho) for k in steps]
+    np.testing.assert_allclose(got, want, rtol=2e-5)
+  # NIID-Bench's momentum formula at tau = 40, rho = 0.9
+  np.testing.assert_allclose(fednova.effective_steps(jnp.array([40]), 0.01, 0.0, 0.9),
+                             [(40 - 0.9 * (1 - 0.9 ** 40) / 0.1) / 0.1], rtol=1e-5)
+
+
+def test_fedopt_with_server_sgd_at_lr_1_is_fedavg(data):
+  spec, hp = _setup("fedprox_mu0")
+  x0 = models.init_params(MODEL, jax.random.key(0))
+  avg, _ = server.run_round(MODEL.apply, spec, x0, data, hp, jax.random.key(4))
+  sgd_spec = dataclasses.replace(spec, server_optimizer="sgd")
+  state, _ = server.round_step(MODEL.apply, sgd_spec, server.init_server_state(
+      sgd_spec, x0, len(SIZES), hp), data, hp, jax.random.key(4))
+  assert tree_max_abs_diff(avg, x0) > 1e-3
+  assert tree_max_abs_diff(state.params, avg) < 1e-6
+  # Server lr 0.5: halfway between the old model and the average.
+  hp = hp._replace(server=hp.server._replace(lr=jnp.float32(0.5)))
+  state, _ = server.round_step(MODEL.apply, sgd_spec, server.init_server_state(
+      sgd_spec, x0, len(SIZES), hp), data, hp, jax.random.key(4))
+  half = jax.tree_util.tree_map(lambda a, b: (a + b) / 2, x0, avg)
+  assert tree_max_abs_diff(state.params, half) < 1e-6
+
+
+def test_every_successor_is_registered_with_its_statics():
+  expect = {"scaffold": ("average", "sgd", True), "fednova": ("normalized", "none", False),
+            "fedavgm": ("average", "avgm", False), "fedadam": ("average", "adam", False),
+            "fedyogi": ("average", "yogi", False), "fedadagrad": ("average", "adagrad", False)}
+  for name, statics in expect.items():
+    a = algorithms.get(name)
+    assert (a.aggregation, a.server_optimizer, a.control_variates) == statics
+    assert a.paper and not a.drop_stragglers and a.mu_rule == "zero"
+  assert algorithms.round_statics(algorithms.FEDAVG, 0.9)["per_lane_state"]
+  assert not algorithms.round_statics(algorithms.FEDAVG, 0.0)["per_lane_state"]
+  with pytest.raises(ValueError, match="server_optimizer='adamw' is not one of"):
+    dataclasses.replace(SPEC, server_optimizer="adamw")
+
+
+def test_scaffold_state_size():
+  assert scaffold.state_bytes(1000, 1_663_370) == 2 * 4 * 1000 * 1_663_370
+  assert scaffold.device_memory_bytes() > 2**28
