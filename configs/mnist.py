@@ -86,6 +86,12 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.weight_decay = config_dict.placeholder(float)  # seed 0.001 (torch SGD) | paper 0
   c.stragglers_fraction = 0.9  # share of sampled clients that run fewer local epochs
   c.drop_stragglers = False  # True: FedAvg drops stragglers; False: FedProx keeps partial work
+  c.algorithm = ""           # '' = FedAvg/FedProx by mu, drop_stragglers, adaptive_mu | scaffold | fednova | fedavgm | fedadam | fedyogi | fedadagrad (the run's own mu and drop_stragglers still apply; a sweep names its algorithms in sweep.algorithms)
+  c.momentum = 0.0           # the clients' SGD momentum (torch's; NIID-Bench: 0.9), with every algorithm
+  c.server_lr = config_dict.placeholder(float)  # the server's learning rate (FedOpt, SCAFFOLD); None: the algorithm's own (1; FedAdam/FedYogi 0.01, FedAdagrad 0.1)
+  c.server_momentum = 0.9    # FedAvgM's server momentum; FedAdam/FedYogi/FedAdagrad's beta_1
+  c.server_beta2 = 0.99      # FedAdam/FedYogi's beta_2
+  c.server_tau = 1e-3        # FedAdam/FedYogi/FedAdagrad's adaptivity tau
   c.adaptive_mu = False      # the paper's heuristic from mu: +0.1 when the global training loss rises, -0.1 after 5 falls (costs an evaluation on all training data per round)
   # (the help of a field is the comment on its line)
   c.straggler_rule = config_dict.placeholder(str)  # bernoulli (seed) | exact (paper: a count)

@@ -80,6 +80,18 @@ def test_kill_after_a_round_and_resume_equals_uninterrupted_run(tmp_path, uninte
   _same_as(_rows(workdir), uninterrupted)
 
 
+@pytest.mark.parametrize("algorithm", ["scaffold", "fedyogi"])
+def test_server_state_resumes_exactly(tmp_path, algorithm):
+  """SCAFFOLD's variates, FedYogi's moments and the clients' momentum are checkpointed with the
+  model: a run killed after round 3 resumes to the uninterrupted run's rows."""
+  c = _config(algorithm=algorithm, mu=0.0, momentum=0.5)
+  full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
+  single.run(c, full, mnist=MNIST)
+  _run_killed_after(c, killed, 3)
+  single.run(c, killed, mnist=MNIST)
+  _same_as(_rows(killed), _rows(full))
+
+
 def _kill_during_save(monkeypatch, round_index):
   """A kill after round ``round_index``'s row is written, before its checkpoint commits."""
   real = checkpoints.Checkpoints.save

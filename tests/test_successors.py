@@ -182,3 +182,40 @@ def test_every_successor_is_registered_with_its_statics():
 def test_scaffold_state_size():
   assert scaffold.state_bytes(1000, 1_663_370) == 2 * 4 * 1000 * 1_663_370
   assert scaffold.device_memory_bytes() > 2**28
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("algorithm", "scafold", "config.algorithm: 'scafold' is not one of"),
+    ("algorithm", "fedavg", "leave algorithm empty"),
+    ("momentum", 1.0, "config.momentum=1.0: must be in"),
+    ("server_lr", 0.0, "config.server_lr=0.0: must be a finite number > 0"),
+    ("partition", "dirichlet", "use one of"),
+    ("dirichlet_beta", 0.0, "config.dirichlet_beta=0.0: must be a finite number > 0"),
+])
+def test_bad_inputs_are_one_line(field, value, match):
+  from configs import mnist as mnist_config
+  from fedprox_jax.errors import ConfigError
+  from fedprox_jax.run import config as config_lib
+  c = mnist_config.get_config("fedprox")
+  c.partition = "labeldir"
+  c[field] = value
+  with pytest.raises(ConfigError, match=match) as e:
+    config_lib.resolve(c)
+  assert "\n" not in str(e.value)
+
+
+def test_scaffold_state_too_large_is_refused_before_any_work(monkeypatch):
+  from configs import mnist as mnist_config
+  from fedprox_jax.errors import ConfigError
+  from fedprox_jax.run import config as config_lib, experiment
+  c = config_lib.resolve(mnist_config.get_config("fedprox"))
+  c.algorithm = "scaffold"
+  params = models.init_params(models.make_model("cnn", "xla"), jax.random.key(0))
+  spec = dataclasses.replace(SPEC, control_variates=True)
+  monkeypatch.setattr(scaffold, "device_memory_bytes", lambda: 8 * 2**30)  # an 8 GiB device
+  with pytest.raises(ConfigError, match=r"1000 clients x 1663370 parameters .* = 12\.4 GiB, "
+                     r"more than half of the device's 8\.0 GiB: use fewer clients"):
+    experiment.check_state_memory(c, spec, params)
+  experiment.check_state_memory(c, dataclasses.replace(spec, control_variates=False), params)
+  c.num_clients = 100
+  experiment.check_state_memory(c, spec, params)  # 1.2 GiB fits

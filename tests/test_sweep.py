@@ -250,9 +250,10 @@ class Killed(Exception):
 
 
 def _sweep_config():
-  # 8 experiments in 4 programs of 2, a checkpoint every round.
-  return _tiny_config(checkpoint_every=1, sweep=dict(
-      algorithms="fedavg,fedprox", stragglers="0.5,0.9", seeds=2, mu=1.0, dissimilarity=True,
+  # 8 experiments in 4 programs of 2, a checkpoint every round; their state besides the model
+  # (FedAdam's moments, SCAFFOLD's variates, the clients' momentum) must resume exactly too.
+  return _tiny_config(checkpoint_every=1, momentum=0.5, sweep=dict(
+      algorithms="fedadam,scaffold", stragglers="0.5,0.9", seeds=2, mu=1.0, dissimilarity=True,
       experiments_per_program=2))
 
 

@@ -114,6 +114,22 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require_float32("lr", c.lr, positive=True)
   _require_float32("mu", c.mu)
   _require_float32("weight_decay", c.weight_decay)
+  if c.algorithm:
+    try:
+      chosen = algorithms.get(c.algorithm)
+    except ValueError as e:
+      raise ConfigError(f"config.algorithm: {e}") from e
+    require(chosen.aggregation != "average" or chosen.stateful_server, "algorithm", c.algorithm,
+            "FedAvg and FedProx are chosen by mu and drop_stragglers "
+            "(--config=configs/mnist.py:fedavg or :fedprox): leave algorithm empty")
+    require(not c.adaptive_mu, "adaptive_mu", c.adaptive_mu,
+            f"applies to FedProx (algorithm=''), not to algorithm={c.algorithm}")
+  require(0 <= c.momentum < 1, "momentum", c.momentum, "must be in [0, 1) (NIID-Bench: 0.9)")
+  if c.server_lr is not None:
+    _require_float32("server_lr", c.server_lr, positive=True)
+  require(0 <= c.server_momentum < 1, "server_momentum", c.server_momentum, "must be in [0, 1)")
+  require(0 <= c.server_beta2 < 1, "server_beta2", c.server_beta2, "must be in [0, 1)")
+  _require_float32("server_tau", c.server_tau, positive=True)
   require(0 <= c.client_val_fraction < 1, "client_val_fraction", c.client_val_fraction,
            "must be in [0, 1)")
   require(c.protocol == "seed" or c.client_val_fraction == 0, "client_val_fraction",

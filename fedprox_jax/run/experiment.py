@@ -20,7 +20,7 @@ from absl import logging
 from fedprox_jax.data import mnist as data_lib
 from fedprox_jax.run import config as config_lib
 from fedprox_jax.run import distributed
-from fedprox_jax.core import metrics, models, server
+from fedprox_jax.core import algorithms, fedopt, metrics, models, scaffold, server
 from fedprox_jax.data import partition, synthetic
 from fedprox_jax.core.client import FederatedData
 from fedprox_jax.errors import ConfigError
@@ -138,19 +138,69 @@ def make_evaluate_fn(apply_fn, batch_size: int):
   return jax.jit(functools.partial(metrics.evaluate, apply_fn, batch_size=batch_size))
 
 
+def run_algorithm(c: ml_collections.ConfigDict) -> algorithms.Algorithm:
+  """The algorithm whose server and client machinery a run uses: ``c.algorithm``, or for ''
+  the FedAvg/FedProx family (selected by mu, drop_stragglers and adaptive_mu)."""
+  return algorithms.get(c.algorithm) if c.algorithm else algorithms.FEDPROX
+
+
+def server_hparams(c: ml_collections.ConfigDict, algorithm: algorithms.Algorithm
+                   ) -> fedopt.ServerHParams:
+  """The server's hyper-parameters: ``c.server_lr`` if set, else the algorithm's own."""
+  return fedopt.ServerHParams(
+      lr=algorithm.server_lr if c.server_lr is None else c.server_lr,
+      momentum=c.server_momentum, beta2=c.server_beta2, tau=c.server_tau)
+
+
 def hparams(c: ml_collections.ConfigDict) -> server.HParams:
   """The traced round hyper-parameters of resolved config ``c`` (a run's; a sweep stacks one
   per experiment from its grid point)."""
   return server.HParams.create(c.lr, c.mu, c.stragglers_fraction, c.drop_stragglers,
-                               c.clients_per_round, c.weight_decay)
+                               c.clients_per_round, c.weight_decay, c.momentum,
+                               server_hparams(c, run_algorithm(c)))
+
+
+def server_state_leaves(state: server.ServerState) -> dict:
+  """What a checkpoint holds of the server's state besides the model: its arrays by position
+  (a plain dict, whatever optax's state classes are); {} for the averaging algorithms."""
+  leaves = jax.tree_util.tree_leaves((state.opt_state, state.control))
+  return {str(i): leaf for i, leaf in enumerate(leaves)}
+
+
+def server_state_from(template: server.ServerState, params, leaves: dict) -> server.ServerState:
+  """``template``'s structure with the model ``params`` and the checkpointed ``leaves``."""
+  treedef = jax.tree_util.tree_structure((template.opt_state, template.control))
+  opt_state, control = jax.tree_util.tree_unflatten(
+      treedef, [leaves[str(i)] for i in range(treedef.num_leaves)])
+  return server.ServerState(params, opt_state, control)
+
+
+def check_state_memory(c: ml_collections.ConfigDict, spec: server.RoundSpec, params,
+                       experiments: int = 1) -> None:
+  """SCAFFOLD keeps a variate per client on the device: refused with one line, before any
+  work, when the variates and their round's changes need more than half a device's memory."""
+  if not spec.control_variates:
+    return
+  num_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
+  need = scaffold.state_bytes(c.num_clients, num_params, experiments)
+  have = scaffold.device_memory_bytes()
+  config_lib.require(
+      need <= have // 2, "num_clients", c.num_clients,
+      f"SCAFFOLD keeps a control variate per client: {experiments} experiment(s) x "
+      f"{c.num_clients} clients x {num_params} parameters x 2 (variates and their changes) x 4 "
+      f"bytes = {need / 2**30:.1f} GiB, more than half of the device's {have / 2**30:.1f} GiB: "
+      "use fewer clients, a smaller model (--config.model=mlr or niid_cnn), "
+      "--config.sweep.experiments_per_program=1, or a device with more memory")
 
 
 def round_spec(c: ml_collections.ConfigDict, max_client_size: int,
                mesh: jax.sharding.Mesh | None = None,
-               num_lanes: int | None = None) -> server.RoundSpec:
+               num_lanes: int | None = None,
+               algorithm: algorithms.Algorithm | None = None) -> server.RoundSpec:
   """The static round settings of resolved config ``c`` (the one builder: benchmarks use it
-  too, so nothing runs another protocol's rules); lanes (``num_lanes``, else the config's or
-  the backend's default) rounded up to fill the mesh's devices.
+  too, so nothing runs another protocol's rules) for ``algorithm`` (else the run's); lanes
+  (``num_lanes``, else the config's or the backend's default) rounded up to fill the mesh's
+  devices.
 
   Lanes beyond one per client and a batch beyond the largest client would only add masked
   work (the same results, up to 5x the time): both are capped, with a warning.
@@ -174,7 +224,8 @@ def round_spec(c: ml_collections.ConfigDict, max_client_size: int,
       clients_per_round=c.clients_per_round, local_epochs=c.local_epochs,
       batch_size=batch_size, max_client_size=max_client_size, num_lanes=lanes,
       sampling=c.sampling, straggler_rule=c.straggler_rule, weighting=c.weighting, mesh=mesh,
-      inexactness=c.inexactness, straggler_work=c.straggler_work)
+      inexactness=c.inexactness, straggler_work=c.straggler_work,
+      **algorithms.round_statics(algorithm or run_algorithm(c), c.momentum))
 
 
 def _check_plan_size(c, max_client_size: int) -> None:

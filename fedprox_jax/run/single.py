@@ -57,6 +57,8 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
   wd = open_workdir(workdir, "run")
   try:
     setup = experiment.prepare(c, mnist, lanes_over_devices=True)
+    experiment.check_state_memory(c, setup.spec, models.init_params(
+        setup.model, jax.random.key(0), setup.data.train.x.shape[1:]))
     wd.commit(setup.config.to_dict(), setup.data.stats)
     distributed.barrier("workdir ready")
     logging.info("model %s, %d lanes on %d device(s), backend %s; setup took %.1fs", c.model,
@@ -75,13 +77,17 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
 
 def _restore(setup: experiment.Setup, wd: Workdir, checkpoints: checkpoints_lib.Checkpoints):
   """(state, first round to run, rows so far): from scratch, or after the newest checkpoint
-  whose rows are on disk. The state is {"params"} and, with adaptive mu, {"mu": the
-  adaptive-mu state's arrays}."""
+  whose rows are on disk. The state is {"params"}, with adaptive mu {"mu": the adaptive-mu
+  state's arrays}, and where the server keeps more than the model {"server": its arrays}."""
   c = setup.config
   init_key, _ = jax.random.split(jax.random.key(c.seed))
   state = {"params": models.init_params(setup.model, init_key, setup.data.train.x.shape[1:])}
   if c.adaptive_mu:
     state["mu"] = dict(adaptive_mu.init(c.mu)._asdict())
+  server_state = server.init_server_state(setup.spec, state["params"], c.num_clients,
+                                          experiment.hparams(c))
+  if experiment.server_state_leaves(server_state):
+    state["server"] = experiment.server_state_leaves(server_state)
   schedule = loop.Schedule.of(c)
   done, state, rows = loop.restore(
       checkpoints, state, loop.Output(wd, ROWS_FILE),
@@ -118,7 +124,7 @@ def make_adapt_fn(setup: experiment.Setup):
 class _Round(NamedTuple):
   """A dispatched round's device values, until the host records it."""
   t: int
-  params: object
+  server: object  # the ServerState after round t
   m: object
   mu: object
   mu_state: object
@@ -126,7 +132,7 @@ class _Round(NamedTuple):
   evaluation: tuple
 
   def arrays(self):
-    return (self.params, self.m, self.diverged_at, self.evaluation)
+    return (self.server, self.m, self.diverged_at, self.evaluation)
 
 
 class _RunProgram(loop.Program):
@@ -141,9 +147,12 @@ class _RunProgram(loop.Program):
     _, self.rounds_key = jax.random.split(jax.random.key(c.seed))
     self.replicate = replicate
     self.hp = replicate(experiment.hparams(c))
-    self.round_fn = server.make_round_fn(setup.model.apply, setup.spec)
+    self.round_fn = server.make_round_fn(setup.model.apply, setup.spec, with_state=True)
     self.adapt = make_adapt_fn(setup) if c.adaptive_mu else None
-    self.params = state["params"]
+    template = server.init_server_state(setup.spec, state["params"], c.num_clients,
+                                        experiment.hparams(c))
+    self.server = experiment.server_state_from(template, state["params"],
+                                               state.get("server", {}))
     self.mu_state = adaptive_mu.MuState(**state["mu"]) if self.adapt else None
     # The first non-finite round, tracked on the device: no round waits for the host to read it.
     self.diverged_at = jnp.int32(0)
@@ -152,14 +161,15 @@ class _RunProgram(loop.Program):
   def dispatch(self, t, evaluate):
     exp = self.setup.data
     mu = self.mu_state.mu if self.adapt else self.hp.mu
-    self.params, m = self.round_fn(self.params, exp.train, self.hp._replace(mu=mu),
+    self.server, m = self.round_fn(self.server, exp.train, self.hp._replace(mu=mu),
                                    self.replicate(jax.random.fold_in(self.rounds_key, t)))
+    params = self.server.params
     if self.adapt:
-      self.mu_state = self.adapt(self.params, exp.train, self.mu_state)
+      self.mu_state = self.adapt(params, exp.train, self.mu_state)
     self.diverged_at = jnp.where((self.diverged_at == 0) & ~m.finite, t, self.diverged_at)
     # (A diverged round's evaluation is discarded.)
-    evaluation = self.setup.evaluate(self.params, exp.test_x, exp.test_y) if evaluate else ()
-    return _Round(t, self.params, m, mu, self.mu_state, self.diverged_at, evaluation)
+    evaluation = self.setup.evaluate(params, exp.test_x, exp.test_y) if evaluate else ()
+    return _Round(t, self.server, m, mu, self.mu_state, self.diverged_at, evaluation)
 
   def rows(self, r, evaluate, wall_time):
     c, t = self.c, r.t
@@ -176,7 +186,10 @@ class _RunProgram(loop.Program):
         t, m, {"test_accuracy": accuracy, "test_loss": test_loss}, wall_time, mu)]
 
   def checkpoint_state(self, r):
-    return {"params": r.params, **({"mu": dict(r.mu_state._asdict())} if self.adapt else {})}
+    extra = experiment.server_state_leaves(r.server)
+    return {"params": r.server.params,
+            **({"mu": dict(r.mu_state._asdict())} if self.adapt else {}),
+            **({"server": extra} if extra else {})}
 
   def recorded(self, r, rows):
     for row in rows:

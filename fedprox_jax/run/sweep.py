@@ -30,7 +30,7 @@ import numpy as np
 from absl import logging
 
 from fedprox_jax import outputs
-from fedprox_jax.core import adaptive_mu, algorithms, metrics, models, server
+from fedprox_jax.core import adaptive_mu, algorithms, fedopt, metrics, models, server
 from fedprox_jax.data import mnist as data_lib
 from fedprox_jax.errors import ConfigError, DivergenceError, Interrupted
 from fedprox_jax.report import plots
@@ -57,6 +57,7 @@ class GridPoint:
   # several, and the name says which.
   partition: int = 0
   partition_axis: bool = False
+  server_lr: float = 1.0  # FedOpt's and SCAFFOLD's server learning rate (unused by the others)
 
   @property
   def name(self) -> str:
@@ -118,11 +119,14 @@ def experiment_grid(c: ml_collections.ConfigDict) -> list:
           for seed in seeds:
             if partition in partition_seeds(c, seed):
               grid.append(GridPoint(a.name, mu, a.drop_stragglers, fraction, seed,
-                                    a.mu_rule == "adaptive", name, partition, axis))
+                                    a.mu_rule == "adaptive", name, partition, axis,
+                                    experiment.server_hparams(c, a).lr))
   return grid
 
 
 def _stack_hparams(c, specs):
+  server_hp = experiment.server_hparams(c, algorithms.FEDAVG)
+  full = lambda v: jnp.full(len(specs), v, jnp.float32)
   return server.HParams(
       lr=jnp.full(len(specs), c.lr, jnp.float32),
       mu=jnp.array([s.mu for s in specs], jnp.float32),
@@ -131,7 +135,17 @@ def _stack_hparams(c, specs):
       exact_stragglers=jnp.array([server.exact_straggler_count(c.clients_per_round,
                                                                s.stragglers_fraction)
                                   for s in specs], jnp.int32),
-      weight_decay=jnp.full(len(specs), c.weight_decay, jnp.float32))
+      weight_decay=full(c.weight_decay), momentum=full(c.momentum),
+      server=fedopt.ServerHParams(lr=jnp.array([s.server_lr for s in specs], jnp.float32),
+                                  momentum=full(server_hp.momentum), beta2=full(server_hp.beta2),
+                                  tau=full(server_hp.tau)))
+
+
+def statics(c: ml_collections.ConfigDict, point: GridPoint) -> tuple:
+  """The static round parts of ``point``'s algorithm: experiments share a program only where
+  these are equal (``algorithms.round_statics``)."""
+  return tuple(sorted(algorithms.round_statics(algorithms.get(point.algorithm),
+                                               c.momentum).items()))
 
 
 def _over_experiments(fn, in_axes, size: int):
@@ -152,17 +166,18 @@ def make_sweep_fns(apply_fn, eval_apply_fn, spec: server.RoundSpec, size: int,
   """Jitted round and evaluation over an experiment axis of ``size``; the same arguments give
   the same functions, so the programs of a sweep (and a resumed one) compile once.
 
-  The round takes and returns each experiment's adaptive-mu state: an adaptive experiment
+  The round takes and returns each experiment's ServerState (the model, and what FedOpt or
+  SCAFFOLD keep) and adaptive-mu state: an adaptive experiment
   trains with the state's mu, then its state sees the new global model's training loss, all
   in the one program (``with_adaptive``: some experiment of the program adapts)."""
 
-  def round_one(params, mu_state, data, hp, key, adaptive):
+  def round_one(state, mu_state, data, hp, key, adaptive):
     hp = hp._replace(mu=jnp.where(adaptive, mu_state.mu, hp.mu))
-    params, m = server.run_round(apply_fn, spec, params, data, hp, key)
+    state, m = server.round_step(apply_fn, spec, state, data, hp, key)
     if with_adaptive:
-      _, loss = metrics.evaluate(eval_apply_fn, params, data.x, data.y, eval_batch_size)
+      _, loss = metrics.evaluate(eval_apply_fn, state.params, data.x, data.y, eval_batch_size)
       mu_state = adaptive_mu.update(mu_state, loss)
-    return params, m, mu_state, hp.mu
+    return state, m, mu_state, hp.mu
 
   round_fn = jax.jit(_over_experiments(round_one, (0, 0, None, 0, 0, 0), size))
 
@@ -209,12 +224,14 @@ class _Round(NamedTuple):
 class _SweepProgram(loop.Program):
   """Experiments vmapped in one program (over devices when the mesh has several)."""
 
-  def __init__(self, setup, specs, state, rows, reported, mesh, round_fn, evaluate_fn):
+  def __init__(self, setup, specs, state, rows, reported, mesh, round_fn, evaluate_fn,
+               server_template):
     self.c, self.real = setup.config, len(rows)
     self.names = list(rows)
     self.label = (self.names[0] if self.real == 1
                   else f"{self.names[0]} .. {self.names[-1]}")
     self.specs, self.state, self.rows_so_far, self.reported = specs, state, rows, reported
+    self.server_template = server_template
     self.round_fn, self.evaluate_fn = round_fn, evaluate_fn
     # The same seed gives the same round keys (common random numbers).
     self.rounds_keys = jnp.stack([jax.random.split(jax.random.key(s.seed))[1] for s in specs])
@@ -228,9 +245,12 @@ class _SweepProgram(loop.Program):
 
   def dispatch(self, t, evaluate):
     state, (train, test_x, test_y) = self.state, self.data
-    params, m, mu_state, mu = self.round_fn(
-        state["params"], adaptive_mu.MuState(**state["mu"]), train, self.hp,
+    server_state = experiment.server_state_from(self.server_template, state["params"],
+                                                state.get("server", {}))
+    server_state, m, mu_state, mu = self.round_fn(
+        server_state, adaptive_mu.MuState(**state["mu"]), train, self.hp,
         self.shard(_fold_in_each(self.rounds_keys, t)), self.adaptive)
+    params = server_state.params
     diverged_at = jnp.where((state["diverged_at"] == 0) & ~m.finite, t, state["diverged_at"])
     evaluation = {}
     if evaluate:
@@ -242,6 +262,9 @@ class _SweepProgram(loop.Program):
                                   if k != "b_dissimilarity"]), axis=0)
       diverged_at = jnp.where((diverged_at == 0) & ~finite, t, diverged_at)
     self.state = {"params": params, "diverged_at": diverged_at, "mu": dict(mu_state._asdict())}
+    extra = experiment.server_state_leaves(server_state)
+    if extra:
+      self.state["server"] = extra
     return _Round(t, self.state, m, mu, evaluation)
 
   def rows(self, r, evaluate, wall_time):
@@ -285,23 +308,31 @@ def run_program(setup: experiment.Setup, specs: list, schedule: loop.Schedule,
   set, the program saves the round it is in and stops, as on a signal.
   """
   c = setup.config
-  optimizers = {algorithms.get(s.algorithm).client_optimizer for s in specs}
-  if optimizers != {setup.spec.client_optimizer}:
-    raise ValueError("the algorithms of one program must share the round's client optimizer "
-                     "(a static part of its compiled round): put the others in programs of "
-                     "their own")
+  if len({statics(c, s) for s in specs}) != 1:
+    raise ValueError("the algorithms of one program must share the static parts of its compiled "
+                     "round (client optimizer, aggregation, server optimizer, variates): put "
+                     "the others in programs of their own")
+  spec = dataclasses.replace(setup.spec, **dict(statics(c, specs[0])))
   real = len(specs)
   names = [s.name for s in specs]
   input_shape = setup.data.train.x.shape[1:]
   # The same seed gives the same initial model (common random numbers).
-  state = {"params": jax.tree_util.tree_map(
-               lambda *leaves: jnp.stack(leaves),
-               *[models.init_params(setup.model, jax.random.split(jax.random.key(s.seed))[0],
-                                    input_shape) for s in specs]),
+  initial = [models.init_params(setup.model, jax.random.split(jax.random.key(s.seed))[0],
+                                input_shape) for s in specs]
+  experiment.check_state_memory(c, spec, initial[0], len(specs))
+  stack = lambda trees: jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)
+  hps = [jax.tree_util.tree_map(lambda a, i=i: a[i], _stack_hparams(c, specs))
+         for i in range(real)]
+  servers = [server.init_server_state(spec, p, c.num_clients, hp)
+             for p, hp in zip(initial, hps)]
+  server_template = servers[0]
+  state = {"params": stack(initial),
            # the first non-finite round of each experiment (0 = none so far)
            "diverged_at": jnp.zeros(real, jnp.int32),
            # adaptive mu (the fixed-mu experiments carry it unused)
            "mu": dict(adaptive_mu.init(jnp.array([s.mu for s in specs], jnp.float32))._asdict())}
+  if experiment.server_state_leaves(server_template):  # FedOpt's or SCAFFOLD's state
+    state["server"] = stack([experiment.server_state_leaves(s) for s in servers])
   checkpoints = checkpoints_lib.Checkpoints(checkpoint_dir) if checkpoint_dir else None
   done, rows = 0, {name: [] for name in names}
   if wd is not None:
@@ -320,12 +351,12 @@ def run_program(setup: experiment.Setup, specs: list, schedule: loop.Schedule,
     specs = specs + [specs[-1]] * padding
     state = jax.tree_util.tree_map(
         lambda a: jnp.concatenate([a] + [a[-1:]] * padding) if padding else a, state)
-  round_fn, evaluate_fn = make_sweep_fns(setup.model.apply, setup.eval_model.apply, setup.spec,
+  round_fn, evaluate_fn = make_sweep_fns(setup.model.apply, setup.eval_model.apply, spec,
                                          len(specs), c.eval_batch_size, c.sweep.dissimilarity,
                                          any(s.adaptive for s in specs))
   reported = {n: int(d) for n, d in zip(names, _to_host(state["diverged_at"])[:real]) if d}
   program = _SweepProgram(setup, specs, distributed.splitter(mesh)(state), rows, reported, mesh,
-                          round_fn, evaluate_fn)
+                          round_fn, evaluate_fn, server_template)
   stop_asked = lambda: signals.received() or (sweep_stopping is not None
                                               and sweep_stopping.is_set() and "the sweep's stop")
   try:
@@ -459,11 +490,14 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
                                      genuine=genuine)
     per_program = _experiments_per_program(
         c, max(sum(s.data_key == key for s in specs) for key in keys), wd)
-    programs = []  # (data key, experiments): a program never mixes data sets
+    # (data key, experiments): a program never mixes data sets, nor algorithms whose rounds
+    # differ in their static parts
+    programs = []
     for key in keys:
-      own = [s for s in specs if s.data_key == key]
-      programs += [(key, own[first:first + per_program])
-                   for first in range(0, len(own), per_program)]
+      for kind in dict.fromkeys(statics(c, s) for s in specs):
+        own = [s for s in specs if s.data_key == key and statics(c, s) == kind]
+        programs += [(key, own[first:first + per_program])
+                     for first in range(0, len(own), per_program)]
     side_by_side = min(len(programs),
                        c.sweep.concurrent_programs or defaults.concurrent_programs(per_program))
     if side_by_side > 1 and jax.process_count() > 1:
