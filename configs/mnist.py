@@ -120,6 +120,7 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.sweep.experiments_per_program = 0  # experiments vmapped together (0 = backend default)
   c.sweep.concurrent_programs = 0    # programs run side by side in threads (0 = backend default: on CPU one per core when programs hold one experiment, else 1)
   c.sweep.adaptive_mu_init = config_dict.placeholder(float)  # fedprox_adaptive's first mu (None: the paper's, 1 on Synthetic-IID, else 0)
+  c.sweep.splits = ""                # data=mnist: comma-separated partitions as an axis: iid | power_law | labeldir<beta> | label<k> | quantity<beta>, e.g. labeldir0.5,label1,label2,label3,quantity0.5 ('' = the config's partition)
   c.sweep.federations = ""           # data=synthetic: comma-separated iid | ALPHA_BETA, e.g. iid,0_0,1_1 ('' = c.synthetic's)
   c.update(VARIANTS[variant])
   if variant == "mu_grid":

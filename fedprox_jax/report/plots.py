@@ -33,22 +33,32 @@ COLORS = {"fedavg": "tab:green", "fedprox_mu0": "tab:blue", "fedprox": "tab:red"
 MORE_COLORS = ("tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
 
 
+# The successors (core/algorithms.py), after FedProx's columns.
+SUCCESSOR_LABELS = {"scaffold": "SCAFFOLD", "fednova": "FedNova", "fedavgm": "FedAvgM",
+                    "fedadam": "FedAdam", "fedyogi": "FedYogi", "fedadagrad": "FedAdagrad"}
+
+
 def label(algorithm: str) -> str:
   if algorithm in LABELS:
     return LABELS[algorithm]
+  if algorithm in SUCCESSOR_LABELS:
+    return SUCCESSOR_LABELS[algorithm]
   if algorithm.startswith(FIXED_MU_PREFIX):
     return f"FedProx (mu={algorithm[len(FIXED_MU_PREFIX):]})"
   return algorithm
 
 
 def algorithm_order(algorithm: str) -> tuple:
-  """The named algorithms in LABELS' order, then the fixed-mu ones by mu, then the rest."""
+  """The named algorithms in LABELS' order, then the fixed-mu ones by mu, the successors, then
+  the rest."""
   if algorithm in LABELS:
     return (0, list(LABELS).index(algorithm), "")
+  if algorithm in SUCCESSOR_LABELS:
+    return (2, list(SUCCESSOR_LABELS).index(algorithm), "")
   try:
     return (1, float(algorithm[len(FIXED_MU_PREFIX):]), "")
   except ValueError:
-    return (2, 0.0, algorithm)
+    return (3, 0.0, algorithm)
 # Dashed: without stragglers FedAvg and FedProx (mu=0) are the same run, and their lines coincide.
 STYLES = {"fedprox_mu0": "--"}
 THRESHOLDS = (0.8, 0.9)

@@ -92,6 +92,8 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   else:
     require(not c.sweep.federations, "sweep.federations", c.sweep.federations,
              "applies to data='synthetic' only")
+    require(not c.sweep.splits or c.mode == "sweep", "sweep.splits", c.sweep.splits,
+            "applies to mode='sweep' only: a run takes --config.partition")
   for field in ("num_clients", "clients_per_round", "num_rounds", "local_epochs", "batch_size",
                 "eval_every", "labels_per_client", "min_per_client", "checkpoint_every"):
     require(_is_int(c[field]) and c[field] >= 1, field, c[field], "must be an integer >= 1")
@@ -231,11 +233,40 @@ def parse_list(field: str, value, cast):
   return items
 
 
+def split_fields(name: str) -> dict:
+  """The partition fields a split of ``sweep.splits`` names: iid, power_law, labeldir<beta>,
+  label<k> (NIID-Bench's #C = k), quantity<beta>."""
+  hint = ("use iid, power_law, labeldir<beta> (e.g. labeldir0.5), label<k> (e.g. label2) or "
+          "quantity<beta> (e.g. quantity0.5)")
+  if name in ("iid", "power_law"):
+    return {"partition": name}
+  for prefix, partition_name, field, cast in (
+      ("labeldir", "labeldir", "dirichlet_beta", float),
+      ("label", "label_count", "labels_per_client", int),
+      ("quantity", "quantity", "dirichlet_beta", float)):
+    if name.startswith(prefix):
+      try:
+        value = cast(name[len(prefix):])
+      except ValueError:
+        raise ConfigError(f"config.sweep.splits: {name!r} is not a split: {hint}") from None
+      ok = (1 <= value <= partition.NUM_CLASSES) if cast is int else (
+          math.isfinite(value) and value > 0)
+      if not ok:
+        raise ConfigError(f"config.sweep.splits: {name!r}: "
+                          + (f"k must be from 1 to {partition.NUM_CLASSES}" if cast is int
+                             else "beta must be a finite number > 0"))
+      return {"partition": partition_name, field: value}
+  raise ConfigError(f"config.sweep.splits: {name!r} is not a split: {hint}")
+
+
 def federations(c: ml_collections.ConfigDict) -> dict:
   """{federation name: (alpha, beta, iid)} of a synthetic sweep (c.sweep.federations, else
-  c.synthetic's one); {"": None} for MNIST."""
+  c.synthetic's one); for MNIST {split name: its partition fields} of ``c.sweep.splits``
+  (NIID-Bench's partitions as a sweep axis), else {"": None}: each is a data set of its own."""
   if c.data != "synthetic":
-    return {"": None}
+    if c.mode != "sweep" or not c.sweep.splits:
+      return {"": None}
+    return {name: split_fields(name) for name in parse_list("splits", c.sweep.splits, str)}
   if not c.sweep.federations:
     s = c.synthetic
     return {synthetic.name(s.alpha, s.beta, s.iid): (s.alpha, s.beta, s.iid)}

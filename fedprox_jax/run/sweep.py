@@ -52,7 +52,9 @@ class GridPoint:
   stragglers_fraction: float
   seed: int
   adaptive: bool = False
-  federation: str = ""  # data=synthetic: the federation's name (synthetic_A_B, synthetic_iid)
+  # data=synthetic: the federation's name (synthetic_A_B, synthetic_iid); MNIST: the split of
+  # sweep.splits (labeldir0.5, label2, ...), '' without
+  federation: str = ""
   # The partition's seed (data=synthetic: the generator's); ``partition_axis``: the sweep draws
   # several, and the name says which.
   partition: int = 0
@@ -78,10 +80,12 @@ class GridPoint:
 
 def data_config(c: ml_collections.ConfigDict, federation, partition: int
                 ) -> ml_collections.ConfigDict:
-  """``c`` with c.synthetic set to ``federation`` = (alpha, beta, iid) (None: c's own) and the
-  partition seed ``partition``."""
+  """``c`` with c.synthetic set to ``federation`` = (alpha, beta, iid), or for MNIST the split's
+  partition fields (None: c's own), and the partition seed ``partition``."""
   out = ml_collections.ConfigDict(c.to_dict())
-  if federation is not None:
+  if isinstance(federation, dict):
+    out.update(federation)
+  elif federation is not None:
     out.synthetic.alpha, out.synthetic.beta, out.synthetic.iid = federation
   out.partition_seed = partition
   return out
