@@ -9,6 +9,7 @@ Sweeps (the paper's Figure 1 grid: FedAvg, FedProx mu=0, FedProx mu>0 x straggle
   figure1        the seed protocol with the CNN
   figure1_paper  the authors' protocol with logistic regression (20 local epochs)
   figure1_e1     figure1_paper with E = 1, stragglers by SGD steps (straggler_work=iterations)
+  figure1_successors  figure1_paper with FedNova, SCAFFOLD and FedAdam columns too
   mu_grid        the paper's appendix: FedProx with mu 0, 0.001, 0.01, 0.1, 1 x stragglers 0, 0.9
                  (fedprox_mu<value> in sweep.algorithms: FedProx with that mu)
 Every field can be overridden: --config.mu=0.5 --config.num_rounds=200 --config.model=mlr
@@ -31,7 +32,10 @@ VARIANTS = {
     # The appendix's E = 1: stragglers run a number of SGD steps, not epochs (none below 1).
     "figure1_e1": dict(mode="sweep", protocol="paper", model="mlr", local_epochs=1,
                        straggler_work="iterations"),
+    # Figure 1 with FedProx's successors, a column each (configs/niid_bench.py: NIID-Bench's grid).
+    "figure1_successors": dict(mode="sweep", protocol="paper", model="mlr"),
 }
+SUCCESSORS = "fedavg,fedprox,fednova,scaffold,fedadam"
 MU_GRID = "fedprox_mu0,fedprox_mu0.001,fedprox_mu0.01,fedprox_mu0.1,fedprox_mu1"
 
 
@@ -125,4 +129,6 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.update(VARIANTS[variant])
   if variant == "mu_grid":
     c.sweep.algorithms, c.sweep.stragglers = MU_GRID, "0,0.9"
+  if variant == "figure1_successors":
+    c.sweep.algorithms = SUCCESSORS
   return c

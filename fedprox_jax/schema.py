@@ -39,3 +39,8 @@ NO_EFFECT_FIELDS = ("variant", "data_source", "data_dir", "download", "allow_mod
 # Fields that change how the work is laid out, at most the last float bits of the results.
 LAYOUT_FIELDS = ("num_lanes", "num_devices", "conv_impl", "eval_conv_impl", "eval_batch_size",
                  "sweep.experiments_per_program")
+# Fields added after workdirs were written (issue 24): an older workdir's config lacks them, and
+# its results are those of these values, so a resume compares it as if it had them.
+ADDED_FIELDS = {"partition": "power_law", "dirichlet_beta": 0.5, "algorithm": "",
+                "momentum": 0.0, "server_lr": None, "server_momentum": 0.9,
+                "server_beta2": 0.99, "server_tau": 0.001, "sweep.splits": ""}

@@ -20,7 +20,8 @@ def test_gpu_suite_smoke(tmp_path):
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   report = json.loads((out / "gpu_suite.json").read_text())
-  assert report["smoke"] and set(report["items"]) == {"default_run", "round", "figure1"}
+  assert report["smoke"] and set(report["items"]) == {"default_run", "round", "figure1",
+                                                             "niid_bench"}
   run = report["items"]["default_run"]
   assert run["rounds"] == 2 and run["total_seconds"] > run["seconds_per_round_after_first"] > 0
   paths = report["items"]["round"]["paths"]
@@ -31,6 +32,10 @@ def test_gpu_suite_smoke(tmp_path):
   assert [r["experiments_per_program"] for r in runs] == [1, 3]
   assert all(r["experiments"] == 3 and r["full_grid_seconds_extrapolated"] > r["measured_seconds"]
              for r in runs)
+  niid = report["items"]["niid_bench"]
+  assert niid["experiments"] == 4 and niid["rounds"] == 2 and niid["seconds"] > 0
+  assert "SCAFFOLD" in niid["table"] and "FedNova" in niid["table"]
   table = (out / "gpu_suite.md").read_text()
   assert "SMOKE" in table and "| im2col | looped |" in table and "extrapolated" in table
+  assert "NIID-Bench MNIST grid" in table
   assert report["environment"]["backend"] == "cpu" and report["environment"]["cpu"]

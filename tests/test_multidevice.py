@@ -50,6 +50,32 @@ def test_sharded_round_equals_single_device_round():
         assert abs(outs[n][1] - outs[1][1]) < 1e-5
       looped, _ = reference.looped_round(model.apply, spec, params, data, hp, jax.random.key(3))
       assert tree_max_abs_diff(outs[8][0], looped) < 2e-5
+    # SCAFFOLD with momentum clients: the variates' changes are summed over the devices too.
+    import dataclasses
+    from fedprox_jax.core import algorithms
+    model = models.make_model("mlr")
+    params = models.init_params(model, jax.random.key(0))
+    hp = server.HParams.create(0.05, 0.0, 0.5, False, 5, momentum=0.5)
+    states = {}
+    for n in (1, 8):
+      spec = server.RoundSpec(clients_per_round=5, local_epochs=2, batch_size=4,
+                              max_client_size=95, num_lanes=8, mesh=distributed.make_mesh(n),
+                              sampling="uniform", straggler_rule="exact", weighting="samples",
+                              **algorithms.round_statics(algorithms.SCAFFOLD, 0.5))
+      state = server.init_server_state(spec, params, 10, hp)
+      for t in (1, 2):
+        state, _ = server.make_round_fn(model.apply, spec, with_state=True)(
+            state, data, hp, jax.random.key(t))
+      states[n] = state
+    looped = server.init_server_state(spec, params, 10, hp)
+    for t in (1, 2):
+      looped, _ = reference.looped_round_step(model.apply, spec, looped, data, hp,
+                                              jax.random.key(t))
+    assert tree_max_abs_diff(states[8].params, states[1].params) < 1e-5
+    assert tree_max_abs_diff(states[8].control, states[1].control) < 2e-4
+    assert tree_max_abs_diff(states[8].control, looped.control) < 5e-4
+    assert tree_max_abs_diff(states[8].control.server, jax.tree_util.tree_map(
+        lambda a: 0 * a, states[8].control.server)) > 1e-3
     print("ok")
   """)
 

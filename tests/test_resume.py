@@ -4,6 +4,7 @@ Every resumed run is compared row by row with an uninterrupted run of the same c
 """
 
 import glob
+import json
 import os
 import random
 import signal
@@ -90,6 +91,25 @@ def test_server_state_resumes_exactly(tmp_path, algorithm):
   _run_killed_after(c, killed, 3)
   single.run(c, killed, mnist=MNIST)
   _same_as(_rows(killed), _rows(full))
+
+
+def test_a_workdir_written_before_the_successors_resumes(tmp_path, uninterrupted):
+  """A config.json without the fields issue 24 added (partition, algorithm, momentum, the
+  server's) is compared as if it had the values that reproduce it: the run resumes."""
+  workdir = str(tmp_path / "old")
+  _run_killed_after(_config(), workdir, 3)
+  path = os.path.join(workdir, "config.json")
+  saved = outputs.read_json(path)
+  for field in ("partition", "dirichlet_beta", "algorithm", "momentum", "server_lr",
+                "server_momentum", "server_beta2", "server_tau"):
+    del saved[field]
+  del saved["sweep"]["splits"]
+  with open(path, "w") as f:
+    json.dump(saved, f)
+  with pytest.raises(errors.ConfigError, match="momentum: 0.0 -> 0.5"):  # a real change still
+    single.run(_config(momentum=0.5), workdir, mnist=MNIST)
+  single.run(_config(), workdir, mnist=MNIST)
+  _same_as(_rows(workdir), uninterrupted)
 
 
 def _kill_during_save(monkeypatch, round_index):
@@ -325,14 +345,16 @@ def _poison_round(monkeypatch, round_index):
   """NaN injection: round ``round_index`` starts from a global model with one NaN in it."""
   real = server.make_round_fn
 
-  def poisoned_make_round_fn(apply_fn, spec):
-    round_fn, calls = real(apply_fn, spec), []
+  def poisoned_make_round_fn(apply_fn, spec, with_state=False):
+    round_fn, calls = real(apply_fn, spec, with_state), []
 
-    def poisoned(params, data, hp, key):
+    def poisoned(state, data, hp, key):
       calls.append(1)
       if len(calls) == round_index:
-        params = jax.tree_util.tree_map(lambda a: a.at[(0,) * a.ndim].set(jnp.nan), params)
-      return round_fn(params, data, hp, key)
+        nan = lambda params: jax.tree_util.tree_map(
+            lambda a: a.at[(0,) * a.ndim].set(jnp.nan), params)
+        state = state._replace(params=nan(state.params)) if with_state else nan(state)
+      return round_fn(state, data, hp, key)
     poisoned.compilations = 1
     return poisoned
 

@@ -171,7 +171,7 @@ def test_plot_entry_point_explains_its_usage(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("algorithms", "fedavg,scaffold", "'scaffold' is not one of"),
+    ("algorithms", "fedavg,scafold", "'scafold' is not one of"),
     ("stragglers", "0,1.5", "1.5 is not between 0 and 1"),
     ("stragglers", "0,half", "not a comma-separated list"),
     ("seeds", 0, "must be an integer >= 1"),

@@ -162,16 +162,13 @@ class LogisticRegression(nn.Module):
 
 def make_model(name: str, conv_impl: str = "im2col", num_classes: int = 10,
                mlr_init: str = "torch") -> nn.Module:
-  """Builds a model by name: ``cnn`` (its convolution one of CONV_IMPLS; the backend's
-  default is ``run/defaults.conv_impl``) or ``mlr`` (``mlr_init`` one of MLR_INITS)."""
-  if name == "cnn":
+  """Builds a model by name: ``cnn`` or ``niid_cnn`` (its convolution one of CONV_IMPLS; the
+  backend's default is ``run/defaults.conv_impl``) or ``mlr`` (``mlr_init`` one of MLR_INITS)."""
+  if name in CONVOLUTIONAL:
     if conv_impl not in CONV_IMPLS:
       raise ValueError(f"conv_impl={conv_impl!r} is not one of {CONV_IMPLS}")
-    return CNN(num_classes=num_classes, conv_impl=conv_impl)
-  if name == "niid_cnn":
-    if conv_impl not in CONV_IMPLS:
-      raise ValueError(f"conv_impl={conv_impl!r} is not one of {CONV_IMPLS}")
-    return LeNet(num_classes=num_classes, conv_impl=conv_impl)
+    network = CNN if name == "cnn" else LeNet
+    return network(num_classes=num_classes, conv_impl=conv_impl)
   if name == "mlr":
     if mlr_init not in MLR_INITS:
       raise ValueError(f"mlr_init={mlr_init!r} is not one of {MLR_INITS}")

@@ -126,6 +126,8 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             "(--config=configs/mnist.py:fedavg or :fedprox): leave algorithm empty")
     require(not c.adaptive_mu, "adaptive_mu", c.adaptive_mu,
             f"applies to FedProx (algorithm=''), not to algorithm={c.algorithm}")
+    if c.server_lr is None and c.mode == "single":  # config.json records the value used
+      c.server_lr = chosen.server_lr
   require(0 <= c.momentum < 1, "momentum", c.momentum, "must be in [0, 1) (NIID-Bench: 0.9)")
   if c.server_lr is not None:
     _require_float32("server_lr", c.server_lr, positive=True)

@@ -27,7 +27,7 @@ from fedprox_jax.run import distributed
 from fedprox_jax import outputs
 from fedprox_jax.errors import ConfigError, WorkdirError
 
-from fedprox_jax.schema import LAYOUT_FIELDS, NO_EFFECT_FIELDS
+from fedprox_jax.schema import ADDED_FIELDS, LAYOUT_FIELDS, NO_EFFECT_FIELDS
 
 
 def default_workdir(now: datetime.datetime | None = None) -> str:
@@ -165,7 +165,8 @@ class Workdir:
     if not self.write:
       return
     if self.resuming:
-      now, before = flatten(json.loads(json.dumps(config))), flatten(self.saved)
+      now = flatten(json.loads(json.dumps(config)))
+      before = {**ADDED_FIELDS, **flatten(self.saved)}
       changed = sorted(k for k in set(before) | set(now)
                        if before.get(k) != now.get(k) and k not in NO_EFFECT_FIELDS
                        and k not in LAYOUT_FIELDS)
