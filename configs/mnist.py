@@ -130,5 +130,5 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   if variant == "mu_grid":
     c.sweep.algorithms, c.sweep.stragglers = MU_GRID, "0,0.9"
   if variant == "figure1_successors":
-    c.sweep.algorithms = SUCCESSORS
+    c.sweep.update(dict(algorithms=SUCCESSORS))
   return c
