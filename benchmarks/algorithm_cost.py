@@ -35,6 +35,7 @@ def _config():
   if F.setting == "niid_cnn":
     c = niid_bench.get_config("grid")
     c.update(mode="single", local_epochs=1)
+    c.sweep.splits = ""  # a run: the config's partition (labeldir 0.5)
   else:
     c = common.mnist_config.get_config("fedprox")
     c.update(model="mlr", stragglers_fraction=0.0)

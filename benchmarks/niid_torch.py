@@ -50,7 +50,7 @@ def torch_cells(mnist, split):
 
     def forward(self, x):
       x = self.pool(tf.relu(self.conv1(x)))
-      x = self.pool(tf.relu(self.conv2(x))).view(-1, 256)
+      x = self.pool(tf.relu(self.conv2(x))).reshape(-1, 256)
       return self.fc3(tf.relu(self.fc2(tf.relu(self.fc1(x)))))
 
   norm = lambda a: torch.tensor(data_lib.normalize(a)).permute(0, 3, 1, 2).contiguous()

@@ -120,6 +120,7 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.sweep.partitions = 1             # partition draws: partition seeds partition_seed .. partition_seed + partitions - 1, each with every (algorithm, level, seed)
   c.sweep.partition_per_seed = False  # True: each seed draws its own partition (partition seed = seed), as both sources' code does; then sweep.partitions must be 1
   c.sweep.mu = 1.0                   # mu of the fedprox algorithm (> 0)
+  c.sweep.global_train_loss = True   # log the global model's loss on all training data at each evaluation (the paper's Figure 1 curve; an evaluation of the whole training set)
   c.sweep.dissimilarity = True        # log mean_k ||grad f_k - grad f||^2 and the paper's B(w) at each evaluation
   c.sweep.experiments_per_program = 0  # experiments vmapped together (0 = backend default)
   c.sweep.concurrent_programs = 0    # programs run side by side in threads (0 = backend default: on CPU one per core when programs hold one experiment, else 1)

@@ -8,7 +8,7 @@ grid is splits (NIID-Bench's partitions) x algorithms x seeds, as one sweep:
   grid     labeldir0.5, label1, label2, label3, quantity0.5 x FedAvg, FedProx (mu 0.01),
            SCAFFOLD, FedNova x 3 seeds (60 experiments)
   mu_grid  the same with FedProx at each mu of NIID-Bench's search (0.001, 0.01, 0.1, 1)
-  reduced  the CPU-sized grid of docs/results/niid_bench/: 10 rounds, 2 local epochs, 3 seeds
+  reduced  the CPU-sized grid of docs/results/niid_bench/: 10 rounds, 1 local epoch, 3 seeds
 Each seed draws its own partitions (partition seed = seed, as NIID-Bench's --init_seed does).
 Differences from Flower's code: pixels are normalised (mean 0.1307, std 0.3081; Flower uses
 ToTensor only), the partitions draw from numpy's default_rng(seed) (theirs too) but not in
@@ -25,7 +25,7 @@ VARIANTS = {
     "grid": dict(),
     "mu_grid": dict(algorithms="fedavg,fedprox_mu0.001,fedprox_mu0.01,fedprox_mu0.1,"
                                "fedprox_mu1,scaffold,fednova"),
-    "reduced": dict(num_rounds=10, local_epochs=2),
+    "reduced": dict(num_rounds=10, local_epochs=1),
 }
 
 
@@ -41,7 +41,7 @@ def get_config(variant: str = "grid") -> ml_collections.ConfigDict:
       mu=0.0, stragglers_fraction=0.0, client_val_fraction=0.0, weighting="samples",
       partition="labeldir", dirichlet_beta=0.5, eval_every=1, checkpoint_every=5))
   c.sweep.update(dict(algorithms=ALGORITHMS, stragglers="0", seeds=3, partition_per_seed=True,
-                      splits=SPLITS, dissimilarity=False))
+                      splits=SPLITS, dissimilarity=False, global_train_loss=False))
   settings = dict(VARIANTS[variant])
   if "algorithms" in settings:
     c.sweep.algorithms = settings.pop("algorithms")

@@ -43,4 +43,5 @@ LAYOUT_FIELDS = ("num_lanes", "num_devices", "conv_impl", "eval_conv_impl", "eva
 # its results are those of these values, so a resume compares it as if it had them.
 ADDED_FIELDS = {"partition": "power_law", "dirichlet_beta": 0.5, "algorithm": "",
                 "momentum": 0.0, "server_lr": None, "server_momentum": 0.9,
-                "server_beta2": 0.99, "server_tau": 0.001, "sweep.splits": ""}
+                "server_beta2": 0.99, "server_tau": 0.001, "sweep.splits": "",
+                "sweep.global_train_loss": True}

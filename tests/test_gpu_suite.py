@@ -35,6 +35,8 @@ def test_gpu_suite_smoke(tmp_path):
   niid = report["items"]["niid_bench"]
   assert niid["experiments"] == 4 and niid["rounds"] == 2 and niid["seconds"] > 0
   assert "SCAFFOLD" in niid["table"] and "FedNova" in niid["table"]
+  # sweep.global_train_loss=False (NIID-Bench's config): no training-loss column values
+  assert all(line.split("|")[-4].strip() == "–" for line in niid["table"].splitlines()[2:])
   table = (out / "gpu_suite.md").read_text()
   assert "SMOKE" in table and "| im2col | looped |" in table and "extrapolated" in table
   assert "NIID-Bench MNIST grid" in table

@@ -159,9 +159,9 @@ def summary_table(rows) -> list:
     entry = {"federation": federation, "algorithm": algorithm, "stragglers": stragglers,
              "runs": len(runs), "runs_diverged": diverged.get(key, 0)}
     for name, statistic in RUN_STATISTICS.items():
-      if runs:
-        entry[name] = statistics.spread({run: statistic(rounds, m)
-                                         for run, (rounds, m) in runs.items()})
+      values = {run: statistic(rounds, m) for run, (rounds, m) in runs.items()}
+      if values and not all(np.isnan(v) for v in values.values()):  # NaN: not logged
+        entry[name] = statistics.spread(values)
     baseline = curves.get((federation, BASELINE, stragglers), {})
     paired = sorted(set(runs) & set(baseline))
     if algorithm != BASELINE and paired:
@@ -210,7 +210,8 @@ def format_markdown(table) -> str:
     lines.append(start + f"{e['runs']}{diverged} | {band('final_accuracy')} | "
                  f"{band('last10_accuracy')} | {part('std_over_partitions')} | "
                  f"{part('std_over_seeds')} | {gain} | {band('best_accuracy')} | "
-                 f"{band('final_train_loss')} | {reach(80)} | {reach(90)} |")
+                 f"{band('final_train_loss') if 'final_train_loss' in e else '–'} | "
+                 f"{reach(80)} | {reach(90)} |")
   over = "; ".join(statistics.describe_runs(*r) for r in sorted(runs))
   notes = [f"Mean ± sample std (ddof {statistics.DDOF}) over the runs that did not diverge"
            + (f": {over}" if over else "") + ". The mean of the last 10 rounds averages the "
@@ -277,7 +278,9 @@ def plot_sweep(rows, workdir: str, title: str = "") -> list:
   curves = run_curves(rows)
   if not curves:
     return []  # every experiment diverged: nothing to draw
-  metrics = ["global_train_loss", "test_accuracy"]
+  metrics = ["test_accuracy"]
+  if any(not np.isnan(r["global_train_loss"]) for r in rows):  # sweep.global_train_loss
+    metrics.insert(0, "global_train_loss")
   if any(not np.isnan(r["dissimilarity"]) for r in rows):
     metrics.append("dissimilarity")
   if any(r["algorithm"] == "fedprox_adaptive" for r in rows):

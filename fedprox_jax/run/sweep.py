@@ -166,7 +166,8 @@ def _over_experiments(fn, in_axes, size: int):
 
 @functools.lru_cache(maxsize=8)
 def make_sweep_fns(apply_fn, eval_apply_fn, spec: server.RoundSpec, size: int,
-                   eval_batch_size: int, with_dissimilarity: bool, with_adaptive: bool):
+                   eval_batch_size: int, with_dissimilarity: bool, with_adaptive: bool,
+                   with_train_loss: bool = True):
   """Jitted round and evaluation over an experiment axis of ``size``; the same arguments give
   the same functions, so the programs of a sweep (and a resumed one) compile once.
 
@@ -188,10 +189,10 @@ def make_sweep_fns(apply_fn, eval_apply_fn, spec: server.RoundSpec, size: int,
   def evaluate_one(params, train, test_x, test_y):
     accuracy, test_loss = metrics.evaluate(eval_apply_fn, params, test_x, test_y,
                                            eval_batch_size)
-    _, global_train_loss = metrics.evaluate(eval_apply_fn, params, train.x, train.y,
-                                            eval_batch_size)
-    out = {"test_accuracy": accuracy, "test_loss": test_loss,
-           "global_train_loss": global_train_loss}
+    out = {"test_accuracy": accuracy, "test_loss": test_loss}
+    if with_train_loss:
+      _, out["global_train_loss"] = metrics.evaluate(eval_apply_fn, params, train.x, train.y,
+                                                     eval_batch_size)
     if with_dissimilarity:
       out.update(metrics.dissimilarities(apply_fn, params, train))
     return out
@@ -357,7 +358,8 @@ def run_program(setup: experiment.Setup, specs: list, schedule: loop.Schedule,
         lambda a: jnp.concatenate([a] + [a[-1:]] * padding) if padding else a, state)
   round_fn, evaluate_fn = make_sweep_fns(setup.model.apply, setup.eval_model.apply, spec,
                                          len(specs), c.eval_batch_size, c.sweep.dissimilarity,
-                                         any(s.adaptive for s in specs))
+                                         any(s.adaptive for s in specs),
+                                         c.sweep.global_train_loss)
   reported = {n: int(d) for n, d in zip(names, _to_host(state["diverged_at"])[:real]) if d}
   program = _SweepProgram(setup, specs, distributed.splitter(mesh)(state), rows, reported, mesh,
                           round_fn, evaluate_fn, server_template)
