@@ -219,3 +219,29 @@ def test_scaffold_state_too_large_is_refused_before_any_work(monkeypatch):
   experiment.check_state_memory(c, dataclasses.replace(spec, control_variates=False), params)
   c.num_clients = 100
   experiment.check_state_memory(c, spec, params)  # 1.2 GiB fits
+
+
+def test_a_sweeps_successor_equals_its_single_run(tmp_path):
+  """The sweep's path (grid point -> hyper-parameters, server state vmapped over experiments)
+  and the run's (config.algorithm) give the same rows: SCAFFOLD and FedAdam, two seeds each, in
+  programs of their own, with momentum clients."""
+  from fedprox_jax.run import single, sweep
+  from helpers import assert_same_rows, tiny_mnist, tiny_run_config, tiny_sweep_config
+  mnist = tiny_mnist()
+  c = tiny_sweep_config(variant="figure1", momentum=0.5, num_rounds=3, eval_every=1)
+  c.sweep.update(dict(algorithms="scaffold,fedadam", stragglers="0.5", seeds=2,
+                      dissimilarity=False, global_train_loss=False))
+  together = sweep.run(c, str(tmp_path / "sweep"), mnist=mnist)
+  assert len(together) == 4
+  for name, algorithm in (("scaffold_s0.5_seed1", "scaffold"), ("fedadam_s0.5_seed0", "fedadam")):
+    seed = int(name[-1])
+    run = tiny_run_config(algorithm=algorithm, mu=0.0, drop_stragglers=False, seed=seed,
+                          momentum=0.5, num_rounds=3, local_epochs=2, checkpoint_every=10,
+                          protocol="seed", model="mlr", eval_every=1)
+    single.run(run, str(tmp_path / name), mnist=mnist)
+    from helpers import read_rows
+    alone = read_rows(str(tmp_path / name / "metrics.jsonl"))
+    assert_same_rows(together[name], alone, ("test_accuracy", "test_loss", "local_train_loss"),
+                     rtol=2e-4, atol=2e-5)
+  assert together["scaffold_s0.5_seed0"][-1]["test_loss"] != \
+      together["fedadam_s0.5_seed0"][-1]["test_loss"]
