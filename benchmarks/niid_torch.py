@@ -26,12 +26,16 @@ from absl import app, flags
 import common
 from configs import niid_bench
 from fedprox_jax.data import mnist as data_lib
-from fedprox_jax.data import partition as partition_lib
+from fedprox_jax.run import config as config_lib
+from fedprox_jax.run import experiment
 
 flags.DEFINE_integer("rounds", 3, "rounds per cell")
 flags.DEFINE_integer("local_epochs", 1, "local epochs (the grid's: 10; reduced: 2)")
-flags.DEFINE_list("algorithms", ["fedavg", "scaffold"], "fedavg | scaffold")
+flags.DEFINE_list("algorithms", ["fedavg", "scaffold"], "fedavg | scaffold | fednova")
 flags.DEFINE_integer("repeats", 2, "alternations of the two sides")
+flags.DEFINE_string("split", "labeldir0.5", "a split of sweep.splits (labeldir0.5, label2, ...)")
+flags.DEFINE_integer("seed", 0, "the partition's (and training) seed")
+flags.DEFINE_list("sides", ["jax", "torch"], "jax | torch")
 F = flags.FLAGS
 
 
@@ -68,7 +72,7 @@ def torch_cells(mnist, split):
     c_server, c_clients = zeros(), [zeros() for _ in loaders]
     start = time.perf_counter()
     for _ in range(F.rounds):
-      states, deltas = [], []
+      states, deltas, taus = [], [], []
       for i, loader in enumerate(loaders):
         net.load_state_dict(global_state)
         x0 = [p.detach().clone() for p in net.parameters()]
@@ -91,8 +95,17 @@ def torch_cells(mnist, split):
             deltas.append([n - c for n, c in zip(new, c_clients[i])])
             c_clients[i] = new
         states.append({k: v.clone() for k, v in net.state_dict().items()})
+        taus.append(steps)
       w = sizes / sizes.sum()
-      global_state = {k: sum(float(w[i]) * s[k] for i, s in enumerate(states)) for k in states[0]}
+      if algorithm == "fednova":  # NIID-Bench's experiments.py: d_i = (x - y_i) / a_i
+        a = [(t - 0.9 * (1 - 0.9 ** t) / 0.1) / 0.1 for t in taus]
+        tau_eff = sum(float(w[i]) * a[i] for i in range(len(a)))
+        global_state = {k: global_state[k] - tau_eff * sum(
+            float(w[i]) * (global_state[k] - s[k]) / a[i] for i, s in enumerate(states))
+                        for k in states[0]}
+      else:
+        global_state = {k: sum(float(w[i]) * s[k] for i, s in enumerate(states))
+                        for k in states[0]}
       if algorithm == "scaffold":
         c_server = [s + sum(d[j] for d in deltas) / len(loaders) for j, s in enumerate(c_server)]
       net.load_state_dict(global_state)
@@ -106,7 +119,8 @@ def jax_cells(mnist):
   from fedprox_jax.run import sweep
   c = niid_bench.get_config("grid")
   c.update(num_rounds=F.rounds, local_epochs=F.local_epochs, tensorboard=False)
-  c.sweep.update(algorithms=",".join(F.algorithms), seeds=1, splits="labeldir0.5")
+  c.sweep.update(algorithms=",".join(F.algorithms), seeds=1, splits=F.split)
+  c.seed = F.seed
   out = {}
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
@@ -123,11 +137,20 @@ def jax_cells(mnist):
 
 def main(_):
   mnist = data_lib.load_mnist("idx", common.DEFAULT_DATA_DIR)
-  split = partition_lib.dirichlet_label_partition(mnist.train_labels, 10, 0.5, seed=0)
+  c = niid_bench.get_config("grid")
+  c.update(config_lib.split_fields(F.split))
+  c.partition_seed = F.seed
+  split = experiment.prepare_data(config_lib.resolve(c), mnist).stats  # checks it
+  split = experiment._partition(c, mnist.train_labels)
   runs = {"jax": [], "torch": []}
   for _ in range(F.repeats):
-    runs["jax"].append(jax_cells(mnist))
-    runs["torch"].append(torch_cells(mnist, split))
+    if "jax" in F.sides:
+      runs["jax"].append(jax_cells(mnist))
+    if "torch" in F.sides:
+      runs["torch"].append(torch_cells(mnist, split))
+  if F.sides != ["jax", "torch"]:
+    print({side: [{a: r[a][:2] for a in F.algorithms} for r in rs] for side, rs in runs.items()})
+    return
   print(common.header())
   print(f"cpu={common.cpu_model()} rounds={F.rounds} local_epochs={F.local_epochs} "
         f"(medians of {F.repeats}, sides alternated)")

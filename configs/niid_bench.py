@@ -5,8 +5,8 @@ Experimental Study"), with the protocol of Flower's ``baselines/niid_bench``:
 10 clients, all sampled every round, 50 rounds, 10 local epochs, batch 64, SGD lr 0.01 with
 momentum 0.9 and weight decay 1e-5, NIID-Bench's CNN, the aggregate weighted by data size; the
 grid is splits (NIID-Bench's partitions) x algorithms x seeds, as one sweep:
-  grid     labeldir0.5, label1, label2, label3, quantity0.5 x FedAvg, FedProx (mu 0.01),
-           SCAFFOLD, FedNova x 3 seeds (60 experiments)
+  grid     iid, labeldir0.5, label1, label2, label3 (Flower's five splits) x FedAvg, FedProx
+           (mu 0.01), SCAFFOLD, FedNova x 3 seeds (60 experiments)
   mu_grid  the same with FedProx at each mu of NIID-Bench's search (0.001, 0.01, 0.1, 1)
   reduced  the CPU-sized grid of docs/results/niid_bench/: 10 rounds, 1 local epoch, 3 seeds
 Each seed draws its own partitions (partition seed = seed, as NIID-Bench's --init_seed does).
@@ -20,7 +20,8 @@ import ml_collections
 from configs import mnist
 
 ALGORITHMS = "fedavg,fedprox_mu0.01,scaffold,fednova"
-SPLITS = "labeldir0.5,label1,label2,label3,quantity0.5"
+# Flower's niid_bench splits (NIID-Bench's quantity skew, quantity0.5, can be added to the list)
+SPLITS = "iid,labeldir0.5,label1,label2,label3"
 VARIANTS = {
     "grid": dict(),
     "mu_grid": dict(algorithms="fedavg,fedprox_mu0.001,fedprox_mu0.01,fedprox_mu0.1,"

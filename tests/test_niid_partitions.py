@@ -131,9 +131,8 @@ def test_splits_are_a_sweep_axis_of_data_sets():
   c = config_lib.resolve(niid_bench.get_config("reduced"))
   grid = sweep.experiment_grid(c)
   assert len(grid) == 5 * 4 * 3
-  assert {p.federation for p in grid} == {"labeldir0.5", "label1", "label2", "label3",
-                                          "quantity0.5"}
-  assert grid[0].name == "labeldir0.5_fedavg_s0_seed0_p0"
+  assert {p.federation for p in grid} == {"iid", "labeldir0.5", "label1", "label2", "label3"}
+  assert grid[0].name == "iid_fedavg_s0_seed0_p0"
   label2 = sweep.data_config(c, config_lib.split_fields("label2"), 1)
   assert (label2.partition, label2.labels_per_client, label2.partition_seed) == (
       "label_count", 2, 1)
