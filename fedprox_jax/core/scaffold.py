@@ -6,8 +6,9 @@ trains with the corrected step y <- y - lr (g - c_i + c) (after its optimizer's 
 NIID-Bench's and Flower's ``ScaffoldOptimizer``), and after its K_i steps
 c_i+ = c_i - c + (x - y_i) / (K_i lr). The server moves x with its learning rate towards the
 clients' average and sets c <- c + (1/N) sum_{i in S} (c_i+ - c_i); only sampled clients change
-their c_i. The lanes return the sum of the c_i changes scattered at the clients' ids
-(``client_deltas``), so the per-client variates are read, never written, during local steps.
+their c_i. The lanes return each sampled client's c_i change by its slot in the round's plan,
+so the per-client variates are read, never written, during local steps; ``update`` adds them
+at the clients' ids once per round.
 """
 
 from __future__ import annotations
@@ -43,18 +44,19 @@ def client_delta(control: Control, global_params, params, steps, lr):
                                 control.server)
 
 
-def update(control: Control, client_deltas) -> Control:
-  """c_i <- c_i + delta_i (zero for the clients not sampled), c <- c + sum_i delta_i / N."""
+def update(control: Control, ids, slot_deltas) -> Control:
+  """c_i <- c_i + delta_i at the sampled ``ids`` (a client drawn twice gets both), c <- c +
+  sum_i delta_i / N; ``slot_deltas`` [K, ...]: zero for a client that ran no step."""
   num_clients = jax.tree_util.tree_leaves(control.clients)[0].shape[0]
-  clients = jax.tree_util.tree_map(jnp.add, control.clients, client_deltas)
+  clients = jax.tree_util.tree_map(lambda ci, d: ci.at[ids].add(d), control.clients, slot_deltas)
   server = jax.tree_util.tree_map(lambda c, d: c + jnp.sum(d, axis=0) / num_clients,
-                                  control.server, client_deltas)
+                                  control.server, slot_deltas)
   return Control(server, clients)
 
 
 def state_bytes(num_clients: int, num_params: int, experiments: int = 1) -> int:
-  """Bytes of the variates a round holds: c_i and their changes (2 x clients x parameters, 4
-  bytes each), per experiment."""
+  """Bytes of the variates a round holds: c_i and their new values (2 x clients x parameters,
+  4 bytes each), per experiment."""
   return 2 * 4 * num_clients * num_params * experiments
 
 

@@ -242,8 +242,8 @@ def finish_round(global_params, aggregate, plan: ClientPlan, client_loss, stats:
   return new_params, metrics
 
 
-def server_update(spec: RoundSpec, state: ServerState, average, hp: HParams, client_deltas,
-                  metrics: RoundMetrics) -> tuple:
+def server_update(spec: RoundSpec, state: ServerState, average, hp: HParams, plan: ClientPlan,
+                  client_deltas, metrics: RoundMetrics) -> tuple:
   """The server's step after the clients' ``average`` (already the new model for the
   averaging algorithms): FedOpt's optimizer on x - average, SCAFFOLD's variates. A round in
   which every client was dropped changes nothing. -> (ServerState, metrics)."""
@@ -257,7 +257,7 @@ def server_update(spec: RoundSpec, state: ServerState, average, hp: HParams, cli
     opt_state = jax.tree_util.tree_map(lambda old, new: jnp.where(keep, old, new),
                                        state.opt_state, stepped_opt)
   if spec.control_variates:
-    control = scaffold.update(state.control, client_deltas)
+    control = scaffold.update(state.control, plan.ids, client_deltas)
   finite = metrics.finite & all_finite(params)
   return ServerState(params, opt_state, control), metrics._replace(finite=finite)
 
@@ -276,7 +276,7 @@ def round_step(apply_fn: ApplyFn, spec: RoundSpec, state: ServerState, data: Fed
       control=state.control if spec.control_variates else None)
   keep = 1.0 - jnp.sum(plan.weights) if spec.aggregation == "normalized" else None
   average, m = finish_round(global_params, aggregate, plan, client_loss, stats, gamma, keep)
-  return server_update(spec, state, average, hp, deltas, m)
+  return server_update(spec, state, average, hp, plan, deltas, m)
 
 
 def run_round(apply_fn: ApplyFn, spec: RoundSpec, global_params, data: FederatedData,

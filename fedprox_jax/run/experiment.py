@@ -187,7 +187,7 @@ def check_state_memory(c: ml_collections.ConfigDict, spec: server.RoundSpec, par
   config_lib.require(
       need <= have // 2, "num_clients", c.num_clients,
       f"SCAFFOLD keeps a control variate per client: {experiments} experiment(s) x "
-      f"{c.num_clients} clients x {num_params} parameters x 2 (variates and their changes) x 4 "
+      f"{c.num_clients} clients x {num_params} parameters x 2 (the variates and their update) x 4 "
       f"bytes = {need / 2**30:.1f} GiB, more than half of the device's {have / 2**30:.1f} GiB: "
       "use fewer clients, a smaller model (--config.model=mlr or niid_cnn), "
       "--config.sweep.experiments_per_program=1, or a device with more memory")
