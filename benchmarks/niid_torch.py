@@ -140,8 +140,7 @@ def main(_):
   c = niid_bench.get_config("grid")
   c.update(config_lib.split_fields(F.split))
   c.partition_seed = F.seed
-  split = experiment.prepare_data(config_lib.resolve(c), mnist).stats  # checks it
-  split = experiment._partition(c, mnist.train_labels)
+  split = experiment._partition(config_lib.resolve(c), mnist.train_labels)  # the sweep's own
   runs = {"jax": [], "torch": []}
   for _ in range(F.repeats):
     if "jax" in F.sides:
