@@ -245,3 +245,15 @@ def test_a_sweeps_successor_equals_its_single_run(tmp_path):
                      rtol=2e-4, atol=2e-5)
   assert together["scaffold_s0.5_seed0"][-1]["test_loss"] != \
       together["fedadam_s0.5_seed0"][-1]["test_loss"]
+
+
+def test_a_sweep_too_large_for_scaffold_writes_nothing(tmp_path, monkeypatch):
+  from fedprox_jax.errors import ConfigError
+  from fedprox_jax.run import sweep
+  from helpers import tiny_mnist, tiny_sweep_config
+  c = tiny_sweep_config()
+  c.sweep.algorithms = "fedavg,scaffold"
+  monkeypatch.setattr(scaffold, "device_memory_bytes", lambda: 2**20)  # a 1 MiB device
+  with pytest.raises(ConfigError, match="SCAFFOLD keeps a control variate per client"):
+    sweep.run(c, str(tmp_path / "w"), mnist=tiny_mnist())
+  assert not (tmp_path / "w" / "config.json").exists()

@@ -84,10 +84,10 @@ def _restore(setup: experiment.Setup, wd: Workdir, checkpoints: checkpoints_lib.
   state = {"params": models.init_params(setup.model, init_key, setup.data.train.x.shape[1:])}
   if c.adaptive_mu:
     state["mu"] = dict(adaptive_mu.init(c.mu)._asdict())
-  server_state = server.init_server_state(setup.spec, state["params"], c.num_clients,
-                                          experiment.hparams(c))
-  if experiment.server_state_leaves(server_state):
-    state["server"] = experiment.server_state_leaves(server_state)
+  extra = experiment.server_state_leaves(server.init_server_state(
+      setup.spec, state["params"], c.num_clients, experiment.hparams(c)))
+  if extra:
+    state["server"] = extra
   schedule = loop.Schedule.of(c)
   done, state, rows = loop.restore(
       checkpoints, state, loop.Output(wd, ROWS_FILE),

@@ -326,8 +326,8 @@ def run_program(setup: experiment.Setup, specs: list, schedule: loop.Schedule,
                                 input_shape) for s in specs]
   experiment.check_state_memory(c, spec, initial[0], len(specs))
   stack = lambda trees: jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)
-  hps = [jax.tree_util.tree_map(lambda a, i=i: a[i], _stack_hparams(c, specs))
-         for i in range(real)]
+  stacked = _stack_hparams(c, specs)
+  hps = [jax.tree_util.tree_map(lambda a, i=i: a[i], stacked) for i in range(real)]
   servers = [server.init_server_state(spec, p, c.num_clients, hp)
              for p, hp in zip(initial, hps)]
   server_template = servers[0]
@@ -526,6 +526,12 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
         datasets[labels[key]] = _checked_stats(configs[key], mnist)
       stats = {"datasets": datasets, "data_sha256": data_lib.ordered_digest(np.array(
           [d["data_sha256"] for d in datasets.values()]))}
+    # Every program's SCAFFOLD state must fit: checked before anything is written.
+    params = models.init_params(first_setup.model, jax.random.key(0),
+                                first_setup.data.train.x.shape[1:])
+    for _, chunk in programs:
+      experiment.check_state_memory(c, dataclasses.replace(
+          first_setup.spec, **dict(statics(c, chunk[0]))), params, len(chunk))
     wd.commit(resolved.to_dict(), stats)
     distributed.barrier("workdir ready")
     setups = _Setups(lambda key: experiment.prepare(configs[key], mnist, lanes_over_devices=False,
