@@ -126,9 +126,6 @@ def ensure_jsonl(workdir: str, name: str, rows: list) -> None:
   """Checks that the file holds exactly ``rows`` (what the run computed and kept in memory);
   rewrites it, with a warning, when it was changed or deleted while the run went on."""
   path = os.path.join(workdir, name)
-  if not os.path.isdir(workdir):
-    raise WorkdirError(f"the workdir {workdir!r} was deleted while the run went on: its outputs "
-                       "are lost; run again with a new --workdir")
   try:
     on_disk = read_jsonl(path) if os.path.exists(path) else None
   except WorkdirError:

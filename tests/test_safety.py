@@ -466,12 +466,19 @@ def test_a_sweep_experiment_whose_evaluation_overflows_is_a_divergence(tmp_path,
     assert "inf" not in text and "nan" not in text, name
 
 
-def test_a_workdir_deleted_under_a_running_run_is_an_error_not_a_success(tmp_path):
+@pytest.mark.parametrize("replaced", [False, True])
+def test_a_workdir_deleted_under_a_running_run_is_an_error_not_a_success(tmp_path, replaced):
+  # The checkpointer recreates missing parent directories: without the check, the rest of the
+  # run went into a new directory at the same path and the run ended as a success.
   def on_round(t, row):
     if t == 3:
-      shutil.rmtree(tmp_path / "run")
-  with pytest.raises((OSError, errors.UserError)):
+      while (tmp_path / "run").exists():  # the checkpointer may still be writing into it
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)
+      if replaced:
+        (tmp_path / "run").mkdir()
+  with pytest.raises(errors.WorkdirError, match="was deleted or replaced while the run went on"):
     single.run(tiny_run_config(), str(tmp_path / "run"), mnist=MNIST, on_round=on_round)
+  assert not (tmp_path / "run" / "summary.json").exists()
 
 
 @pytest.fixture

@@ -133,6 +133,7 @@ def run_rounds(program: Program, schedule: Schedule, first_round: int, *, output
     evaluate = schedule.evaluated(r.t)
     rows = program.rows(r, evaluate, wall_offset + time.perf_counter() - start)
     if rows and output is not None and output.wd.write:
+      output.wd.check_present()
       outputs.append_jsonl(output.wd.path, output.name, rows)  # before the checkpoint
     if checkpoints is not None and (schedule.checkpointed(r.t) or stop):
       checkpoints.save(r.t, program.checkpoint_state(r))

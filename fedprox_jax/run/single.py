@@ -71,6 +71,9 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
     finally:
       checkpoints.close()
     return _finish(setup, wd, rows, first_round, compilations, time.perf_counter() - start)
+  except Exception:
+    wd.check_present()  # a deleted workdir is the cause of whatever failed after it
+    raise
   finally:
     wd.close()
 
@@ -273,6 +276,7 @@ def _finish(setup: experiment.Setup, wd: Workdir, rows: list, first_round: int,
       "round_compilations": compilations,
   }
   if wd.write:
+    wd.check_present()
     outputs.ensure_jsonl(wd.path, ROWS_FILE, rows)
     plots.plot_metrics(rows, wd.file("metrics.png"),
                        f"{c.variant}: {c.model}, mu={c.mu}, stragglers={c.stragglers_fraction}",

@@ -558,12 +558,16 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
       diverged.update(bad)
     seconds = time.perf_counter() - start
     if wd.write:
+      wd.check_present()
       table = plots.write_sweep_outputs(
           wd.path, specs, results, diverged,
           title=plots.sweep_title(c.to_dict()))
       outputs.write_json(wd.path, "summary.json",  # last: it marks the sweep finished
                          {"experiments": len(specs), "this_segment_seconds": seconds,
                           "diverged": diverged, "table": table})
+  except Exception:
+    wd.check_present()  # a deleted workdir is the cause of whatever failed after it
+    raise
   finally:
     wd.close()
   logging.info("sweep of %d experiments done in %.1fs; outputs in %s", len(specs), seconds,

@@ -197,6 +197,23 @@ class Workdir:
     outputs.write_json(self.path, "environment.json", outputs.environment())
     outputs.write_json(self.path, "config.json", config)  # last: it marks a started run
 
+  def check_present(self) -> None:
+    """Raises when the workdir was deleted or replaced while the run went on: its outputs
+    are gone, and a library that creates parent directories (the checkpointer) would
+    otherwise write the rest into a new, incomplete directory at the same path."""
+    if self._lock is None:
+      return
+    held = os.fstat(self._lock)
+    try:
+      now = os.stat(self.path)
+      same = (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+    except OSError:
+      same = False
+    if held.st_nlink == 0 or not same:
+      raise WorkdirError(f"the workdir {self.path!r} was deleted or replaced while the "
+                         f"{self.kind} went on: its outputs are lost; run again with a new "
+                         "--workdir")
+
   def close(self) -> None:
     if self._lock is not None:
       with contextlib.suppress(OSError):
