@@ -98,14 +98,14 @@ def jax_side():
   import numpy as np
   import common  # noqa: F401  (puts the project on sys.path)
   from fedprox_jax.core import client, models
-  from fedprox_jax.run import defaults
 
   rng = np.random.default_rng(0)
   data = client.FederatedData(
       x=jnp.asarray(rng.normal(size=(CLIENT, 28, 28, 1)).astype(np.float32)),
       y=jnp.asarray(rng.integers(0, 10, CLIENT).astype(np.int32)),
       offsets=jnp.zeros(1, jnp.int32), sizes=jnp.full(1, CLIENT, jnp.int32))
-  model = models.make_model("cnn", defaults.conv_impl())
+  choice, first_use, cached = autotune_times()
+  model = models.make_model("cnn", choice.conv_impl)
   params = models.init_params(model, jax.random.key(0))
 
   @jax.jit
@@ -138,7 +138,23 @@ def jax_side():
 
   for mu in (0.0, 1.0):
     time_steps(mu)  # compile
-  return time_steps, matmul_gflops, jax.__version__
+  return time_steps, matmul_gflops, jax.__version__, (choice, first_use, cached)
+
+
+def autotune_times():
+  """(the autotuner's choice for this step, seconds it took on first use, seconds from its
+  cache), in a fresh cache directory so that the first use is measured here."""
+  import tempfile
+  from fedprox_jax import cache
+  from fedprox_jax.run import autotune
+  os.environ[cache.CACHE_ENV] = tempfile.mkdtemp(prefix="autotune_")
+  start = time.perf_counter()
+  choice = autotune.choose("cnn", BATCH, 1, 50)
+  first_use = time.perf_counter() - start
+  autotune.choose.cache_clear()  # as a new process would
+  start = time.perf_counter()
+  autotune.choose("cnn", BATCH, 1, 50)
+  return choice, first_use, time.perf_counter() - start
 
 
 def main(argv):
@@ -147,7 +163,7 @@ def main(argv):
     return torch_worker()
   if not F.torch_python:
     raise app.UsageError("--torch_python=PATH: an interpreter with torch (see the docstring)")
-  time_steps, matmul_gflops, jax_version = jax_side()
+  time_steps, matmul_gflops, jax_version, (choice, first_use, cached) = jax_side()
   import common  # after jax_side put the project on sys.path
   cmd = [F.torch_python, os.path.abspath(__file__), "--worker", f"--steps={F.steps}",
          f"--threads={F.threads}"]
@@ -174,6 +190,8 @@ def main(argv):
         f"{time.strftime('%Y-%m-%d')}")
   print(f"f32 matmul 1024x1024: jax {med['jax_peak']:.0f} GFLOP/s, torch "
         f"{med['torch_peak']:.0f} GFLOP/s (peak used below: {peak:.0f})")
+  print(f"autotuner (one lane, as the step below): {choice.describe()}; chosen in "
+        f"{first_use:.1f} s on first use, {cached * 1e3:.0f} ms from its cache")
   print(f"one step = {STEP_FLOP / 1e9:.3f} GFLOP (batch {BATCH}, forward + backward)")
   print("| step (batch 10) | fedprox_jax ms | GFLOP/s | % of peak | plain torch ms | GFLOP/s "
         "| fedprox_jax speed-up |")

@@ -79,7 +79,9 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   # Model.
   c.model = "cnn"            # cnn | mlr
   c.mlr_init = config_dict.placeholder(str)  # torch (seed) | glorot (paper: Glorot kernel, 0 bias)
-  c.conv_impl = "auto"       # auto | im2col | xla
+  c.conv_impl = "auto"       # auto (CPU: measured, see autotune) | im2col | xla | patches | xla_nchw
+  c.autotune = True          # on a CPU, fields of the CNNs left at auto/0 (conv_impl, eval_conv_impl, a run's num_lanes) are chosen by timing the candidates once per machine (seconds; cached in the user cache); False: run/defaults.py's fixed table
+  c.autotuned = ""           # filled in by the run: what autotune chose and measured (recorded in config.json)
   # Federated optimisation.
   c.num_rounds = 100         # communication rounds
   c.clients_per_round = 10   # clients sampled each round (K)
@@ -107,7 +109,7 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   # Evaluation and bookkeeping.
   c.eval_every = 1           # rounds between evaluations (and the last round)
   c.eval_batch_size = 0       # evaluation batch (0 = default: CNN 50 on CPU, 1000 otherwise; MLR 10000)
-  c.eval_conv_impl = "auto"   # the CNN's convolution when evaluating: auto (= xla) | im2col | xla
+  c.eval_conv_impl = "auto"   # the CNN's convolution when evaluating: auto (CPU: measured; else xla) | im2col | xla | patches | xla_nchw
   c.checkpoint_every = 10    # rounds between checkpoints (and at the end); resume = same --workdir
   c.inexactness = False      # log the gamma-inexactness each round's clients reached (the paper's Definition 1; mean and max): about one more local epoch per client
   c.tensorboard = True       # TensorBoard event files in WORKDIR/tensorboard

@@ -67,6 +67,19 @@ def test_max_pool_padding_matches_pytorch_semantics():
   np.testing.assert_array_equal(models.max_pool_2x2_pad1(y), flax_pool)
 
 
+@pytest.mark.parametrize("ours,padding,size", [(models.max_pool_2x2_pad1, 1, 26),
+                                               (models.max_pool_2x2, 0, 25)])
+def test_max_pools_equal_flax_max_pool_in_values_and_gradients(ours, padding, size):
+  # Random values have no ties, so the gradient is the one subgradient every library takes.
+  y = jax.random.normal(jax.random.key(3), (2, size, size, 3))
+  theirs = lambda y: nn.max_pool(y, (2, 2), strides=(2, 2),
+                                 padding=((padding, padding), (padding, padding)))
+  np.testing.assert_array_equal(ours(y), theirs(y))
+  weights = jax.random.normal(jax.random.key(4), ours(y).shape)
+  grad = lambda pool: jax.grad(lambda y: jnp.sum(pool(y) * weights))(y)
+  np.testing.assert_array_equal(grad(ours), grad(theirs))
+
+
 def test_mlr_is_one_dense_layer():
   model = models.LogisticRegression()
   params = models.init_params(model, jax.random.key(0))

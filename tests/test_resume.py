@@ -442,7 +442,7 @@ def test_tensorboard_events_are_written_and_readable(tmp_path):
 
 
 def test_setup_records_the_convolutions_used():
-  cnn = experiment.prepare(config_lib.resolve(_config(model="cnn")), MNIST,
+  cnn = experiment.prepare(config_lib.resolve(_config(model="cnn", autotune=False)), MNIST,
                            lanes_over_devices=True).config
   assert (cnn.conv_impl, cnn.eval_conv_impl, cnn.eval_batch_size) == ("im2col", "xla", 50)
   mlr = experiment.prepare(config_lib.resolve(_config()), MNIST,

@@ -15,7 +15,7 @@ from fedprox_jax.core import algorithms, models, server
 from fedprox_jax.data import mnist as data_lib
 from fedprox_jax.data import partition, synthetic
 from fedprox_jax.errors import ConfigError
-from fedprox_jax.run import defaults, protocols
+from fedprox_jax.run import autotune, defaults, protocols
 
 DATASETS = ("mnist", "synthetic")  # experiment.prepare_data's registry
 MAX_SEED = 2**31 - 1  # jax.random.key and numpy's RandomState both take it
@@ -208,15 +208,28 @@ def _check_grid(c: ml_collections.ConfigDict) -> None:
 
 
 def _fill_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The backend's defaults (``defaults``) in the fields left at 'auto' or 0."""
+  """The backend's defaults (``defaults``) in the fields left at 'auto' or 0; on a CPU with
+  ``autotune``, a convolutional model's paths as measured on this machine (``autotune``)."""
   convolutional = c.model in models.CONVOLUTIONAL
-  c.conv_impl = ("none" if not convolutional  # the logistic regression has no convolution
-                 else defaults.conv_impl() if c.conv_impl == "auto" else c.conv_impl)
-  c.eval_conv_impl = ("none" if not convolutional
-                      else defaults.eval_conv_impl() if c.eval_conv_impl == "auto"
-                      else c.eval_conv_impl)
-  c.num_lanes = c.num_lanes or defaults.num_lanes(c.clients_per_round)
   c.eval_batch_size = c.eval_batch_size or defaults.eval_batch_size(c.model)
+  tuned = None
+  if (c.autotune and convolutional and defaults.autotuned()
+      and (c.conv_impl == "auto" or c.eval_conv_impl == "auto"
+           or (c.num_lanes == 0 and c.mode == "single"))):
+    # A sweep keeps its lanes: its programs already share the cores side by side.
+    max_lanes = min(autotune.MAX_LANES, c.clients_per_round) if c.mode == "single" else 1
+    tuned = autotune.choose(c.model, c.batch_size, max_lanes, c.eval_batch_size)
+    c.autotuned = tuned.describe()
+  c.conv_impl = ("none" if not convolutional  # the logistic regression has no convolution
+                 else c.conv_impl if c.conv_impl != "auto"
+                 else tuned.conv_impl if tuned else defaults.conv_impl())
+  c.eval_conv_impl = ("none" if not convolutional
+                      else c.eval_conv_impl if c.eval_conv_impl != "auto"
+                      else tuned.eval_conv_impl if tuned else defaults.eval_conv_impl())
+  # The lanes were timed with the chosen convolution: another one keeps the table's.
+  lanes_tuned = tuned and c.mode == "single" and c.conv_impl == tuned.conv_impl
+  c.num_lanes = c.num_lanes or (tuned.num_lanes if lanes_tuned
+                                else defaults.num_lanes(c.clients_per_round))
   return c
 
 

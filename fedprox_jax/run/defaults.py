@@ -3,12 +3,16 @@ becomes. ``run/config.py`` fills them into the resolved config once; nothing els
 
 | field                          | CPU                                 | GPU / TPU          |
 |--------------------------------|-------------------------------------|--------------------|
-| num_lanes                      | 1                                   | clients_per_round  |
-| conv_impl (training)           | im2col                              | xla                |
-| eval_conv_impl                 | xla                                 | xla                |
+| num_lanes                      | 1 (CNN run: measured, 1 or 2)       | clients_per_round  |
+| conv_impl (training)           | im2col (CNN: measured)              | xla                |
+| eval_conv_impl                 | xla (CNN: measured)                 | xla                |
 | eval_batch_size                | CNN 50, MLR 10000                   | CNN 1000, MLR 10000 |
 | sweep.experiments_per_program  | CNN and synthetic: 1, else all      | all                |
 | sweep.concurrent_programs      | one per core with programs of 1     | 1                  |
+
+"measured": with ``autotune`` (the default) on a CPU, the convolutional models' fields left at
+auto/0 are chosen by timing the candidates on this machine once (``run/autotune.py``, cached);
+the CPU column is what ``autotune=False`` uses.
 
 Why each (the measurements, with their commands and CPU, are in benchmarks/README.md):
 * one lane on CPU: a wide vmapped CNN step spills its im2col patches out of cache, and the
@@ -36,6 +40,13 @@ def _backend(backend: str | None) -> str:
 
 def num_lanes(clients_per_round: int, backend: str | None = None) -> int:
   return 1 if _backend(backend) == "cpu" else clients_per_round
+
+
+def autotuned(backend: str | None = None) -> bool:
+  """Whether a convolutional model's paths are chosen by measurement (``run/autotune.py``)
+  rather than by this table: on CPUs, whose kinds differ (the fastest path on one AMD EPYC is
+  not on every CPU); accelerators use XLA's convolution."""
+  return _backend(backend) == "cpu"
 
 
 def conv_impl(backend: str | None = None) -> str:
