@@ -65,6 +65,7 @@ def _base_config(a, variant="fedprox"):
                   num_rounds=2, checkpoint_every=100))
     c.sweep.dissimilarity = False
     c.allow_modified_mnist = True  # the smoke test's generated digits
+    c.autotune = False  # its paths are named; timing the CPU's candidates is not its job
   return c
 
 

@@ -24,6 +24,7 @@ def test_variants():
   assert (fedavg.mu, fedavg.stragglers_fraction, fedavg.drop_stragglers) == (0.0, 0.9, True)
   assert (mu0.mu, mu0.drop_stragglers) == (0.0, False)
   for c in (fedprox, fedavg, mu0):  # the seed's defaults
+    c.autotune = False  # (timing the CNN's paths is test_autotune's)
     c = config_lib.resolve(c)
     assert (c.num_clients, c.clients_per_round, c.num_rounds, c.local_epochs, c.batch_size,
             c.lr, c.model) == (1000, 10, 100, 10, 10, 0.03, "cnn")
