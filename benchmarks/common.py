@@ -1,7 +1,6 @@
 """Shared set-up for the benchmarks: the default experiment's data on the device."""
 
 import os
-import subprocess
 import sys
 import time
 
@@ -11,6 +10,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import mnist as mnist_config  # noqa: E402
 from fedprox_jax.data import mnist as data_lib  # noqa: E402
+from fedprox_jax import outputs  # noqa: E402
 from fedprox_jax.run import experiment  # noqa: E402
 from fedprox_jax.run import config as config_lib
 
@@ -35,8 +35,4 @@ def header():
 
 def cpu_model() -> str:
   """The CPU's model name as ``lscpu`` prints it (the figure every CPU timing goes with)."""
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
-  except (OSError, StopIteration):
-    return "unknown"
+  return outputs.cpu_model()

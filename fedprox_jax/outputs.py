@@ -40,6 +40,24 @@ def project_version() -> dict:
   return {"commit": commit + ("+changes" if changed else "")}
 
 
+def cpu_model() -> str:
+  """The CPU's model name as ``lscpu`` prints it (/proc/cpuinfo's, else lscpu's own, else the
+  platform's word): the figure every CPU timing goes with."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  try:  # e.g. ARM Linux, whose /proc/cpuinfo names no model
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    return next(l.split(":", 1)[1].strip() for l in out.splitlines()
+                if l.startswith("Model name"))
+  except (OSError, subprocess.SubprocessError, StopIteration):
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def environment() -> dict:
   versions = {}
   for name in PACKAGES:
@@ -49,6 +67,7 @@ def environment() -> dict:
       pass
   return {"fedprox_jax": project_version(),
           "python": platform.python_version(), "platform": platform.platform(),
+          "cpu": cpu_model(),
           "packages": versions, "backend": jax.default_backend(),
           "devices": [str(d) for d in jax.devices()],
           "device_kind": jax.devices()[0].device_kind}

@@ -2,14 +2,13 @@
 when the cache is damaged or stale, overridden by explicit fields, recorded in the config."""
 
 import json
-import os
 
 import pytest
 
 from configs import mnist as mnist_config
 from fedprox_jax import cache
 from fedprox_jax.core import models
-from fedprox_jax.run import autotune
+from fedprox_jax.run import autotune, defaults
 from fedprox_jax.run import config as config_lib
 
 
@@ -128,11 +127,15 @@ def test_explicit_fields_override_the_choice(fresh_cache, fake_measure):
 
 
 def test_no_measurement_without_autotune_for_the_mlr_or_in_a_sweeps_lanes(fresh_cache,
-                                                                          fake_measure):
+                                                                          fake_measure,
+                                                                          monkeypatch):
   c = _resolved(autotune=False)
   assert (c.conv_impl, c.num_lanes, c.eval_conv_impl, c.autotuned) == ("im2col", 1, "xla", "")
   c = _resolved(model="mlr")
   assert (c.conv_impl, c.autotuned) == ("none", "")
+  with monkeypatch.context() as m:  # several processes: each would time its own host
+    m.setattr(defaults.jax, "process_count", lambda: 2)
+    assert _resolved().conv_impl == "im2col"
   assert fake_measure == []
   c = _resolved(mode="sweep")
   assert fake_measure == [("cnn", 10, 1, 50)]  # a sweep's programs share the cores already

@@ -54,16 +54,7 @@ class Choice(NamedTuple):
 
 
 def cpu_model() -> str:
-  """The CPU's model name (/proc/cpuinfo, as lscpu prints it), else the platform's word."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  import platform
-  return platform.processor() or platform.machine() or "unknown"
+  return outputs.cpu_model()
 
 
 def _cores() -> int:

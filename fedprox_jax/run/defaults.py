@@ -45,8 +45,9 @@ def num_lanes(clients_per_round: int, backend: str | None = None) -> int:
 def autotuned(backend: str | None = None) -> bool:
   """Whether a convolutional model's paths are chosen by measurement (``run/autotune.py``)
   rather than by this table: on CPUs, whose kinds differ (the fastest path on one AMD EPYC is
-  not on every CPU); accelerators use XLA's convolution."""
-  return _backend(backend) == "cpu"
+  not on every CPU); accelerators use XLA's convolution. Not with several processes: each
+  would time its own host and might choose another program than the others run."""
+  return _backend(backend) == "cpu" and jax.process_count() == 1
 
 
 def conv_impl(backend: str | None = None) -> str:
