@@ -16,7 +16,11 @@ The convolution has two interchangeable implementations with the same parameters
   3-9x slower than a Python loop over the clients.
 * ``"im2col"``: k*k static slices of the padded input concatenated on the channel axis and one
   matmul with the reshaped kernel. Vmapped, that is a batched matmul, which every backend runs
-  well. It is the default on CPU.
+  well. It is the fixed table's CPU default.
+* ``"patches"``: the same matmul on XLA's own patch extraction; ``"xla_nchw"``: XLA's
+  convolution in PyTorch's NCHW layout.
+
+On a CPU, ``run/autotune.py`` times them on the machine and uses the fastest.
 """
 
 from __future__ import annotations
