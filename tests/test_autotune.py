@@ -66,7 +66,9 @@ def test_the_choice_is_measured_once_then_read_from_the_cache(fresh_cache, fake_
     "not json{", "[1, 2]",
     lambda e: {k: {**v, "conv_impl": "fft"} for k, v in e.items()},   # an unknown candidate
     lambda e: {k: {**v, "num_lanes": 3} for k, v in e.items()},       # more lanes than allowed
-    lambda e: {k: {**v, "train_ms": {"im2col/1": -1}} for k, v in e.items()},
+    lambda e: {k: {**v, "train_ms": {"patches/2": -1}} for k, v in e.items()},
+    lambda e: {k: {**v, "train_ms": [1.0]} for k, v in e.items()},
+    lambda e: {k: {**v, "eval_conv_impl": "xla"} for k, v in e.items()},  # not its fastest
     lambda e: {k: {"conv_impl": "im2col"} for k in e},                # fields missing
 ])
 def test_a_damaged_cache_entry_is_measured_again_never_trusted(fresh_cache, fake_measure, damage):

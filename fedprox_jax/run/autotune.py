@@ -89,14 +89,19 @@ def _read_cache() -> dict:
 
 
 def _valid(entry, max_lanes: int) -> bool:
-  """A cached entry is used only if it names current candidates with real timings."""
+  """A cached entry is used only if it names current candidates, with positive timings of
+  which its choice is the fastest."""
   try:
+    train, evaluate = entry["train_ms"], entry["eval_ms"]
+    chosen = f"{entry['conv_impl']}/{entry['num_lanes']}"
     return (entry["conv_impl"] in models.CONV_IMPLS
             and entry["eval_conv_impl"] in models.CONV_IMPLS
             and isinstance(entry["num_lanes"], int) and 1 <= entry["num_lanes"] <= max_lanes
-            and all(isinstance(v, (int, float)) and v > 0
-                    for ms in (entry["train_ms"], entry["eval_ms"]) for v in ms.values()))
-  except (KeyError, TypeError):
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                    for ms in (train, evaluate) for v in ms.values())
+            and min(train, key=train.get) == chosen
+            and min(evaluate, key=evaluate.get) == entry["eval_conv_impl"])
+  except (KeyError, TypeError, AttributeError, ValueError):
     return False
 
 
