@@ -115,7 +115,8 @@ def item_round(a, workdir):
   keys = [jax.random.fold_in(jax.random.key(c.seed), t) for t in range(a.round_repeats + 1)]
   default_lanes = defaults.num_lanes(k)
   results = []
-  for conv in models.CONV_IMPLS:
+  # The smoke run (the tests', on CPU) times two: the loop is the same for every convolution.
+  for conv in models.CONV_IMPLS[:2] if a.smoke else models.CONV_IMPLS:
     model = models.make_model(c.model, conv, mlr_init=c.mlr_init)
     params = models.init_params(model, jax.random.key(0))
     paths = (("looped", None), ("1 lane", 1), ("lane per client", k),

@@ -27,7 +27,7 @@ def test_gpu_suite_smoke(tmp_path):
   assert run["rounds"] == 2 and run["total_seconds"] > run["seconds_per_round_after_first"] > 0
   paths = report["items"]["round"]["paths"]
   assert {p["path"] for p in paths} >= {"looped", "1 lane", "lane per client"}
-  assert {p["conv_impl"] for p in paths} == set(models.CONV_IMPLS)
+  assert {p["conv_impl"] for p in paths} == set(models.CONV_IMPLS[:2]) == {"im2col", "xla"}
   assert all(p["median_ms"] > 0 for p in paths)
   runs = report["items"]["figure1"]["runs"]
   assert [r["experiments_per_program"] for r in runs] == [1, 3]
