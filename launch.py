@@ -9,6 +9,14 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TFDS imports TensorFlow: keep it quiet
 
+# Ctrl-C or SIGTERM before the run starts (while absl, the config and JAX load) is only noted,
+# and answered in one line once they have loaded: raised inside an extension module's import
+# it could abort the process or be swallowed.
+from fedprox_jax.run import signals  # noqa: E402  (no JAX import)
+if __name__ == "__main__":  # (not when a test imports this module)
+  signals.install()
+  signals.defer()
+
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -16,10 +24,10 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = "configs/mnist.py"
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config, e.g. configs/mnist.py:fedprox (variants: fedprox, "
-    "fedavg, fedprox_mu0; sweeps: figure1, figure1_paper) or configs/synthetic.py:fedprox (the "
-    "paper's synthetic federations; sweeps: heterogeneity, adaptive_mu). Override fields with "
-    "--config.FIELD=VALUE; --help lists the fields.", lock_config=True)
+    "config", None, "Experiment config FILE:VARIANT, e.g. configs/mnist.py:fedprox; --help "
+    "lists every config file's variants (runs and sweeps) and the fields. Override fields with "
+    "--config.FIELD=VALUE; any variant runs as a sweep of its sweep.* grid with "
+    "--config.mode=sweep.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where the outputs go (default: a new outputs/YYYY-MM-DD/HH-MM-SS). "
     "Passing the workdir of an interrupted run or sweep resumes it.")
@@ -30,8 +38,8 @@ USAGE = ("Flags: --config=configs/mnist.py:VARIANT (or configs/synthetic.py:VARI
          "--help lists the config fields.")
 
 
-def _fail(message: str, code: int = 2):
-  print(f"error: {message}", file=sys.stderr)
+def _fail(message: str, code: int = 2, prefix: str = "error: "):
+  print(f"{prefix}{message}", file=sys.stderr)
   sys.exit(code)
 
 
@@ -46,19 +54,45 @@ def config_fields_help(path: str) -> dict:
   return fields
 
 
-def _print_help(config_arg: str) -> None:
-  """The usage, the flags, and every config field with its help and its value in the
-  variant named (None = set by the protocol)."""
+def _load_module(path: str):
   import importlib.util
-  from fedprox_jax.run import protocols  # no JAX import
-  path, _, variant = config_arg.partition(":")
-  spec = importlib.util.spec_from_file_location("_help_config", path)
+  if ROOT not in sys.path:  # configs/*.py import each other as configs.NAME
+    sys.path.insert(0, ROOT)
+  spec = importlib.util.spec_from_file_location(f"_help_{os.path.basename(path)[:-3]}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  return module
+
+
+def _variants_help() -> list:
+  """A line per config file of configs/: its variants that are runs and those that are sweeps."""
+  lines = []
+  directory = os.path.join(ROOT, "configs")
+  for name in sorted(os.listdir(directory)):
+    if not name.endswith(".py") or name.startswith("_"):
+      continue
+    module = _load_module(os.path.join(directory, name))
+    variants = list(getattr(module, "VARIANTS", {}))
+    sweeps = [v for v in variants if module.get_config(v).mode == "sweep"]
+    runs = [v for v in variants if v not in sweeps]
+    lines.append(f"  configs/{name}:  runs: {', '.join(runs) or '-'};  sweeps: "
+                 f"{', '.join(sweeps) or '-'}")
+  return lines
+
+
+def _print_help(config_arg: str) -> None:
+  """The usage, the flags, every config file's variants, and every config field with its help
+  and its value in the variant named (None = set by the protocol)."""
+  from fedprox_jax.run import protocols  # no JAX import
+  path, _, variant = config_arg.partition(":")
+  module = _load_module(path)
   values = module.get_config(*([variant] if variant else [])).to_dict()
   print(__doc__.strip() + "\n")
   print(f"  --config   {flags.FLAGS['config'].help}")
   print(f"  --workdir  {flags.FLAGS['workdir'].help}\n")
+  print("Variants (--config=FILE:VARIANT; a sweep runs its grid of algorithms x stragglers x "
+        "seeds x partitions, the sweep.* fields):")
+  print("\n".join(_variants_help()) + "\n")
   print(f"Config fields of {path}:{variant or '(default)'} "
         "(set with --config.FIELD=VALUE):")
   documented = config_fields_help(os.path.join(ROOT, DEFAULT_CONFIG))  # every config's base
@@ -112,10 +146,19 @@ def _parse_flags(argv):
     return flags.FLAGS(argv)
   except flags.Error as e:
     lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if not any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
+      _fail("--config is missing: name a config first, e.g. "
+            f"--config={DEFAULT_CONFIG}:fedprox, then its fields (--config.FIELD=VALUE)\n{USAGE}")
     _fail(f"{lines[-1] if lines else e}\n{USAGE}")
   except (AttributeError, KeyError) as e:  # an override of a field the config does not have
-    _fail(f"the config has no field {str(e).strip(chr(34))}: --help lists the fields "
-          "--config.FIELD=VALUE can set.")
+    # ml_collections' KeyError holds "'name'" and, on a line of its own, its suggestion.
+    inner = e.args[0] if e.args else e
+    inner = inner.args[0] if isinstance(inner, KeyError) and inner.args else inner
+    name, _, hint = str(inner).partition("\n")
+    suggestion = re.search(r'Did you mean "([^"]+)"', hint)
+    _fail(f"the config has no field {name.strip()}"
+          + (f" (did you mean {suggestion.group(1)!r}?)" if suggestion else "")
+          + ": --help lists the fields --config.FIELD=VALUE can set.")
   except Exception as e:  # the config file's own code failed (e.g. an unknown variant)
     _fail(f"cannot load the --config file: {type(e).__name__}: {e}")
 
@@ -125,10 +168,14 @@ def main(argv):
     _fail(f"unexpected argument(s) {' '.join(argv[1:])!r}: every setting is a flag. {USAGE}")
   # Imported here so that --help and flag errors answer without loading JAX.
   from fedprox_jax import cache
-  from fedprox_jax.run import distributed, signals, single, sweep, workdir
   from fedprox_jax.errors import Interrupted, UserError
+  from fedprox_jax.run import config as config_lib
+  from fedprox_jax.run import distributed, single, sweep, workdir
+  signals.undefer()  # from here a signal stops the set-up at once, and the rounds after one
+  if signals.received():
+    _fail(f"stopped by {signals.received()} before the run started: nothing was written",
+          signals.EXIT_CODES[signals.received()], prefix="")
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  signals.install()
   try:
     config = _CONFIG.value
     config.mode  # config_flags defers a load failure until the config is first used
@@ -137,6 +184,8 @@ def main(argv):
     _fail(f"cannot load the --config file ({reason}); e.g. --config={DEFAULT_CONFIG}:fedprox")
   path, created = _WORKDIR.value, False
   try:
+    # Fields the command line set that this mode would ignore: refused before any work.
+    config_lib.check_mode_fields(config, _given_fields(sys.argv))
     cache.enable_compilation_cache()
     distributed.maybe_initialize()
     if not path:
@@ -152,12 +201,21 @@ def main(argv):
     if signals.received() and "resume" not in message:
       message += f": run the same command with --workdir={path} to resume or restart it"
     _remove_if_unused(path if created else None)
-    _fail(message, signals.EXIT_CODES.get(signals.received(), 2))
+    # A stop is what was asked for, not an error: its line says "stopped by ...".
+    _fail(message, signals.EXIT_CODES.get(signals.received(), 2),
+          prefix="" if isinstance(e, Interrupted) else "error: ")
   except OSError as e:  # a full disk, a vanished directory, ...
     _remove_if_unused(path if created else None)
     _fail(f"{e.strerror or e} ({getattr(e, 'filename', '') or type(e).__name__}): free disk "
           "space or fix the path's permissions; an interrupted run resumes with the same "
           "command and --workdir")
+
+
+def _given_fields(argv: list) -> set:
+  """The config fields the command line overrides (--config.FIELD=VALUE or --config.FIELD
+  VALUE), as FIELD."""
+  return {a[len("--config."):].split("=", 1)[0] for a in argv
+          if a.startswith("--config.")}
 
 
 def _remove_if_unused(path: str | None) -> None:

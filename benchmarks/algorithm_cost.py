@@ -33,9 +33,9 @@ F = flags.FLAGS
 
 def _config():
   if F.setting == "niid_cnn":
-    c = niid_bench.get_config("grid")
-    c.update(mode="single", local_epochs=1)
-    c.sweep.splits = ""  # a run: the config's partition (labeldir 0.5)
+    # A run of the grid's settings, on the config's partition (labeldir 0.5).
+    c = config_lib.as_run(niid_bench.get_config("grid"))
+    c.local_epochs = 1
   else:
     c = common.mnist_config.get_config("fedprox")
     c.update(model="mlr", stragglers_fraction=0.0)

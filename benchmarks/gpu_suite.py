@@ -62,7 +62,8 @@ def _base_config(a, variant="fedprox"):
   if a.smoke:  # a few clients and examples, few rounds: exercises every path in seconds
     c.update(dict(train_subset=600, num_clients=10, clients_per_round=2, local_epochs=1,
                   num_rounds=2, checkpoint_every=100))
-    c.sweep.dissimilarity = False
+    if c.mode == "sweep":  # (a run refuses the sweep's fields)
+      c.sweep.dissimilarity = False
     c.allow_modified_mnist = True  # the smoke test's generated digits
     c.autotune = False  # its paths are named; timing the CPU's candidates is not its job
   return c

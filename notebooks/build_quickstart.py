@@ -55,6 +55,16 @@ of the repository it uses that checkout; anywhere else (a fresh Colab runtime) i
 copy of the project's code that this notebook carries (the folded cell below), then installs the missing
 packages without replacing the runtime's own JAX or TensorFlow (`requirements-gpu.txt`, with
 the installed JAX pinned). MNIST is downloaded through tensorflow-datasets on the first run.
+
+**Offline**, or to use your own copy: set `DATA_DIR` in the third code cell to a directory
+holding the four MNIST IDX files (gzipped or not; the same examples in the same order as
+TFDS's, so the same results), or set the fields of `make_config`'s config `c` yourself
+(`c.data_dir = ...` is what `--config.data_dir=...` does on the command line).
+
+Environment variables (optional): `FEDPROX_QUICKSTART_DATA` sets `DATA_DIR`;
+`FEDPROX_QUICKSTART_OUTPUTS` where the runs are written (default `outputs/quickstart`);
+`FEDPROX_QUICKSTART_SMOKE=1` a tiny CPU-sized version (3 rounds, 2000 examples, logistic
+regression: what the project's tests execute).
 """
 
 INSTALL = """\
@@ -90,6 +100,8 @@ from configs import mnist as mnist_config
 from fedprox_jax.run import single
 print("JAX backend:", jax.default_backend(), jax.devices())
 
+# Offline: a directory holding the four MNIST IDX files ("" = download through TFDS).
+DATA_DIR = os.environ.get("FEDPROX_QUICKSTART_DATA", "")
 # SMOKE: a tiny CPU-sized version of this notebook that the project's tests execute.
 SMOKE = bool(os.environ.get("FEDPROX_QUICKSTART_SMOKE"))
 NUM_ROUNDS = 3 if SMOKE else 50
@@ -100,9 +112,10 @@ RUN = """\
 def make_config(variant):
     c = mnist_config.get_config(variant)
     c.num_rounds = NUM_ROUNDS
-    if SMOKE:  # genuine MNIST from local IDX files, a subset, few clients and rounds
-        c.update(dict(data_source="idx", data_dir=os.environ["FEDPROX_QUICKSTART_DATA"],
-                      train_subset=2000, num_clients=20, clients_per_round=5, local_epochs=2,
+    if DATA_DIR:  # MNIST from local IDX files, not from the network
+        c.update(dict(data_source="idx", data_dir=DATA_DIR))
+    if SMOKE:  # a subset, few clients and rounds
+        c.update(dict(train_subset=2000, num_clients=20, clients_per_round=5, local_epochs=2,
                       model="mlr", tensorboard=False))
     return c
 
@@ -117,7 +130,8 @@ def show_progress(variant):
 results = {}
 for variant in ("fedprox", "fedavg"):
     workdir = os.path.join(OUTPUTS, f"{variant}-{time.strftime('%Y%m%d-%H%M%S')}")
-    summary = single.run(make_config(variant), workdir, on_round=show_progress(variant))
+    summary = single.run(make_config(variant), workdir, on_round=show_progress(variant),
+                         progress=False)  # show_progress prints every 5th round instead
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         results[variant] = [json.loads(line) for line in f]
     print(f"{variant}: final test accuracy {summary['final_test_accuracy']:.4f} "

@@ -2,6 +2,7 @@
 when the cache is damaged or stale, overridden by explicit fields, recorded in the config."""
 
 import json
+import re
 
 import pytest
 
@@ -15,6 +16,7 @@ from fedprox_jax.run import config as config_lib
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
   monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path))
+  monkeypatch.setattr(autotune, "_load_per_core", lambda: 0.0)  # an idle machine
   autotune.choose.cache_clear()
   yield tmp_path / autotune.CACHE_FILE
   autotune.choose.cache_clear()
@@ -142,3 +144,29 @@ def test_no_measurement_without_autotune_for_the_mlr_or_in_a_sweeps_lanes(fresh_
   c = _resolved(mode="sweep")
   assert fake_measure == [("cnn", 10, 1, 50)]  # a sweep's programs share the cores already
   assert (c.conv_impl, c.num_lanes) == ("patches", 1)
+
+
+@pytest.mark.parametrize("load,spread,why", [
+    (1.5, 1.0, "other jobs ran on the machine \\(load 1.50 per core\\)"),
+    (0.0, 1.8, "the timings were unsteady \\(the fastest's spread 1.80x\\)"),
+])
+def test_a_choice_measured_on_a_busy_machine_is_used_but_not_cached(
+    fresh_cache, fake_measure, monkeypatch, caplog, load, spread, why):
+  monkeypatch.setattr(autotune, "_load_per_core", lambda: load)
+  real = autotune.measure
+  monkeypatch.setattr(autotune, "measure", lambda *a: real(*a)._replace(spread=spread))
+  first = autotune.choose("cnn", 10, 2, 50)
+  assert first.conv_impl == "patches" and not fresh_cache.exists()
+  assert any(re.search(why + ", so this choice is used for this run only", r.getMessage())
+             for r in caplog.records), [r.getMessage() for r in caplog.records]
+  autotune.choose.cache_clear()  # the next process measures again, on an idle machine
+  monkeypatch.setattr(autotune, "_load_per_core", lambda: 0.0)
+  monkeypatch.setattr(autotune, "measure", real)
+  autotune.choose("cnn", 10, 2, 50)
+  assert len(fake_measure) == 2 and fresh_cache.exists()
+
+
+def test_the_timing_says_how_long_before_it_starts(fresh_cache, fake_measure, caplog):
+  caplog.set_level("INFO")
+  autotune.choose("cnn", 10, 2, 50)
+  assert any("before the run starts: about 5-15 s" in r.getMessage() for r in caplog.records)

@@ -126,12 +126,22 @@ def test_band_refuses_runs_that_differ_in_more_than_seed_and_partition(tmp_path)
            _run(tmp_path / "again", 3, [0.2], partition_seed=5)]
   with pytest.raises(ValueError, match="two runs with partition_seed 5 and seed 3"):
     bands.write_band(str(tmp_path / "b2"), "b", twice)
+  # Same seeds, another algorithm: the differing field is named, not the shared seeds.
+  for name in ("fedavg", "scaffold"):
+    (tmp_path / name).mkdir()
+  algorithms = [_run(tmp_path / "fedavg", 3, [0.1], partition_seed=5, algorithm=""),
+                _run(tmp_path / "scaffold", 3, [0.2], partition_seed=5, algorithm="scaffold")]
+  with pytest.raises(ValueError, match=r"differ in more than the seed and the partition: "
+                                       r"algorithm \(''\, 'scaffold'\)"):
+    bands.write_band(str(tmp_path / "b3"), "b", algorithms)
 
 
 def test_band_refuses_unfinished_or_misaligned_runs(tmp_path):
   a, b = _run(tmp_path, 0, [0.1, 0.2]), _run(tmp_path, 1, [0.2])
-  with pytest.raises(ValueError, match="evaluated rounds"):
+  with pytest.raises(ValueError, match="evaluated rounds") as e:
     bands.write_band(str(tmp_path / "out"), "b", [a, b])
+  # Where they part, not the same first rounds of both.
+  assert "(1 rows vs 2; first at row 2: no row vs round 2)" in str(e.value)
   (tmp_path / "p42_seed1" / "summary.json").unlink()
   with pytest.raises(ValueError, match="not a finished run"):
     bands.write_band(str(tmp_path / "out"), "b", [a, b])

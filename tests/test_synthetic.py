@@ -152,7 +152,8 @@ def _tiny(variant="fedprox", **overrides):
   c = synthetic_config.get_config(variant)
   c.update(dict(num_clients=10, clients_per_round=3, local_epochs=2, num_rounds=4,
                 tensorboard=False, checkpoint_every=2, partition_seed=1))
-  c.sweep.update(dict(seeds=1, stragglers="0.5", dissimilarity=False))
+  if c.mode == "sweep":  # (a run refuses the sweep's fields)
+    c.sweep.update(dict(seeds=1, stragglers="0.5", dissimilarity=False))
   c.update(overrides)
   return c
 

@@ -1,18 +1,24 @@
 """Loading MNIST as numpy arrays: through tensorflow-datasets, or from raw IDX files.
 
-Both sources return the same ``Mnist`` (uint8 images [N, 28, 28, 1], int32 labels). TFDS runs
+Both sources return the same ``Mnist`` (uint8 images [N, 28, 28, 1], int32 labels), in the same
+order: TFDS's, which the IDX route reproduces (``tfds_order``), so that ``data_source`` never
+changes a result and a run started on one source resumes on the other. TFDS runs
 in a child process (``tfds_worker``) that caches its arrays, so TensorFlow never enters the
 training process (its import costs seconds and ~0.6 GB, and it would claim GPU memory).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gzip
 import hashlib
 import os
 import stat
 import subprocess
 import sys
+import tempfile
+import time
 import zipfile
 from typing import NamedTuple
 
@@ -102,13 +108,19 @@ def load_mnist(source: str = "tfds", data_dir: str = "", download: bool = True,
 OFFLINE_ADVICE = ("Without internet, point TFDS at a prepared copy (--config.data_dir=DIR or the "
                   "TFDS_DATA_DIR environment variable, e.g. ../shared/data/tensorflow_datasets), "
                   "or read the raw IDX files with --config.data_source=idx "
-                  "--config.data_dir=DIR (e.g. ../shared/data/mnist).")
+                  "--config.data_dir=DIR (e.g. ../shared/data/mnist); from Python or a "
+                  "notebook, set the config's fields: c.data_source = 'idx', c.data_dir = DIR.")
 
 
 # The TFDS worker's time limit (download and preparation; a local copy takes ~20 s).
 # The one line of the worker's stderr meant for the user starts with this.
 WORKER_ERROR_PREFIX = "fedprox_jax data error: "
 TIMEOUT_ENV, DEFAULT_TIMEOUT_S = "FEDPROX_JAX_DATA_TIMEOUT", 1800.0
+# A download that receives nothing for this long is stopped (TFDS reads 8 kB blocks: a mirror
+# trickling a byte a second shows no progress at all).
+STALL_ENV, DEFAULT_STALL_S = "FEDPROX_JAX_DATA_STALL", 120.0
+PROGRESS_S = 10.0  # how often a download reports its bytes and rate
+MNIST_DOWNLOAD_BYTES = 11_594_722  # the four .gz files
 
 
 def _offline_help(where: str) -> str:
@@ -136,7 +148,6 @@ def tfds_cache_path(data_dir: str) -> str:
 # ordered_digest() of genuine MNIST in the orders its sources give it: one sha256 pass (~0.15 s)
 # checks every load; another order of the same examples is recognised by fingerprint().
 GENUINE_ORDERS = {
-    "00b71055d835a7467dbc639d9487819318963e7e485b4561dbb427c14460388b": "the IDX files' order",
     "2820b1d420c12e801da73fdd078cd67321128386b03468a17dd70333d2264360": "TFDS 3.0.1's order",
 }
 
@@ -214,22 +225,15 @@ def load_tfds(data_dir: str | None, download: bool, allow_modified: bool = False
          f"--allow_modified={int(bool(allow_modified))}"]
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
          "PYTHONPATH": os.pathsep.join(filter(None, [_PROJECT_ROOT, os.environ.get("PYTHONPATH")]))}
-  timeout = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S)
-  try:
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True, timeout=timeout)
-  except subprocess.TimeoutExpired:
-    raise DataError(f"preparing MNIST through tensorflow-datasets took more than {timeout:g} s "
-                    f"(a stalled or very slow download?) and was stopped. {OFFLINE_ADVICE} "
-                    f"({TIMEOUT_ENV}=SECONDS sets the limit.)") from None
-  if proc.returncode != 0:
-    lines = proc.stderr.strip().splitlines()
+  returncode, stderr = _run_worker(cmd, env, resolved)
+  if returncode != 0:
+    lines = stderr.strip().splitlines()
     reported = [line[len(WORKER_ERROR_PREFIX):] for line in lines
                 if line.startswith(WORKER_ERROR_PREFIX)]
     if reported:
       raise DataError(reported[-1])
     raise DataError(f"loading MNIST through tensorflow-datasets failed in its worker process "
-                    f"(exit {proc.returncode}): {lines[-1] if lines else 'no message'}. Use "
+                    f"(exit {returncode}): {lines[-1] if lines else 'no message'}. Use "
                     "--config.data_source=idx --config.data_dir=DIR to read the raw IDX files "
                     "instead.")
   mnist = _read_cache(cache_path, allow_modified)
@@ -237,6 +241,66 @@ def load_tfds(data_dir: str | None, download: bool, allow_modified: bool = False
     raise DataError(f"the TFDS worker wrote no readable {cache_path}: check the disk it is on, "
                     f"or set {cache.CACHE_ENV} to another directory")
   return mnist
+
+
+def _download_bytes(data_dir: str) -> int | None:
+  """Bytes in TFDS's unfinished downloads under ``data_dir`` (the ``*.tmp.*`` directories
+  under its ``downloads/``), or None while no download is in progress."""
+  total, found = 0, False
+  for root, _, names in os.walk(os.path.join(data_dir, "downloads")):
+    if ".tmp." in root:
+      found = True
+      for name in names:
+        with contextlib.suppress(OSError):
+          total += os.stat(os.path.join(root, name)).st_size
+  return total if found else None
+
+
+def _run_worker(cmd: list, env: dict, data_dir: str) -> tuple[int, str]:
+  """Runs the TFDS worker -> (exit code, stderr). While it downloads, says every
+  ``PROGRESS_S`` how many bytes arrived and at what rate; stops it when no byte arrived for
+  ``$FEDPROX_JAX_DATA_STALL`` s (a stalled mirror: TFDS itself would wait for ever) or when
+  the whole preparation passes ``$FEDPROX_JAX_DATA_TIMEOUT`` s."""
+  timeout = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S)
+  stall = float(os.environ.get(STALL_ENV) or DEFAULT_STALL_S)
+  start = time.monotonic()
+  with tempfile.TemporaryFile("w+") as err:
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+    try:
+      last_bytes, last_change, last_report, first = None, start, start, None
+      while proc.poll() is None:
+        time.sleep(0.5)
+        now, got = time.monotonic(), _download_bytes(data_dir)
+        if got is not None and first is None:
+          first = (now, got)
+          logging.info("downloading MNIST into %s", os.path.join(data_dir, "downloads"))
+        if got != last_bytes:
+          last_bytes, last_change = got, now
+        elif got is not None and now - last_change > stall:
+          raise DataError(
+              f"downloading MNIST stalled: no data arrived for {stall:g} s ({got} bytes so "
+              f"far, {_rate(got - first[1], now - first[0])}); the worker was stopped. "
+              f"{OFFLINE_ADVICE} ({STALL_ENV}=SECONDS sets how long to wait.)")
+        if got is not None and now - last_report >= PROGRESS_S:
+          last_report = now
+          logging.info("downloading MNIST: %.1f MB of ~%.1f MB so far, %s", got / 1e6,
+                       MNIST_DOWNLOAD_BYTES / 1e6, _rate(got - first[1], now - first[0]))
+        if now - start > timeout:
+          raise DataError(
+              f"preparing MNIST through tensorflow-datasets took more than {timeout:g} s "
+              + (f"({last_bytes} bytes downloaded so far) " if last_bytes is not None else "")
+              + f"and was stopped. {OFFLINE_ADVICE} ({TIMEOUT_ENV}=SECONDS sets the limit.)")
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    err.seek(0)
+    return proc.returncode, err.read()
+
+
+def _rate(num_bytes: int, seconds: float) -> str:
+  per_second = num_bytes / max(seconds, 1e-9)
+  return f"{per_second / 1e3:.1f} kB/s" if per_second >= 100 else f"{per_second:.1f} bytes/s"
 
 
 def _read_maybe_gz(directory: str, stem: str) -> tuple[bytes, str]:
@@ -277,7 +341,24 @@ def parse_idx(raw: bytes, name: str = "IDX data") -> np.ndarray:
   return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 
+@functools.lru_cache(maxsize=4)
+def tfds_order(num_examples: int, split: str) -> np.ndarray:
+  """The order in which TFDS's MNIST builder stores a split's examples, as indices into the IDX
+  file: it keys each example by its index in the file (``_generate_examples``) and writes them
+  sorted by the md5 of the split's name followed by the key (tensorflow_datasets/core/
+  hashing.py: the split name salts the hash). Tested: the IDX files in this order are TFDS
+  3.0.1's MNIST exactly."""
+  salted = hashlib.md5(split.encode())
+
+  def key(index: int) -> int:
+    h = salted.copy()
+    h.update(str(index).encode())
+    return int(h.hexdigest(), 16)
+  return np.array(sorted(range(num_examples), key=key), np.int64)
+
+
 def load_idx_dir(directory: str) -> Mnist:
+  """MNIST from the four IDX files in ``directory`` (gzipped or not), in TFDS's order."""
   if not os.path.isdir(directory):
     raise DataError(f"data_dir={directory!r} is not a directory. " + _offline_help(directory))
   arrays = {}
@@ -290,6 +371,11 @@ def load_idx_dir(directory: str) -> Mnist:
       raise DataError(f"{split} images in {directory} have shape {images.shape}, not (N, 28, 28)")
     if labels.ndim != 1:
       raise DataError(f"{split} labels in {directory} have shape {labels.shape}, not (N,)")
+  for split in ("train", "test"):  # TFDS's order; unequal counts are refused by _checked
+    images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+    if len(images) == len(labels):
+      order = tfds_order(len(labels), split)
+      arrays[f"{split}_images"], arrays[f"{split}_labels"] = images[order], labels[order]
   return _checked(Mnist(arrays["train_images"][..., None], arrays["train_labels"].astype(np.int32),
                         arrays["test_images"][..., None], arrays["test_labels"].astype(np.int32)),
                   directory)

@@ -59,7 +59,7 @@ def load_runs(workdirs: list) -> tuple:
     return rounds, curves
   if len(workdirs) < 2:
     raise ValueError("a band needs at least two runs (or one sweep's workdir)")
-  configs, curves, rounds = [], {}, None
+  configs, runs = [], []
   for w in workdirs:
     if not os.path.exists(os.path.join(w, "summary.json")):
       raise ValueError(f"{w} is not a finished run (no summary.json)")
@@ -73,20 +73,32 @@ def load_runs(workdirs: list) -> tuple:
     except (OSError, ValueError, KeyError, TypeError, UserError) as e:
       raise ValueError(f"{w} is damaged ({type(e).__name__}: {e}): restore its files, or "
                        "leave it out of the band") from e
-    if rounds is not None and these != rounds:
-      raise ValueError(f"{w} evaluated rounds {these[:3]}..., the others {rounds[:3]}...")
-    rounds = these
-    run = (config["partition_seed"], config["seed"])
-    if run in curves:
-      raise ValueError(f"two runs with partition_seed {run[0]} and seed {run[1]}")
-    curves[run] = accuracies
+    runs.append((w, (config["partition_seed"], config["seed"]), these, accuracies))
     # Where the data came from and how the work was laid out do not change the curve.
     configs.append({k: v for k, v in config.items() if k not in IGNORED})
+  # What differs first: two runs of other configs are not a band, whatever else they share.
   differing = sorted({k for c in configs for k in c if c.get(k) != configs[0].get(k)})
   if differing:
-    raise ValueError(f"the runs differ in more than the seed and the partition: "
-                     f"{', '.join(differing)}")
+    raise ValueError("the runs differ in more than the seed and the partition: " + "; ".join(
+        f"{k} ({', '.join(sorted({repr(c.get(k)) for c in configs}))})" for k in differing))
+  curves, (first, _, rounds, _) = {}, runs[0]
+  for w, run, these, accuracies in runs:
+    if these != rounds:
+      at = next((i for i, (a, b) in enumerate(zip(these, rounds)) if a != b),
+                min(len(these), len(rounds)))
+      raise ValueError(
+          f"{w} and {first} evaluated rounds that differ ({len(these)} rows vs {len(rounds)}; "
+          f"first at row {at + 1}: {_round_at(these, at)} vs {_round_at(rounds, at)}): a band "
+          "needs runs that evaluated the same rounds (a truncated run?)")
+    if run in curves:
+      raise ValueError(f"two runs with partition_seed {run[0]} and seed {run[1]}: a band "
+                       "needs each (partition, seed) once")
+    curves[run] = accuracies
   return rounds, curves
+
+
+def _round_at(rounds: list, i: int) -> str:
+  return f"round {rounds[i]}" if i < len(rounds) else "no row"
 
 
 def band_summary(rounds, curves: dict) -> dict:

@@ -33,6 +33,11 @@ MAX_LANES = 2  # lanes tried: 1 .. this (never more than a round's clients)
 # others, and its fastest time counts (the least disturbed by whatever else the machine does).
 TARGET_SECONDS = 0.08
 REPEATS = 3
+# A choice measured while the machine was busy is used for that run but not cached: other jobs
+# on over half of the cores (1-minute load average, read before timing), or the winner's
+# timings spread over 30 % (its second-fastest over its fastest).
+BUSY_LOAD_PER_CORE = 0.5
+MAX_SPREAD = 1.3
 
 
 class Choice(NamedTuple):
@@ -43,6 +48,7 @@ class Choice(NamedTuple):
   # candidate -> ms per client step (training) or per evaluation batch, as measured
   train_ms: dict
   eval_ms: dict
+  spread: float = 1.0  # the winners' second-fastest timing over their fastest (the larger)
 
   def describe(self) -> str:
     def table(ms):
@@ -187,26 +193,29 @@ def _params(model_name: str, input_shape: tuple, num_classes: int):
   return jax.tree_util.tree_map(fill, shapes)
 
 
-def _measure(candidates: dict) -> dict:
-  """candidate -> ms per unit (one client step, or one evaluation batch): each run once, then
-  timed ``REPEATS`` times round robin for about ``TARGET_SECONDS`` each; the fastest timing
-  counts. A candidate over twice the best after the first pass is not timed again."""
-  steps, best = {}, {}
+def _measure(candidates: dict) -> tuple[dict, dict]:
+  """(candidate -> ms per unit (one client step, or one evaluation batch), candidate -> its
+  second-fastest timing over its fastest): each run once, then timed ``REPEATS`` times round
+  robin for about ``TARGET_SECONDS`` each; the fastest timing counts. A candidate over twice
+  the best after the first pass is not timed again."""
+  steps, timings = {}, {}
   for name, (fn, units) in candidates.items():
     jax.block_until_ready(fn(jnp.int32(1)))  # the first call's one-off costs
     start = time.perf_counter()
     jax.block_until_ready(fn(jnp.int32(2)))
     per_step = (time.perf_counter() - start) / 2
     steps[name] = max(1, min(1000, round(TARGET_SECONDS / max(per_step, 1e-6))))
-    best[name] = per_step / units
+    timings[name] = [per_step / units]
   for repeat in range(REPEATS):
-    alive = [n for n in candidates if repeat == 0 or best[n] <= 2 * min(best.values())]
+    best = min(min(t) for t in timings.values())
+    alive = [n for n in candidates if repeat == 0 or min(timings[n]) <= 2 * best]
     for name in alive:
       fn, units = candidates[name]
       start = time.perf_counter()
       jax.block_until_ready(fn(jnp.int32(steps[name])))
-      best[name] = min(best[name], (time.perf_counter() - start) / steps[name] / units)
-  return {name: round(seconds * 1e3, 4) for name, seconds in best.items()}
+      timings[name].append((time.perf_counter() - start) / steps[name] / units)
+  spread = {n: (sorted(t)[1] / sorted(t)[0]) if len(t) > 1 else 1.0 for n, t in timings.items()}
+  return {name: round(min(t) * 1e3, 4) for name, t in timings.items()}, spread
 
 
 def measure(model: str, batch_size: int, max_lanes: int, eval_batch_size: int,
@@ -219,17 +228,33 @@ def measure(model: str, batch_size: int, max_lanes: int, eval_batch_size: int,
                                                   num_classes) for impl in models.CONV_IMPLS},
       **{("eval", impl): _eval_candidate(model, impl, eval_batch_size, input_shape, num_classes)
          for impl in models.CONV_IMPLS}})
-  train_ms = _measure({n: v for (kind, n), v in compiled.items() if kind == "train"})
-  eval_ms = _measure({n: v for (kind, n), v in compiled.items() if kind == "eval"})
+  train_ms, train_spread = _measure({n: v for (kind, n), v in compiled.items()
+                                     if kind == "train"})
+  eval_ms, eval_spread = _measure({n: v for (kind, n), v in compiled.items() if kind == "eval"})
   impl = min(train_ms, key=train_ms.get).split("/")[0]
   if max_lanes > 1:
     wider = _compile_all({f"{impl}/{lanes}": _train_candidate(
         model, impl, lanes, batch_size, input_shape, num_classes)
         for lanes in range(2, max_lanes + 1)})
-    train_ms.update(_measure({f"{impl}/1": compiled["train", f"{impl}/1"], **wider}))
-  impl, lanes = min(train_ms, key=train_ms.get).split("/")
-  return Choice(impl, int(lanes), min(eval_ms, key=eval_ms.get),
-                time.perf_counter() - start, train_ms, eval_ms)
+    again, again_spread = _measure({f"{impl}/1": compiled["train", f"{impl}/1"], **wider})
+    # The one-lane winner keeps its fastest timing of either pass: the wider lanes are tried
+    # for the fastest one-lane convolution only, and it stays the fastest of one lane.
+    again[f"{impl}/1"] = min(again[f"{impl}/1"], train_ms[f"{impl}/1"])
+    train_ms.update(again)
+    train_spread.update(again_spread)
+  best_train = min(train_ms, key=train_ms.get)
+  impl, lanes = best_train.split("/")
+  best_eval = min(eval_ms, key=eval_ms.get)
+  return Choice(impl, int(lanes), best_eval, time.perf_counter() - start, train_ms, eval_ms,
+                round(max(train_spread[best_train], eval_spread[best_eval]), 3))
+
+
+def _load_per_core() -> float:
+  """The 1-minute load average per core this process may use (0 where it is unknown)."""
+  try:
+    return os.getloadavg()[0] / _cores()
+  except (OSError, AttributeError):
+    return 0.0
 
 
 @functools.lru_cache(maxsize=None)
@@ -246,9 +271,20 @@ def choose(model: str, batch_size: int, max_lanes: int, eval_batch_size: int,
     return choice
   if entry is not None:
     logging.warning("%s: its entry for %s is damaged: measuring again", _path(), model)
-  logging.info("timing the %s's candidate paths on this %s (once: the choice is cached in %s)",
-               model, cpu_model(), _path())
+  load = _load_per_core()
+  logging.info("timing the %s's %d candidate paths on this %s before the run starts: about "
+               "5-15 s on 2 cores, more on a busy machine (once: the choice is cached in %s)",
+               model, 2 * len(models.CONV_IMPLS) + max_lanes - 1, cpu_model(), _path())
   choice = measure(model, batch_size, max_lanes, eval_batch_size, input_shape, num_classes)
+  busy = (f"other jobs ran on the machine (load {load:.2f} per core)"
+          if load > BUSY_LOAD_PER_CORE else
+          f"the timings were unsteady (the fastest's spread {choice.spread:.2f}x)"
+          if choice.spread > MAX_SPREAD else None)
+  if busy:
+    logging.warning("%s: %s, chosen in %.1f s; %s, so this choice is used for this run only "
+                    "and the next run measures again", model, choice.describe(), choice.seconds,
+                    busy)
+    return choice
   _write_cache(k, choice)
   logging.info("%s: %s, chosen in %.1f s", model, choice.describe(), choice.seconds)
   return choice

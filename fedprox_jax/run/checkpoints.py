@@ -20,16 +20,18 @@ import concurrent.futures
 import hashlib
 import os
 import shutil
+import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from fedprox_jax.errors import UserError
+from fedprox_jax.errors import ConfigError, UserError
 
 
 DIGEST_BYTES = 32
+CONFIG_KEY = "config_sha256"  # older checkpoints lack it (and are compared by config.json alone)
 
 
 def digest(state: dict) -> np.ndarray:
@@ -42,16 +44,55 @@ def digest(state: dict) -> np.ndarray:
   return np.frombuffer(h.digest(), np.uint8).copy()
 
 
+class _OrbaxDiskErrors:
+  """Drops orbax's own error logs (with tracebacks, from its writer threads) of a failed write:
+  a full disk or the event loop it closes after one. ``Checkpoints._write`` reports that
+  failure itself, in one line with what to do."""
+
+  MARKERS = ("RESOURCE_EXHAUSTED", "No space left", "Event loop is closed", "Errno 28",
+             "Read-only file system", "Permission denied")
+
+  def filter(self, record) -> bool:
+    if "orbax" not in record.pathname:
+      return True
+    text = str(record.msg) + (str(record.exc_info[1]) if record.exc_info else "")
+    return not any(m in text for m in self.MARKERS)
+
+
+if not any(isinstance(f, _OrbaxDiskErrors) for f in logging.get_absl_logger().filters):
+  logging.get_absl_logger().addFilter(_OrbaxDiskErrors())
+
+
+def _quiet_closed_loop(previous):
+  """After a failed write, tensorstore's callbacks still post to the event loop orbax closed:
+  Python prints each "RuntimeError: Event loop is closed" as an unraisable exception. Those
+  are dropped (the failure is reported once, by ``Checkpoints._write``); others go on."""
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+  hook.quiet_closed_loop = True
+  return hook
+
+
+if not getattr(sys.unraisablehook, "quiet_closed_loop", False):
+  sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
+
+
 class CheckpointError(UserError):
   """No usable checkpoint although some exist; the message says what to do."""
 
 
 class Checkpoints:
   """Saves and restores a run's state (a dict of arrays, e.g. {"params": ...}) and its round
-  under ``directory`` (keeps the last ``max_to_keep``)."""
+  under ``directory`` (keeps the last ``max_to_keep``). With ``config_digest`` (the hex sha256
+  of the run's result-determining config, ``workdir.config_digest``) every checkpoint stores
+  it, and a checkpoint that stores another is refused: its run had another config."""
 
-  def __init__(self, directory: str, max_to_keep: int = 3):
+  def __init__(self, directory: str, max_to_keep: int = 3, config_digest: str | None = None):
     self.directory = os.path.abspath(directory)
+    self._config = (None if config_digest is None
+                    else np.frombuffer(bytes.fromhex(config_digest), np.uint8).copy())
     self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
     self._pending = None  # the save in progress
     self.saved = set()  # rounds saved by this object
@@ -77,6 +118,8 @@ class Checkpoints:
 
   def _write(self, round_index: int, state: dict) -> None:
     state = {**state, "round": np.asarray(round_index, np.int64)}
+    if self._config is not None:
+      state[CONFIG_KEY] = self._config
     # orbax does not checksum the arrays: a digest stored beside them catches a damaged file.
     state["digest"] = (digest(state) if jax.process_count() == 1  # host arrays
                        else np.zeros(DIGEST_BYTES, np.uint8))  # multi-process: not verified
@@ -116,7 +159,7 @@ class Checkpoints:
       if max_round is not None and step > max_round:
         continue
       try:
-        state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        state = self._restore_step(step, abstract)
         if int(state["round"]) != step:
           raise ValueError(f"it claims round {int(state['round'])}")
         stored = np.asarray(state.pop("digest"), np.uint8)
@@ -127,6 +170,13 @@ class Checkpoints:
                         "previous one", step, self.directory, type(e).__name__, e)
         damaged.append(step)
         continue
+      saved_config = state.pop(CONFIG_KEY, None)
+      if (saved_config is not None and self._config is not None
+          and not np.array_equal(np.asarray(saved_config, np.uint8), self._config)):
+        raise ConfigError(
+            f"the checkpoint of round {step} in {self.directory} was computed with another "
+            "config than the one config.json and this command give (was config.json edited?): "
+            "resume with the config the run started with, or pass a new --workdir")
       for later in steps[steps.index(step) + 1:]:  # the resumed run writes these rounds again
         shutil.rmtree(os.path.join(self.directory, str(later)), ignore_errors=True)
       self._manager.reload()
@@ -140,6 +190,19 @@ class Checkpoints:
       shutil.rmtree(os.path.join(self.directory, str(later)), ignore_errors=True)
     self._manager.reload()
     return None
+
+  def _restore_step(self, step: int, abstract: dict) -> dict:
+    """Round ``step``'s state, with the config digest where it has one (checkpoints written
+    before the digest existed have none; orbax's metadata cannot say which before the
+    manager has restored a step, so the digest's layout is tried first)."""
+    with_config = {**abstract, CONFIG_KEY: jax.ShapeDtypeStruct((DIGEST_BYTES,), np.uint8)}
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore(with_config))
+    except Exception as first:  # no digest in it (an older checkpoint), or damaged
+      try:
+        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      except Exception:
+        raise first from None
 
   def close(self) -> None:
     try:

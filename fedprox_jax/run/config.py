@@ -19,6 +19,9 @@ from fedprox_jax.run import autotune, defaults, protocols
 
 DATASETS = ("mnist", "synthetic")  # experiment.prepare_data's registry
 MAX_SEED = 2**31 - 1  # jax.random.key and numpy's RandomState both take it
+# The log-normal shares' largest sigma: exp(sigma * 6 standard deviations) stays well inside
+# float64 (sigma 1e12 made the shares inf, then NaN).
+MAX_LOGNORMAL_SIGMA = 50.0
 
 
 def require(ok: bool, field: str, value, what: str):
@@ -43,6 +46,51 @@ def _require_float32(field: str, value, positive: bool = False) -> None:
 
 def _is_int(v) -> bool:
   return isinstance(v, int) and not isinstance(v, bool)
+
+
+# The sweep's fields as configs/mnist.py sets them (tests/test_config_modes.py checks it): a
+# run (mode='single') ignores them, so one set to anything else is refused.
+SWEEP_DEFAULTS = {
+    "algorithms": "fedavg,fedprox_mu0,fedprox", "stragglers": "0,0.5,0.9", "seeds": 5,
+    "partitions": 1, "partition_per_seed": False, "mu": 1.0, "global_train_loss": True,
+    "dissimilarity": True, "experiments_per_program": 0, "concurrent_programs": 0,
+    "adaptive_mu_init": None, "splits": "", "federations": ""}
+# A run's choice of algorithm, which a sweep takes from sweep.algorithms, sweep.mu and
+# sweep.stragglers instead: refused when given to a sweep (``check_mode_fields``).
+RUN_ONLY_FIELDS = ("algorithm", "mu", "stragglers_fraction", "drop_stragglers", "adaptive_mu")
+
+
+def check_mode_fields(c: ml_collections.ConfigDict, given=()) -> None:
+  """Refuses, in one line, a field the config's mode would ignore: a sweep field set for a run
+  (a value other than ``SWEEP_DEFAULTS``, or named in ``given``), or a run's algorithm field
+  for a sweep (``algorithm`` or ``adaptive_mu`` set, or any of ``RUN_ONLY_FIELDS`` in
+  ``given``: the fields the command line overrode)."""
+  if c.mode == "sweep":
+    for field in RUN_ONLY_FIELDS:
+      if field in given or (field == "algorithm" and c.algorithm) or (
+          field == "adaptive_mu" and c.adaptive_mu):
+        raise ConfigError(
+            f"config.{field}={c[field]!r} applies to a run (mode='single'), and this is a "
+            "sweep: it runs the algorithms of sweep.algorithms (fedprox with sweep.mu, "
+            "fedprox_mu<value>, fedprox_adaptive, scaffold, ...) at the levels of "
+            "sweep.stragglers; set those instead")
+    return
+  for field, default in SWEEP_DEFAULTS.items():
+    if f"sweep.{field}" in given or (field in c.sweep and c.sweep[field] != default):
+      raise ConfigError(
+          f"config.sweep.{field}={c.sweep[field]!r} applies to a sweep, and this is a run "
+          "(mode='single'), which would ignore it: add --config.mode=sweep to run the grid, "
+          "or choose the run's algorithm with algorithm, mu, drop_stragglers and "
+          "stragglers_fraction")
+
+
+def as_run(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of ``c`` as a run (mode='single') with the sweep's fields at their defaults: one
+  experiment with a sweep config's settings (a benchmark's, a test's)."""
+  out = ml_collections.ConfigDict(c.to_dict())
+  out.mode = "single"
+  out.sweep.update(SWEEP_DEFAULTS)
+  return out
 
 
 # How the training set is split over clients (``experiment._partition``).
@@ -141,7 +189,10 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            "10 % of each client as its test set already): leave it unset")
   require(0 <= c.stragglers_fraction <= 1, "stragglers_fraction", c.stragglers_fraction,
            "must be between 0 and 1")
-  require(c.lognormal_sigma > 0, "lognormal_sigma", c.lognormal_sigma, "must be > 0")
+  require(isinstance(c.lognormal_sigma, (int, float)) and math.isfinite(c.lognormal_sigma)
+          and 0 < c.lognormal_sigma <= MAX_LOGNORMAL_SIGMA, "lognormal_sigma",
+          c.lognormal_sigma, f"must be > 0, finite and at most {MAX_LOGNORMAL_SIGMA:g} (the "
+          "seed's 2; above ~10 one client already holds nearly all of a digit)")
   require(isinstance(c.inexactness, bool), "inexactness", c.inexactness, "must be True or False")
   for field, what in (("num_lanes", "backend default"), ("eval_batch_size", "backend default"),
                       ("num_devices", "all devices"), ("train_subset", "all")):
@@ -191,6 +242,7 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            "sweep.concurrent_programs", s.concurrent_programs,
            "must be an integer >= 0 (0 = backend default)")
   _check_grid(c)
+  check_mode_fields(c)  # after the values' own checks: a bad value is named as such first
   return _fill_defaults(c)
 
 
@@ -281,15 +333,30 @@ def federations(c: ml_collections.ConfigDict) -> dict:
   if c.data != "synthetic":
     if c.mode != "sweep" or not c.sweep.splits:
       return {"": None}
-    return {name: split_fields(name) for name in parse_list("splits", c.sweep.splits, str)}
+    splits = {name: split_fields(name) for name in parse_list("splits", c.sweep.splits, str)}
+    _refuse_same("splits", {n: tuple(sorted(f.items())) for n, f in splits.items()})
+    return splits
   if not c.sweep.federations:
     s = c.synthetic
     return {synthetic.name(s.alpha, s.beta, s.iid): (s.alpha, s.beta, s.iid)}
-  out = {}
+  out, canonical = {}, {}
   for item in parse_list("federations", c.sweep.federations, str):
     try:
       alpha, beta, iid = synthetic.parse_name(item)
     except ValueError as e:
       raise ConfigError(f"config.sweep.federations: {e}") from e
-    out[synthetic.name(alpha, beta, iid)] = (alpha, beta, iid)
+    canonical[item] = synthetic.name(alpha, beta, iid)
+    out[canonical[item]] = (alpha, beta, iid)
+  _refuse_same("federations", canonical)
   return out
+
+
+def _refuse_same(field: str, canonical: dict) -> None:
+  """Two names of one axis that mean the same data set (label2 and label02, labeldir0.5 and
+  labeldir0.50) would run it twice as two: refused."""
+  seen = {}
+  for name, value in canonical.items():
+    if value in seen:
+      raise ConfigError(f"config.sweep.{field}: {seen[value]!r} and {name!r} are the same "
+                        "data set written two ways: list it once")
+    seen[value] = name

@@ -69,9 +69,11 @@ class Program:
 
 
 class Output(NamedTuple):
-  """Where rows go: ``wd``'s file ``name`` (written by this process when ``wd.write``)."""
+  """Where rows go: ``wd``'s file ``name`` (written by this process when ``wd.write``), each
+  row with ``keys`` (a sweep's rows name their experiment)."""
   wd: object
   name: str
+  keys: tuple = ("round",)
 
   @property
   def path(self) -> str:
@@ -97,19 +99,36 @@ def restore(checkpoints, state_like, output: Output, expected_rows: Callable, ow
     restored = checkpoints.restore_latest(state_like, max_round)
     if restored is None:
       break
-    saved = ({row_key(r) for r in outputs.read_jsonl(output.path)}
-             if os.path.exists(output.path) else set())
+    saved = _saved_rows(output)
     missing = sorted(expected_rows(*restored) - saved, key=lambda k: k[1])
     if not missing:
       done, state = restored
       break
-    logging.warning("%s lacks the row of round %d although round %d was checkpointed: resuming "
-                    "from an earlier checkpoint, to compute it again", output.path,
-                    missing[0][1], restored[0])
+    logging.warning("%s lacks the row of round %d (or holds two that differ) although round %d "
+                    "was checkpointed: resuming from an earlier checkpoint, to compute it again",
+                    output.path, missing[0][1], restored[0])
     max_round = missing[0][1] - 1
   kept = outputs.keep_jsonl(output.wd.path, output.name,
-                            lambda r: not own(r) or r["round"] <= done, output.wd.write)
+                            lambda r: not own(r) or r["round"] <= done, output.wd.write,
+                            output.keys)
   return done, state, [r for r in kept if own(r)]
+
+
+def _saved_rows(output: Output) -> set:
+  """The ``row_key``s of the rows on disk. A row written twice (identically) counts once, and
+  ``keep_jsonl`` keeps one; rows of one key that differ count as none: which one the round
+  gave is unknown, so it is computed again."""
+  if not os.path.exists(output.path):
+    return set()
+  first, conflicting = {}, set()
+  for r in outputs.read_jsonl(output.path, output.keys):
+    k = row_key(r)
+    if k in first and first[k] != r:
+      conflicting.add(k)
+    elif k in first:
+      logging.warning("%s holds the row of round %d twice: keeping one", output.path, k[1])
+    first.setdefault(k, r)
+  return set(first) - conflicting
 
 
 def stopped(stop: str, t: int, resume_hint: str | None) -> Interrupted:

@@ -11,16 +11,20 @@ Python runs a signal handler only between bytecodes of the main thread, so a mai
 blocked in one long C call (waiting on the device) would handle a signal late and merge two
 signals into one: ``wait_ready`` waits in short sleeps instead, during which each signal is
 handled when it comes.
+
+A raise from the handler can be lost where Python swallows exceptions (a garbage-collection
+callback prints "Exception ignored in ..."); the signal is noted all the same, and ``check()``
+at the points where a run commits its outputs raises it there. No JAX import here: launch.py
+installs the handler before it imports JAX (a Ctrl-C inside that import could abort).
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 import time
-
-import jax
 
 from fedprox_jax.errors import Interrupted
 
@@ -40,18 +44,40 @@ def _handler(signum, frame):
 def install() -> None:
   for sig in (signal.SIGTERM, signal.SIGINT):
     signal.signal(sig, _handler)
+  if not getattr(sys.unraisablehook, "noted_stop", False):
+    sys.unraisablehook = _noted_stop(sys.unraisablehook)
+
+
+def _noted_stop(previous):
+  """A stop raised where Python cannot raise it (a garbage-collection callback) is printed as
+  "Exception ignored in ...": it is noted already, and ``check()`` raises it where the run
+  commits its outputs, so it is not printed."""
+  def hook(unraisable):
+    if not isinstance(unraisable.exc_value, Interrupted):
+      previous(unraisable)
+  hook.noted_stop = True
+  return hook
+
+
+def defer() -> None:
+  """From here until ``undefer()`` a first signal is only noted (see ``received()``)."""
+  with _lock:
+    _state["deferring"] += 1
+
+
+def undefer() -> None:
+  with _lock:
+    _state["deferring"] -= 1
 
 
 @contextlib.contextmanager
 def deferred():
   """Inside this block a first signal is only noted (see ``received()``)."""
-  with _lock:
-    _state["deferring"] += 1
+  defer()
   try:
     yield
   finally:
-    with _lock:
-      _state["deferring"] -= 1
+    undefer()
 
 
 def received() -> str | None:
@@ -59,10 +85,18 @@ def received() -> str | None:
   return _state["received"]
 
 
+def check() -> None:
+  """Raises ``Interrupted`` if a signal came (outside ``deferred()``): its raise may have been
+  swallowed where it landed."""
+  if _state["received"] and not _state["deferring"]:
+    raise Interrupted(f"stopped by {_state['received']}")
+
+
 def wait_ready(tree, stop_early: bool = True, stop_asked=received) -> bool:
   """Waits until every array of ``tree`` is computed: True. With ``stop_early``, False as soon
   as ``stop_asked()`` holds (a signal came) before they are. Signals are handled during the
   wait."""
+  import jax
   leaves = [x for x in jax.tree_util.tree_leaves(tree) if isinstance(x, jax.Array)]
   if stop_early and stop_asked():
     return False

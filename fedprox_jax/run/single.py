@@ -25,14 +25,14 @@ from fedprox_jax.errors import DivergenceError
 from fedprox_jax.report import plots
 from fedprox_jax.run import checkpoints as checkpoints_lib
 from fedprox_jax.run import config as config_lib
-from fedprox_jax.run import distributed, experiment, loop
+from fedprox_jax.run import distributed, experiment, loop, signals
 from fedprox_jax.run.workdir import Workdir, open_workdir
 
 ROWS_FILE = "metrics.jsonl"  # a run's rows, one per evaluated round
 
 
 def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None = None,
-        on_round=None) -> dict:
+        on_round=None, progress: bool = True) -> dict:
   """Runs the experiment of config ``c``, writing everything into ``workdir``.
 
   A ``workdir`` holding an unfinished run of the same config is resumed from its last good
@@ -45,6 +45,8 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
       Unused for ``data='synthetic'``.
     on_round: ``on_round(round, row)`` after each evaluated round's row and checkpoint are
       saved.
+    progress: print a line per evaluated round (with an ETA) and the outcome to stderr when
+      absl's logging does not show them (outside launch.py); False: log them only.
   Returns:
     The summary (also summary.json): final and best accuracy, timings, seed, partition.
   Raises:
@@ -64,13 +66,17 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
     logging.info("model %s, %d lanes on %d device(s), backend %s; setup took %.1fs", c.model,
                  setup.spec.num_lanes, setup.mesh.size, jax.default_backend(),
                  time.perf_counter() - start)
-    checkpoints = checkpoints_lib.Checkpoints(wd.file("checkpoints"))
+    checkpoints = checkpoints_lib.Checkpoints(wd.file("checkpoints"),
+                                              config_digest=wd.config_digest)
     try:
       state, first_round, rows = _restore(setup, wd, checkpoints)
-      rows, compilations = _train(setup, wd, checkpoints, state, first_round, rows, on_round)
+      rows, compilations = _train(setup, wd, checkpoints, state, first_round, rows, on_round,
+                                  progress)
     finally:
       checkpoints.close()
-    return _finish(setup, wd, rows, first_round, compilations, time.perf_counter() - start)
+    signals.check()  # a stop whose raise was swallowed after the last round (a GC callback)
+    return _finish(setup, wd, rows, first_round, compilations, time.perf_counter() - start,
+                   progress)
   except Exception:
     wd.check_present()  # a deleted workdir is the cause of whatever failed after it
     raise
@@ -142,10 +148,10 @@ class _RunProgram(loop.Program):
   """One experiment, its lanes spread over the devices; rows go to metrics.jsonl."""
 
   def __init__(self, setup: experiment.Setup, state: dict, rows: list, checkpoints, writer,
-               on_round):
+               on_round, progress: bool = False):
     c = self.c = setup.config
     self.setup, self.rows_so_far, self.checkpoints = setup, rows, checkpoints
-    self.writer, self.on_round = writer, on_round
+    self.writer, self.on_round, self.progress = writer, on_round, progress
     replicate = distributed.replicator(setup.mesh)
     _, self.rounds_key = jax.random.split(jax.random.key(c.seed))
     self.replicate = replicate
@@ -199,13 +205,13 @@ class _RunProgram(loop.Program):
       self.rows_so_far.append(row)
       if self.writer:
         self.writer.write(r.t, row)
-      _log_round(self.c, row, self.eta.rate(r.t))
+      _log_round(self.c, row, self.eta.rate(r.t), self.progress)
       if self.on_round:
         self.on_round(r.t, row)
 
 
 def _train(setup: experiment.Setup, wd: Workdir, checkpoints, state: dict, first_round: int,
-           rows: list, on_round):
+           rows: list, on_round, progress: bool = False):
   """Runs rounds first_round..num_rounds (``loop.run_rounds``); returns (all rows,
   compilations of the round)."""
   c = setup.config
@@ -217,7 +223,7 @@ def _train(setup: experiment.Setup, wd: Workdir, checkpoints, state: dict, first
     writer = outputs.TensorBoard(wd.file("tensorboard"))
     for row in rows:
       writer.write(row["round"], row)
-  program = _RunProgram(setup, state, rows, checkpoints, writer, on_round)
+  program = _RunProgram(setup, state, rows, checkpoints, writer, on_round, progress)
   try:
     loop.run_rounds(program, loop.Schedule.of(c), first_round, output=loop.Output(wd, ROWS_FILE),
                     checkpoints=checkpoints,
@@ -247,9 +253,9 @@ class _Eta:
     return (t - t0) / max(now - start, 1e-9)
 
 
-def _log_round(c, row: dict, rate: float | None) -> None:
+def _log_round(c, row: dict, rate: float | None, echo: bool = False) -> None:
   local = row["local_train_loss"]
-  logging.info("round %d/%d  acc %.4f  test loss %.4f  local train loss %s  stragglers %d%s  "
+  outputs.say("round %d/%d  acc %.4f  test loss %.4f  local train loss %s  stragglers %d%s  "
                "%s", row["round"], c.num_rounds, row["test_accuracy"],
                row["test_loss"], "none" if local is None else f"{local:.4f}",
                row["num_stragglers"],
@@ -257,11 +263,11 @@ def _log_round(c, row: dict, rate: float | None) -> None:
                + (f"  mu {row['mu']:.2f}" if c.adaptive_mu else ""),
                "ETA estimating (from round 2 on)" if rate is None else
                f"{rate:.2f} rounds/s  ETA "
-               + experiment.format_duration((c.num_rounds - row["round"]) / rate))
+               + experiment.format_duration((c.num_rounds - row["round"]) / rate), echo=echo)
 
 
 def _finish(setup: experiment.Setup, wd: Workdir, rows: list, first_round: int,
-            compilations: int, total: float) -> dict:
+            compilations: int, total: float, progress: bool = False) -> dict:
   c = setup.config
   summary = {
       "final_round": rows[-1]["round"], "final_test_accuracy": rows[-1]["test_accuracy"],
@@ -282,7 +288,7 @@ def _finish(setup: experiment.Setup, wd: Workdir, rows: list, first_round: int,
                        f"{c.variant}: {c.model}, mu={c.mu}, stragglers={c.stragglers_fraction}",
                        c.eval_every)
     outputs.write_json(wd.path, "summary.json", summary)  # last: it marks the run finished
-  logging.info("done: final accuracy %.4f after %d rounds, %.3f s/round; outputs in %s",
-               summary["final_test_accuracy"], c.num_rounds, summary["seconds_per_round"],
-               wd.path)
+  outputs.say("done: final accuracy %.4f after %d rounds, %.3f s/round; outputs in %s",
+              summary["final_test_accuracy"], c.num_rounds, summary["seconds_per_round"],
+              wd.path, echo=progress)
   return summary

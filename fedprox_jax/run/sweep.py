@@ -40,6 +40,7 @@ from fedprox_jax.run import defaults, distributed, experiment, loop, signals
 from fedprox_jax.run.workdir import Workdir, open_workdir
 
 ROWS_FILE = "rows.jsonl"  # every experiment's rows, with its name
+ROW_KEYS = ("experiment", "round")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,12 +227,41 @@ class _Round(NamedTuple):
     return (self.state, self.m, self.evaluation)
 
 
+class Progress:
+  """The rounds a sweep's programs have done, over all of them, and the sweep's ETA
+  (thread-safe: programs run side by side). The rate counts from the first round this
+  segment recorded, so it includes the compilation of programs that start later."""
+
+  def __init__(self, total_rounds: int, echo: bool = False):
+    self.total, self.done, self.echo = total_rounds, 0, echo
+    self._first = None  # (rounds done, time) at the first round recorded
+    self._lock = threading.Lock()
+
+  def resumed(self, rounds: int) -> None:
+    with self._lock:
+      self.done += rounds
+
+  def tick(self) -> str:
+    """Counts a round; returns the sweep's progress and ETA as text."""
+    with self._lock:
+      self.done += 1
+      now = time.perf_counter()
+      if self._first is None:
+        self._first = (self.done, now)
+      rounds, start = self._first
+      rate = (self.done - rounds) / max(now - start, 1e-9)
+      eta = ("ETA estimating" if self.done == rounds else
+             f"ETA {experiment.format_duration((self.total - self.done) / rate)}")
+      return f"sweep {self.done}/{self.total} program rounds, {eta}"
+
+
 class _SweepProgram(loop.Program):
   """Experiments vmapped in one program (over devices when the mesh has several)."""
 
   def __init__(self, setup, specs, state, rows, reported, mesh, round_fn, evaluate_fn,
-               server_template):
+               server_template, progress: Progress | None = None):
     self.c, self.real = setup.config, len(rows)
+    self.progress = progress
     self.names = list(rows)
     self.label = (self.names[0] if self.real == 1
                   else f"{self.names[0]} .. {self.names[-1]}")
@@ -273,6 +303,7 @@ class _SweepProgram(loop.Program):
     return _Round(t, self.state, m, mu, evaluation)
 
   def rows(self, r, evaluate, wall_time):
+    done = self.progress.tick() if self.progress else ""
     if not evaluate:
       return []
     c, t = self.c, r.t
@@ -282,9 +313,10 @@ class _SweepProgram(loop.Program):
         self.reported[name] = int(d)
         logging.error("experiment %s diverged at round %d (lr=%g, mu=%g): its rows stop "
                       "there. %s", name, d, c.lr, s.mu, experiment.divergence_advice(c.lr, s.mu))
-    logging.info("round %d/%d (%s): accuracy %s", t, c.num_rounds, self.label,
-                 " ".join("diverged" if diverged[i] else f"{ev['test_accuracy'][i]:.3f}"
-                          for i in range(self.real)))
+    outputs.say("round %d/%d (%s): accuracy %s%s", t, c.num_rounds, self.label,
+                " ".join("diverged" if diverged[i] else f"{ev['test_accuracy'][i]:.3f}"
+                         for i in range(self.real)), f"  ({done})" if done else "",
+                echo=bool(self.progress and self.progress.echo))
     return [{"experiment": name, **experiment.metrics_row(
                 t, jax.tree_util.tree_map(lambda a: a[i], m), {k: v[i] for k, v in ev.items()},
                 wall_time, mu=mu[i])}
@@ -302,7 +334,8 @@ class _SweepProgram(loop.Program):
 
 def run_program(setup: experiment.Setup, specs: list, schedule: loop.Schedule,
                 mesh: jax.sharding.Mesh | None = None, wd: Workdir | None = None,
-                checkpoint_dir: str | None = None, sweep_stopping: threading.Event | None = None):
+                checkpoint_dir: str | None = None, sweep_stopping: threading.Event | None = None,
+                progress: Progress | None = None):
   """Runs ``specs`` as one vmapped program -> ({name: [row per evaluated round]},
   {name: round it diverged at}).
 
@@ -310,7 +343,8 @@ def run_program(setup: experiment.Setup, specs: list, schedule: loop.Schedule,
   copies of the last experiment, whose results are dropped); the data is replicated. With
   ``wd`` and ``checkpoint_dir`` rows go to ``wd``'s rows.jsonl and the program checkpoints
   (and resumes) there. Programs running side by side share ``sweep_stopping``: once it is
-  set, the program saves the round it is in and stops, as on a signal.
+  set, the program saves the round it is in and stops, as on a signal. ``progress`` counts its
+  rounds into the sweep's ETA.
   """
   c = setup.config
   if len({statics(c, s) for s in specs}) != 1:
@@ -338,19 +372,23 @@ def run_program(setup: experiment.Setup, specs: list, schedule: loop.Schedule,
            "mu": dict(adaptive_mu.init(jnp.array([s.mu for s in specs], jnp.float32))._asdict())}
   if experiment.server_state_leaves(server_template):  # FedOpt's or SCAFFOLD's state
     state["server"] = stack([experiment.server_state_leaves(s) for s in servers])
-  checkpoints = checkpoints_lib.Checkpoints(checkpoint_dir) if checkpoint_dir else None
+  checkpoints = (checkpoints_lib.Checkpoints(checkpoint_dir,
+                                             config_digest=wd and wd.config_digest)
+                 if checkpoint_dir else None)
   done, rows = 0, {name: [] for name in names}
   if wd is not None:
     def expected_rows(done, state):
       diverged = np.asarray(state["diverged_at"])
       return {(name, t) for name, d in zip(names, diverged) for t in range(1, done + 1)
               if schedule.evaluated(t) and not (d and t >= d)}
-    done, state, kept = loop.restore(checkpoints, state, loop.Output(wd, ROWS_FILE),
+    done, state, kept = loop.restore(checkpoints, state, loop.Output(wd, ROWS_FILE, ROW_KEYS),
                                      expected_rows, own=lambda row: row["experiment"] in rows)
     for r in kept:
       rows[r["experiment"]].append({k: v for k, v in r.items() if k != "experiment"})
     if done:
       logging.info("resuming %s after round %d", ", ".join(names), done)
+  if progress is not None:
+    progress.resumed(done)
   if mesh is not None and mesh.size > 1:
     padding = distributed.round_up(real, mesh) - real
     specs = specs + [specs[-1]] * padding
@@ -362,12 +400,13 @@ def run_program(setup: experiment.Setup, specs: list, schedule: loop.Schedule,
                                          c.sweep.global_train_loss)
   reported = {n: int(d) for n, d in zip(names, _to_host(state["diverged_at"])[:real]) if d}
   program = _SweepProgram(setup, specs, distributed.splitter(mesh)(state), rows, reported, mesh,
-                          round_fn, evaluate_fn, server_template)
+                          round_fn, evaluate_fn, server_template, progress)
   stop_asked = lambda: signals.received() or (sweep_stopping is not None
                                               and sweep_stopping.is_set() and "the sweep's stop")
   try:
     loop.run_rounds(
-        program, schedule, done + 1, output=loop.Output(wd, ROWS_FILE) if wd else None,
+        program, schedule, done + 1,
+        output=loop.Output(wd, ROWS_FILE, ROW_KEYS) if wd else None,
         checkpoints=checkpoints,
         wall_offset=max((r[-1]["wall_time"] for r in rows.values() if r), default=0.0),
         stop_asked=stop_asked,
@@ -417,6 +456,10 @@ def _run_side_by_side(run_index, count: int, workers: int) -> list:
                       "stopped after their own current round, saved too)")
   if errors:
     raise errors[0]
+  never_started = sum(f.result() is None for f in futures)
+  if never_started:  # a stop came as the others finished: nothing of these was written
+    raise Interrupted(f"stopped by {signals.received() or 'the sweep'} before {never_started} "
+                      f"of {count} programs started (the others finished and are saved)")
   return [f.result() for f in futures]
 
 
@@ -466,7 +509,8 @@ def _experiments_per_program(c, num_experiments: int, wd: Workdir) -> int:
           or defaults.experiments_per_program(c.model, num_experiments, data=c.data))
 
 
-def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None = None):
+def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None = None,
+        progress: bool = True):
   """Runs the sweep of config ``c`` into ``workdir``: results.csv, summary table and figure.
   Re-running it with the same workdir resumes it.
 
@@ -474,6 +518,8 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
     c: a config of ``configs/`` with ``mode='sweep'`` (resolved here: ``config.resolve``).
     workdir: the sweep's directory (created; an unfinished sweep there is resumed).
     mnist: MNIST already loaded; None loads it as ``c`` says. Unused for synthetic data.
+    progress: print each evaluated round's line (with the sweep's ETA) and the outcome to
+      stderr when absl's logging does not show them (outside launch.py); False: log only.
   Returns:
     {experiment name: its rows, one per evaluated round}.
   Raises:
@@ -539,6 +585,8 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
                      [key for key, _ in programs], {keys[0]: first_setup})
     del first_setup
 
+    sweep_progress = Progress(len(programs) * c.num_rounds, echo=progress)
+
     def run_index(index, sweep_stopping):
       key, chunk = programs[index]
       logging.info("program %d of %d: %s", index + 1, len(programs),
@@ -547,7 +595,7 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
       try:
         return run_program(setup, chunk, loop.Schedule.of(c), setup.mesh, wd,
                            wd.file(os.path.join("checkpoints", f"program_{index}")),
-                           sweep_stopping)
+                           sweep_stopping, sweep_progress)
       finally:
         del setup
         setups.release(key)
@@ -557,6 +605,7 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
       results.update(rows)
       diverged.update(bad)
     seconds = time.perf_counter() - start
+    signals.check()  # a stop whose raise was swallowed after the last round (a GC callback)
     if wd.write:
       wd.check_present()
       table = plots.write_sweep_outputs(
@@ -570,8 +619,8 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
     raise
   finally:
     wd.close()
-  logging.info("sweep of %d experiments done in %.1fs; outputs in %s", len(specs), seconds,
-               workdir)
+  outputs.say("sweep of %d experiments done in %.1fs; outputs in %s", len(specs), seconds,
+              workdir, echo=progress)
   if diverged:
     raise DivergenceError(
         f"{len(diverged)} of {len(specs)} experiments diverged ("

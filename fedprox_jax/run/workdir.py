@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 
@@ -68,6 +69,17 @@ def flatten(d: dict, prefix: str = "") -> dict:
   return out
 
 
+def config_digest(config: dict) -> str:
+  """sha256 of the fields of ``config`` that change results (the ones a resume compares):
+  stored in every checkpoint, so that a config.json edited by hand cannot resume a run under
+  another config than the one its checkpoints were computed with."""
+  flat = flatten(json.loads(json.dumps(config)))
+  kept = {k: v for k, v in flat.items()
+          if k not in NO_EFFECT_FIELDS and k not in LAYOUT_FIELDS
+          and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
+  return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
+
 def open_workdir(path: str, kind: str) -> "Workdir":
   """Opens ``path`` in every process: process 0 locks and checks it (and alone writes it);
   the others wait for that, then only read it."""
@@ -86,6 +98,7 @@ class Workdir:
     other than 0) it only reads what process 0 wrote."""
     self.path, self.kind, self.write = path, kind, write
     self._lock = None
+    self.config_digest = None  # of the config ``commit`` records (``config_digest``)
     # The config the workdir's run started with (None for a new workdir).
     try:
       self.saved = (outputs.read_json(self.file("config.json"))
@@ -162,6 +175,7 @@ class Workdir:
     set-up has passed its checks. On a resume, the one comparison with the saved config:
     a field that changes results refuses the resume, a changed layout is reported, and the
     data must be the same."""
+    self.config_digest = config_digest(config)
     if not self.write:
       return
     if self.resuming:
