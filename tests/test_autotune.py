@@ -150,23 +150,35 @@ def test_no_measurement_without_autotune_for_the_mlr_or_in_a_sweeps_lanes(fresh_
     (1.5, 1.0, "other jobs ran on the machine \\(load 1.50 per core\\)"),
     (0.0, 1.8, "the timings were unsteady \\(the fastest's spread 1.80x\\)"),
 ])
-def test_a_choice_measured_on_a_busy_machine_is_used_but_not_cached(
+def test_a_choice_measured_on_a_busy_machine_is_provisional(
     fresh_cache, fake_measure, monkeypatch, caplog, load, spread, why):
+  """Cached as it was, a choice measured under load was used for good."""
   monkeypatch.setattr(autotune, "_load_per_core", lambda: load)
   real = autotune.measure
   monkeypatch.setattr(autotune, "measure", lambda *a: real(*a)._replace(spread=spread))
   first = autotune.choose("cnn", 10, 2, 50)
-  assert first.conv_impl == "patches" and not fresh_cache.exists()
-  assert any(re.search(why + ", so this choice is used for this run only", r.getMessage())
+  assert first.conv_impl == "patches"
+  (entry,) = json.loads(fresh_cache.read_text()).values()
+  assert re.fullmatch(why, entry["busy"]), entry
+  assert any(re.search(why + ", so the choice is cached as provisional", r.getMessage())
              for r in caplog.records), [r.getMessage() for r in caplog.records]
-  autotune.choose.cache_clear()  # the next process measures again, on an idle machine
+  autotune.choose.cache_clear()  # a new process on a machine as busy: the entry is used
+  monkeypatch.setattr(autotune, "_load_per_core", lambda: 1.0)
+  assert autotune.choose("cnn", 10, 2, 50).seconds == 0 and len(fake_measure) == 1
+  autotune.choose.cache_clear()  # a new process on an idle machine: measured again
   monkeypatch.setattr(autotune, "_load_per_core", lambda: 0.0)
   monkeypatch.setattr(autotune, "measure", real)
   autotune.choose("cnn", 10, 2, 50)
-  assert len(fake_measure) == 2 and fresh_cache.exists()
+  assert len(fake_measure) == 2
+  (entry,) = json.loads(fresh_cache.read_text()).values()
+  assert "busy" not in entry  # and from now on used as it is
+  autotune.choose.cache_clear()
+  autotune.choose("cnn", 10, 2, 50)
+  assert len(fake_measure) == 2
 
 
 def test_the_timing_says_how_long_before_it_starts(fresh_cache, fake_measure, caplog):
   caplog.set_level("INFO")
   autotune.choose("cnn", 10, 2, 50)
-  assert any("before the run starts: about 5-15 s" in r.getMessage() for r in caplog.records)
+  assert any("before the run starts: about 5-15 s on 2 idle cores" in r.getMessage()
+             for r in caplog.records)

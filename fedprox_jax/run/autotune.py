@@ -33,9 +33,11 @@ MAX_LANES = 2  # lanes tried: 1 .. this (never more than a round's clients)
 # others, and its fastest time counts (the least disturbed by whatever else the machine does).
 TARGET_SECONDS = 0.08
 REPEATS = 3
-# A choice measured while the machine was busy is used for that run but not cached: other jobs
-# on over half of the cores (1-minute load average, read before timing), or the winner's
-# timings spread over 30 % (its second-fastest over its fastest).
+# A choice measured while the machine was busy is cached as provisional, and measured again by
+# the first run that finds the machine idle: busy is other jobs on over half of the cores
+# (1-minute load average, read before timing), or the winner's timings spreading over 30 %
+# (its second-fastest over its fastest). (Not caching it at all made every run on a machine
+# that is always busy, a test suite's, measure again.)
 BUSY_LOAD_PER_CORE = 0.5
 MAX_SPREAD = 1.3
 
@@ -110,12 +112,15 @@ def _valid(entry, max_lanes: int) -> bool:
     return False
 
 
-def _write_cache(k: str, choice: Choice) -> None:
+def _write_cache(k: str, choice: Choice, busy: str | None = None) -> None:
+  """Caches ``choice`` under ``k``; ``busy`` (why the machine looked busy) marks it provisional:
+  used while the machine stays busy, measured again once it is idle."""
   entries = _read_cache()
   entries[k] = {"conv_impl": choice.conv_impl, "num_lanes": choice.num_lanes,
                 "eval_conv_impl": choice.eval_conv_impl, "train_ms": choice.train_ms,
                 "eval_ms": choice.eval_ms, "measured_seconds": round(choice.seconds, 3),
-                "measured_on": time.strftime("%Y-%m-%d %H:%M:%S")}
+                "measured_on": time.strftime("%Y-%m-%d %H:%M:%S"),
+                **({"busy": busy} if busy else {})}
   try:
     os.makedirs(cache.cache_dir(), exist_ok=True)
     outputs.write_json(cache.cache_dir(), CACHE_FILE, entries)
@@ -263,28 +268,34 @@ def choose(model: str, batch_size: int, max_lanes: int, eval_batch_size: int,
   """The cached choice for these shapes on this machine, else ``measure``'s (then cached)."""
   k = key(model, batch_size, max_lanes, eval_batch_size, input_shape, num_classes)
   entry = _read_cache().get(k)
-  if entry is not None and _valid(entry, max_lanes):
-    choice = Choice(entry["conv_impl"], entry["num_lanes"], entry["eval_conv_impl"], 0.0,
-                    entry["train_ms"], entry["eval_ms"])
-    logging.info("%s on this %s: %s, as measured before (%s)", model, cpu_model(),
-                 choice.describe(), _path())
-    return choice
-  if entry is not None:
-    logging.warning("%s: its entry for %s is damaged: measuring again", _path(), model)
   load = _load_per_core()
+  idle = load <= BUSY_LOAD_PER_CORE
+  if entry is not None and _valid(entry, max_lanes):
+    busy_then = entry.get("busy")
+    if not (busy_then and idle):
+      choice = Choice(entry["conv_impl"], entry["num_lanes"], entry["eval_conv_impl"], 0.0,
+                      entry["train_ms"], entry["eval_ms"])
+      logging.info("%s on this %s: %s, as measured before (%s)%s", model, cpu_model(),
+                   choice.describe(), _path(),
+                   f"; provisional ({busy_then}): measured again once the machine is idle"
+                   if busy_then else "")
+      return choice
+    logging.info("%s: the choice cached for %s was measured on a busy machine (%s): measuring "
+                 "again now that it is idle", _path(), model, busy_then)
+  elif entry is not None:
+    logging.warning("%s: its entry for %s is damaged: measuring again", _path(), model)
   logging.info("timing the %s's %d candidate paths on this %s before the run starts: about "
-               "5-15 s on 2 cores, more on a busy machine (once: the choice is cached in %s)",
-               model, 2 * len(models.CONV_IMPLS) + max_lanes - 1, cpu_model(), _path())
+               "5-15 s on 2 idle cores, more on a busy machine (once: the choice is cached in "
+               "%s)", model, 2 * len(models.CONV_IMPLS) + max_lanes - 1, cpu_model(), _path())
   choice = measure(model, batch_size, max_lanes, eval_batch_size, input_shape, num_classes)
-  busy = (f"other jobs ran on the machine (load {load:.2f} per core)"
-          if load > BUSY_LOAD_PER_CORE else
+  busy = (f"other jobs ran on the machine (load {load:.2f} per core)" if not idle else
           f"the timings were unsteady (the fastest's spread {choice.spread:.2f}x)"
           if choice.spread > MAX_SPREAD else None)
+  _write_cache(k, choice, busy)
   if busy:
-    logging.warning("%s: %s, chosen in %.1f s; %s, so this choice is used for this run only "
-                    "and the next run measures again", model, choice.describe(), choice.seconds,
-                    busy)
-    return choice
-  _write_cache(k, choice)
-  logging.info("%s: %s, chosen in %.1f s", model, choice.describe(), choice.seconds)
+    logging.warning("%s: %s, chosen in %.1f s; %s, so the choice is cached as provisional: the "
+                    "next run on an idle machine measures again", model, choice.describe(),
+                    choice.seconds, busy)
+  else:
+    logging.info("%s: %s, chosen in %.1f s", model, choice.describe(), choice.seconds)
   return choice
