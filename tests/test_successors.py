@@ -47,11 +47,25 @@ def _two_rounds(spec, hp, data, step):
 _round_step = jax.jit(server.round_step, static_argnums=(0, 1))
 
 
-@pytest.mark.parametrize("name, momentum, mu", [
+# The oracle's cases for the algorithms whose server keeps state or normalises: every such
+# registered algorithm must have one (test_every_registered_algorithm_has_an_oracle_case); the
+# averaging ones are all covered by tests/test_algorithms.py, which iterates the registry.
+ORACLE_CASES = [
     ("scaffold", 0.0, 0.0), ("scaffold", 0.9, 0.0), ("fednova", 0.0, 0.0),
     ("fednova", 0.9, 0.0), ("fednova", 0.0, 0.5), ("fednova", 0.5, 0.5), ("fedavgm", 0.0, 0.0),
     ("fedadam", 0.0, 0.0), ("fedyogi", 0.0, 0.0), ("fedadagrad", 0.9, 0.0),
-    ("fedprox", 0.9, 0.5)])
+    ("fedprox", 0.9, 0.5)]
+
+
+def test_every_registered_algorithm_has_an_oracle_case():
+  """A registered algorithm without a vmapped-vs-looped case fails the suite."""
+  others = {name for name, a in algorithms.REGISTRY.items()
+            if a.stateful_server or a.aggregation != "average"}
+  assert others and others <= {name for name, _, _ in ORACLE_CASES}, (
+      others - {name for name, _, _ in ORACLE_CASES})
+
+
+@pytest.mark.parametrize("name, momentum, mu", ORACLE_CASES)
 def test_vmapped_equals_looped_over_two_rounds(data, name, momentum, mu):
   spec, hp = _setup(name, momentum, mu=mu)
   x0, vmapped = _two_rounds(spec, hp, data, _round_step)
