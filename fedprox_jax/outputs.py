@@ -87,7 +87,7 @@ def say(fmt: str, *args, echo: bool = False) -> None:
   if echo and not logging.level_info():
     print(fmt % args, file=sys.stderr, flush=True)
   else:
-    logging.info(fmt, *args)
+    logging.info(fmt, *args, stacklevel=2)  # the log line names the caller, not this function
 
 
 def dumps(obj, **kwargs) -> str:
