@@ -171,10 +171,6 @@ def main(argv):
   from fedprox_jax.errors import Interrupted, UserError
   from fedprox_jax.run import config as config_lib
   from fedprox_jax.run import distributed, single, sweep, workdir
-  signals.undefer()  # from here a signal stops the set-up at once, and the rounds after one
-  if signals.received():
-    _fail(f"stopped by {signals.received()} before the run started: nothing was written",
-          signals.EXIT_CODES[signals.received()], prefix="")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
     config = _CONFIG.value
@@ -183,7 +179,12 @@ def main(argv):
     reason = str(e.__cause__ or e).strip().splitlines()[-1].strip()
     _fail(f"cannot load the --config file ({reason}); e.g. --config={DEFAULT_CONFIG}:fedprox")
   path, created = _WORKDIR.value, False
+  if signals.received():  # (still deferred: nothing can raise here)
+    _fail(f"stopped by {signals.received()} before the run started: nothing was written",
+          signals.EXIT_CODES[signals.received()], prefix="")
   try:
+    # From here a signal stops the set-up at once, and the rounds after the one running.
+    signals.undefer()
     # Fields the command line set that this mode would ignore: refused before any work.
     config_lib.check_mode_fields(config, _given_fields(sys.argv))
     cache.enable_compilation_cache()
