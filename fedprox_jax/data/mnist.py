@@ -13,8 +13,8 @@ import contextlib
 import functools
 import gzip
 import hashlib
+import io
 import os
-import stat
 import subprocess
 import sys
 import tempfile
@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 from absl import logging
 
-from fedprox_jax import cache
+from fedprox_jax import cache, files
 from fedprox_jax.errors import UserError
 
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -175,11 +175,17 @@ def check_genuine(mnist: Mnist, where: str, allow_modified: bool) -> bool:
   return False
 
 
-def _open_regular(path: str, mode: str = "rb"):
-  """``open(path)`` for a regular file only: a FIFO or a device would block or never end."""
-  if not stat.S_ISREG(os.stat(path).st_mode):
-    raise DataError(f"{path} is not a regular file: replace it with the data file")
-  return open(path, mode)
+# The largest data file read (the array cache is ~55 MB, the raw training images 47 MB).
+MAX_DATA_BYTES = 1 << 30
+
+
+def _open_regular(path: str) -> io.BytesIO:
+  """``path``'s bytes if it is a regular file (``files.read_regular``: a FIFO or a device would
+  block or never end), as a file object."""
+  try:
+    return io.BytesIO(files.read_regular(path, MAX_DATA_BYTES, "data file"))
+  except ValueError as e:
+    raise DataError(f"{path} is not a readable data file: {e}") from None
 
 
 def _read_cache(path: str, allow_modified: bool = False) -> Mnist | None:
