@@ -49,7 +49,11 @@ def config_fields_help(path: str) -> dict:
   with open(path) as f:
     for line in f:
       m = re.match(r"\s*c\.([\w.]+)\s*=\s*(.+?)\s*(?:#\s*(.*))?$", line)
-      if m and m.group(2) != "ml_collections.ConfigDict()":
+      if m and m.group(2).startswith("ml_collections.ConfigDict(algorithms.hparams_config()"):
+        # the algorithms' own hyper-parameters: their help is in their registrations
+        from fedprox_jax.core import algorithms
+        fields.update({f"{m.group(1)}.{k}": v for k, v in algorithms.hparams_help().items()})
+      elif m and not m.group(2).startswith("ml_collections.ConfigDict("):  # not a block
         fields[m.group(1)] = m.group(3) or ""
   return fields
 
@@ -166,7 +170,7 @@ def _parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected argument(s) {' '.join(argv[1:])!r}: every setting is a flag. {USAGE}")
-  # Imported here so that --help and flag errors answer without loading JAX.
+  # Imported here so that flag errors answer without loading more than the config needs.
   from fedprox_jax import cache
   from fedprox_jax.errors import Interrupted, UserError
   from fedprox_jax.run import config as config_lib

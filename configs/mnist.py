@@ -21,6 +21,8 @@ Partitions are an axis too: --config.sweep.partitions=5 (5 draws x every seed) o
 import ml_collections
 from ml_collections import config_dict
 
+from fedprox_jax.core import algorithms
+
 VARIANTS = {
     "fedprox": dict(mu=1.0, stragglers_fraction=0.9, drop_stragglers=False),
     "fedavg": dict(mu=0.0, stragglers_fraction=0.9, drop_stragglers=True),
@@ -98,6 +100,9 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.server_momentum = 0.9    # FedAvgM's server momentum; FedAdam/FedYogi/FedAdagrad's beta_1
   c.server_beta2 = 0.99      # FedAdam/FedYogi's beta_2
   c.server_tau = 1e-3        # FedAdam/FedYogi/FedAdagrad's adaptivity tau
+  # Each registered algorithm's own hyper-parameters (its core/hooks.py entry says what each
+  # is): --config.hparams.feddyn.alpha=0.1. The resolved config keeps the ones it runs.
+  c.hparams = ml_collections.ConfigDict(algorithms.hparams_config())
   c.adaptive_mu = False      # the paper's heuristic from mu: +0.1 when the global training loss rises, -0.1 after 5 falls (costs an evaluation on all training data per round)
   # (the help of a field is the comment on its line)
   c.straggler_rule = config_dict.placeholder(str)  # bernoulli (seed) | exact (paper: a count)

@@ -7,7 +7,7 @@ import jax
 import optax
 import pytest
 
-from fedprox_jax.core import algorithms, models, reference, server
+from fedprox_jax.core import algorithms, hooks, models, reference, server
 from fedprox_jax.core.client import proximal
 from fedprox_jax.errors import ConfigError
 from fedprox_jax.run import sweep
@@ -32,8 +32,7 @@ def test_each_registered_algorithm_vmapped_equals_looped_and_a_plugged_in_optimi
   model = models.LogisticRegression()
   params = models.init_params(model, jax.random.key(0))
   key = jax.random.key(5)
-  averaging = {name: a for name, a in algorithms.REGISTRY.items()
-               if not a.stateful_server and a.aggregation == "average"}
+  averaging = {name: a for name, a in algorithms.REGISTRY.items() if a.hooks == hooks.AVERAGE}
   assert list(averaging) == ["fedavg", "fedprox_mu0", "fedprox", "fedprox_adaptive"]
   assert {a.client_optimizer for a in averaging.values()} == {SPEC.client_optimizer}
   round_fn = server.make_round_fn(model.apply, SPEC)
@@ -62,7 +61,7 @@ def test_each_registered_algorithm_vmapped_equals_looped_and_a_plugged_in_optimi
 def test_registry_rules():
   assert list(algorithms.REGISTRY) == ["fedavg", "fedprox_mu0", "fedprox", "fedprox_adaptive",
                                        "scaffold", "fednova", "fedavgm", "fedadagrad", "fedadam",
-                                       "fedyogi"]
+                                       "fedyogi", "feddyn"]
   with pytest.raises(ValueError, match="'fedsgd' is not one of fedavg, fedprox_mu0"):
     algorithms.get("fedsgd")
   with pytest.raises(ValueError, match="registered already"):

@@ -72,10 +72,10 @@ def test_sharded_round_equals_single_device_round():
       looped, _ = reference.looped_round_step(model.apply, spec, looped, data, hp,
                                               jax.random.key(t))
     assert tree_max_abs_diff(states[8].params, states[1].params) < 1e-5
-    assert tree_max_abs_diff(states[8].control, states[1].control) < 2e-4
-    assert tree_max_abs_diff(states[8].control, looped.control) < 5e-4
-    assert tree_max_abs_diff(states[8].control.server, jax.tree_util.tree_map(
-        lambda a: 0 * a, states[8].control.server)) > 1e-3
+    assert tree_max_abs_diff(states[8].state, states[1].state) < 2e-4
+    assert tree_max_abs_diff(states[8].state, looped.state) < 5e-4
+    assert tree_max_abs_diff(states[8].state.server, jax.tree_util.tree_map(
+        lambda a: 0 * a, states[8].state.server)) > 1e-3
     print("ok")
   """)
 

@@ -1,4 +1,4 @@
-"""SCAFFOLD, FedNova, FedOpt and momentum clients: each vmapped round equals the looped
+"""SCAFFOLD, FedNova, FedOpt, FedDyn and momentum clients: each vmapped round equals the looped
 reference written from its paper's pseudo-code (core/reference.py), over two rounds with
 stragglers' partial work and unequal data, and each algorithm's own claims."""
 
@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedprox_jax.core import algorithms, fednova, fedopt, models, reference, scaffold, server
+from fedprox_jax.core import (algorithms, feddyn, fednova, fedopt, hooks, models, reference,
+                              scaffold, server)
 from helpers import HETERO_SIZES, make_federated_data, tree_max_abs_diff
 
 SIZES = HETERO_SIZES + (4, 31)  # 7 clients, 4 sampled a round: some c_i stay untouched
@@ -24,13 +25,19 @@ def data():
   return make_federated_data(SIZES, seed=3)
 
 
+# Hyper-parameters of the algorithms' own for these tests (else their defaults): FedDyn's
+# alpha 0.1, one of the paper's, large enough that two rounds move its state visibly.
+OWN = {"feddyn": feddyn.HParams(alpha=0.1)}
+
+
 def _setup(name, momentum=0.0, stragglers=0.5, mu=0.0, server_lr=None):
   a = algorithms.get(name)
   spec = dataclasses.replace(SPEC, **algorithms.round_statics(a, momentum))
   hp = server.HParams.create(
       lr=0.05, mu=mu, stragglers_fraction=stragglers, drop_stragglers=a.drop_stragglers,
       clients_per_round=spec.clients_per_round, momentum=momentum,
-      server=fedopt.ServerHParams(lr=a.server_lr if server_lr is None else server_lr))
+      server=fedopt.ServerHParams(lr=a.server_lr if server_lr is None else server_lr),
+      algorithm=OWN.get(name, a.hparams))
   return spec, hp
 
 
@@ -47,20 +54,19 @@ def _two_rounds(spec, hp, data, step):
 _round_step = jax.jit(server.round_step, static_argnums=(0, 1))
 
 
-# The oracle's cases for the algorithms whose server keeps state or normalises: every such
-# registered algorithm must have one (test_every_registered_algorithm_has_an_oracle_case); the
+# The oracle's cases for the algorithms with hooks of their own: every such registered
+# algorithm must have one (test_every_registered_algorithm_has_an_oracle_case); the
 # averaging ones are all covered by tests/test_algorithms.py, which iterates the registry.
 ORACLE_CASES = [
     ("scaffold", 0.0, 0.0), ("scaffold", 0.9, 0.0), ("fednova", 0.0, 0.0),
     ("fednova", 0.9, 0.0), ("fednova", 0.0, 0.5), ("fednova", 0.5, 0.5), ("fedavgm", 0.0, 0.0),
     ("fedadam", 0.0, 0.0), ("fedyogi", 0.0, 0.0), ("fedadagrad", 0.9, 0.0),
-    ("fedprox", 0.9, 0.5)]
+    ("fedprox", 0.9, 0.5), ("feddyn", 0.0, 0.0), ("feddyn", 0.9, 0.5)]
 
 
 def test_every_registered_algorithm_has_an_oracle_case():
   """A registered algorithm without a vmapped-vs-looped case fails the suite."""
-  others = {name for name, a in algorithms.REGISTRY.items()
-            if a.stateful_server or a.aggregation != "average"}
+  others = {name for name, a in algorithms.REGISTRY.items() if a.hooks != hooks.AVERAGE}
   assert others and others <= {name for name, _, _ in ORACLE_CASES}, (
       others - {name for name, _, _ in ORACLE_CASES})
 
@@ -74,12 +80,13 @@ def test_vmapped_equals_looped_over_two_rounds(data, name, momentum, mu):
     assert int(mv.num_stragglers) == 2 and int(mv.num_aggregated) == 4  # partial work kept
     assert tree_max_abs_diff(v.params, x0) > 1e-3
     assert tree_max_abs_diff(v.params, l.params) < 3e-5, name
-    if jax.tree_util.tree_leaves(v.opt_state):  # FedOpt's server state (m, v or momentum)
-      assert tree_max_abs_diff(v.opt_state, l.opt_state) < 3e-5
-    if spec.control_variates:  # (x - y) / (K lr): differences grow by 1 / (K lr)
-      assert tree_max_abs_diff(v.control, l.control) < 5e-4
-      assert tree_max_abs_diff(v.control.server, jax.tree_util.tree_map(
-          jnp.zeros_like, v.control.server)) > 1e-3
+    if spec.hooks.per_client_state:  # (x - y) / (K lr): differences grow by 1 / (K lr)
+      assert tree_max_abs_diff(v.state, l.state) < 5e-4
+      server_part = v.state[0]  # SCAFFOLD's c, FedDyn's h
+      assert tree_max_abs_diff(server_part, jax.tree_util.tree_map(
+          jnp.zeros_like, server_part)) > 1e-3
+    elif jax.tree_util.tree_leaves(v.state):  # FedOpt's server state (m, v or momentum)
+      assert tree_max_abs_diff(v.state, l.state) < 3e-5
     np.testing.assert_allclose(mv.train_loss, ml.train_loss, rtol=1e-5)
 
 
@@ -105,20 +112,52 @@ def test_scaffold_variates_after_two_rounds_by_hand(data):
   untouched = sorted(set(range(n)) - set(np.asarray(plan1.ids).tolist()))
   assert len(untouched) == 3
   for e, got, c in zip(jax.tree_util.tree_leaves(expected_ci),
-                       jax.tree_util.tree_leaves(s1.control.clients),
-                       jax.tree_util.tree_leaves(s1.control.server)):
+                       jax.tree_util.tree_leaves(s1.state.clients),
+                       jax.tree_util.tree_leaves(s1.state.server)):
     np.testing.assert_allclose(got, e, atol=2e-4)
     assert np.all(np.asarray(got)[untouched] == 0)
     np.testing.assert_allclose(c, e.sum(axis=0) / n, atol=5e-5)
   # Round 2: the clients not sampled in either round keep c_i = 0; c moved by the mean change.
   plan2 = server.plan_round(jax.random.key(2), data, hp, spec)
   never = sorted(set(untouched) - set(np.asarray(plan2.ids).tolist()))
-  change = jax.tree_util.tree_map(jnp.subtract, s2.control.clients, s1.control.clients)
+  change = jax.tree_util.tree_map(jnp.subtract, s2.state.clients, s1.state.clients)
   for d, c1, c2 in zip(jax.tree_util.tree_leaves(change),
-                       jax.tree_util.tree_leaves(s1.control.server),
-                       jax.tree_util.tree_leaves(s2.control.server)):
+                       jax.tree_util.tree_leaves(s1.state.server),
+                       jax.tree_util.tree_leaves(s2.state.server)):
     assert np.all(np.asarray(d)[never] == 0)
     np.testing.assert_allclose(c2 - c1, np.asarray(d).sum(axis=0) / n, atol=5e-5)
+
+
+def test_feddyn_first_round_by_hand(data):
+  """From zero state (Acar et al.'s Algorithm 1): a client's objective is its loss plus
+  alpha/2 ||theta - x0||^2, so it trains as a FedProx client with mu = alpha; then
+  g_k = -alpha (theta_k - x0) for the sampled clients (0 for the others),
+  h = -alpha/m sum_k (theta_k - x0) and x1 = average_k theta_k - h / alpha."""
+  spec, hp = _setup("feddyn")
+  alpha = float(OWN["feddyn"].alpha)
+  x0, [(s1, m1), _] = _two_rounds(spec, hp, data, _round_step)
+  plan = server.plan_round(jax.random.key(1), data, hp, spec)
+  prox = hp.local._replace(mu=jnp.float32(alpha))
+  ys = [reference.client_update(MODEL.apply, x0, data, plan.offsets[i], plan.sizes[i],
+                                plan.epochs[i], plan.keys[i], prox, batch_size=spec.batch_size,
+                                max_size=spec.max_client_size, max_epochs=spec.local_epochs)[0]
+        for i in range(spec.clients_per_round)]
+  n = len(SIZES)
+  p = np.asarray(plan.weights)
+  leaves = lambda t: [np.asarray(l, np.float64) for l in jax.tree_util.tree_leaves(t)]
+  for k, (x, *y) in enumerate(zip(leaves(x0), *map(leaves, ys))):
+    moved = [yi - x for yi in y]
+    h = -alpha / n * sum(moved)
+    np.testing.assert_allclose(leaves(s1.state.h)[k], h, atol=1e-6)
+    g = np.zeros((n,) + x.shape)
+    for i, cid in enumerate(np.asarray(plan.ids)):
+      g[cid] -= alpha * moved[i]
+    np.testing.assert_allclose(leaves(s1.state.grads)[k], g, atol=1e-6)
+    untouched = sorted(set(range(n)) - set(np.asarray(plan.ids).tolist()))
+    assert np.all(leaves(s1.state.grads)[k][untouched] == 0)
+    expected = sum(p[i] * y[i] for i in range(len(y))) - h / alpha
+    np.testing.assert_allclose(leaves(s1.params)[k], expected, atol=2e-6)
+  assert np.abs(leaves(s1.state.h)[1]).max() > 1e-3
 
 
 def test_fednova_equals_fedavg_with_equal_work_and_not_otherwise():
@@ -155,7 +194,7 @@ def test_fednova_effective_steps_closed_forms():
   np.testing.assert_allclose(fednova.effective_steps(steps, 0.1, 0.0, 0.0), [0, 1, 7, 40])
   for lr, mu, rho in ((0.05, 0.0, 0.9), (0.05, 2.0, 0.0), (0.05, 1.0, 0.5)):
     got = fednova.effective_steps(steps, lr, mu, rho)
-    want = [reference.fednova_a(int(k), lr, mu, rho) for k in steps]
+    want = [fednova.looped_a(int(k), lr, mu, rho) for k in steps]
     np.testing.assert_allclose(got, want, rtol=2e-5)
   # NIID-Bench's momentum formula at tau = 40, rho = 0.9
   np.testing.assert_allclose(fednova.effective_steps(jnp.array([40]), 0.01, 0.0, 0.9),
@@ -166,7 +205,7 @@ def test_fedopt_with_server_sgd_at_lr_1_is_fedavg(data):
   spec, hp = _setup("fedprox_mu0")
   x0 = models.init_params(MODEL, jax.random.key(0))
   avg, _ = server.run_round(MODEL.apply, spec, x0, data, hp, jax.random.key(4))
-  sgd_spec = dataclasses.replace(spec, server_optimizer="sgd")
+  sgd_spec = dataclasses.replace(spec, hooks=fedopt.HOOKS["sgd"])
   state, _ = server.round_step(MODEL.apply, sgd_spec, server.init_server_state(
       sgd_spec, x0, len(SIZES), hp), data, hp, jax.random.key(4))
   assert tree_max_abs_diff(avg, x0) > 1e-3
@@ -180,22 +219,24 @@ def test_fedopt_with_server_sgd_at_lr_1_is_fedavg(data):
 
 
 def test_every_successor_is_registered_with_its_statics():
-  expect = {"scaffold": ("average", "sgd", True), "fednova": ("normalized", "none", False),
-            "fedavgm": ("average", "avgm", False), "fedadam": ("average", "adam", False),
-            "fedyogi": ("average", "yogi", False), "fedadagrad": ("average", "adagrad", False)}
+  expect = {"scaffold": scaffold.HOOKS, "fednova": fednova.HOOKS,
+            "fedavgm": fedopt.HOOKS["avgm"], "fedadam": fedopt.HOOKS["adam"],
+            "fedyogi": fedopt.HOOKS["yogi"], "fedadagrad": fedopt.HOOKS["adagrad"],
+            "feddyn": feddyn.HOOKS}
   for name, statics in expect.items():
     a = algorithms.get(name)
-    assert (a.aggregation, a.server_optimizer, a.control_variates) == statics
+    assert algorithms.round_statics(a, 0.0)["hooks"] is statics
     assert a.paper and not a.drop_stragglers and a.mu_rule == "zero"
   assert algorithms.round_statics(algorithms.FEDAVG, 0.9)["per_lane_state"]
   assert not algorithms.round_statics(algorithms.FEDAVG, 0.0)["per_lane_state"]
-  with pytest.raises(ValueError, match="server_optimizer='adamw' is not one of"):
-    dataclasses.replace(SPEC, server_optimizer="adamw")
+  with pytest.raises(ValueError, match="server optimizer 'adamw' is not one of"):
+    fedopt.server_optimizer("adamw", fedopt.ServerHParams())
 
 
 def test_scaffold_state_size():
-  assert scaffold.state_bytes(1000, 1_663_370) == 2 * 4 * 1000 * 1_663_370
-  assert scaffold.device_memory_bytes() > 2**28
+  from fedprox_jax.run import distributed, experiment
+  assert experiment.per_client_state_bytes(1000, 1_663_370) == 2 * 4 * 1000 * 1_663_370
+  assert distributed.device_memory_bytes() > 2**28
 
 
 @pytest.mark.parametrize("field, value, match", [
@@ -221,16 +262,16 @@ def test_bad_inputs_are_one_line(field, value, match):
 def test_scaffold_state_too_large_is_refused_before_any_work(monkeypatch):
   from configs import mnist as mnist_config
   from fedprox_jax.errors import ConfigError
-  from fedprox_jax.run import config as config_lib, experiment
+  from fedprox_jax.run import config as config_lib, distributed, experiment
   c = config_lib.resolve(mnist_config.get_config("fedprox"))
   c.algorithm = "scaffold"
   params = models.init_params(models.make_model("cnn", "xla"), jax.random.key(0))
-  spec = dataclasses.replace(SPEC, control_variates=True)
-  monkeypatch.setattr(scaffold, "device_memory_bytes", lambda: 8 * 2**30)  # an 8 GiB device
+  spec = dataclasses.replace(SPEC, hooks=scaffold.HOOKS)
+  monkeypatch.setattr(distributed, "device_memory_bytes", lambda: 8 * 2**30)  # an 8 GiB device
   with pytest.raises(ConfigError, match=r"1000 clients x 1663370 parameters .* = 12\.4 GiB, "
                      r"more than half of the device's 8\.0 GiB: use fewer clients"):
     experiment.check_state_memory(c, spec, params)
-  experiment.check_state_memory(c, dataclasses.replace(spec, control_variates=False), params)
+  experiment.check_state_memory(c, dataclasses.replace(spec, hooks=hooks.AVERAGE), params)
   c.num_clients = 100
   experiment.check_state_memory(c, spec, params)  # 1.2 GiB fits
 
@@ -263,11 +304,11 @@ def test_a_sweeps_successor_equals_its_single_run(tmp_path):
 
 def test_a_sweep_too_large_for_scaffold_writes_nothing(tmp_path, monkeypatch):
   from fedprox_jax.errors import ConfigError
-  from fedprox_jax.run import sweep
+  from fedprox_jax.run import distributed, sweep
   from helpers import tiny_mnist, tiny_sweep_config
   c = tiny_sweep_config()
   c.sweep.algorithms = "fedavg,scaffold"
-  monkeypatch.setattr(scaffold, "device_memory_bytes", lambda: 2**20)  # a 1 MiB device
+  monkeypatch.setattr(distributed, "device_memory_bytes", lambda: 2**20)  # a 1 MiB device
   with pytest.raises(ConfigError, match="SCAFFOLD keeps a control variate per client"):
     sweep.run(c, str(tmp_path / "w"), mnist=tiny_mnist())
   assert not (tmp_path / "w" / "config.json").exists()

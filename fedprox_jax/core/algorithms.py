@@ -1,19 +1,17 @@
-"""Federated algorithms as data: a registry of ``Algorithm`` values, not branches in the loops.
+"""Federated algorithms as values: a registry of ``Algorithm`` values, not branches in the loops.
 
 An algorithm says how its clients train (``client_optimizer``: an optax chain built from the
 traced local hyper-parameters), what the server does with stragglers (``drop_stragglers``),
-where its proximal weight mu comes from (``mu_rule``), and how the server combines the clients'
-models: their average (FedAvg, FedProx), FedNova's normalised average (``aggregation``), a
-server optimizer on the pseudo-gradient (``server_optimizer``: FedOpt, ``core/fedopt.py``), and
-SCAFFOLD's control variates (``control_variates``, ``core/scaffold.py``). The averaging
-algorithms compute the average itself (not g - 1 * (g - avg), which float32 would round).
+where its proximal weight mu comes from (``mu_rule``), and everything else through its
+``hooks`` (``core/hooks.py``): the state it keeps (per client included), the local step's
+correction, what a client reports, the weights on the clients' models, the server's step, and
+its own traced hyper-parameters. The round calls only the hooks, so adding an algorithm is one
+module (its hooks and its looped reference), one ``register`` call and its test.
 
-The algorithms of one program must share their static parts (optimizer chain, aggregation,
-server optimizer, variates: ``round_statics``): mu, the drop flag and the server's
-hyper-parameters are traced, so e.g. FedAvg and the FedProx variants are vmapped side by side
-in one compiled round; a sweep gives each set of static parts programs of its own. Adding an
-algorithm is a module (or a few lines here), one ``register`` call and its test against
-``reference.py``.
+The algorithms of one program must share their static parts (client optimizer and hooks:
+``round_statics``): mu, the drop flag and the hyper-parameters are traced, so e.g. FedAvg and
+the FedProx variants are vmapped side by side in one compiled round; a sweep gives each set of
+static parts programs of its own.
 """
 
 from __future__ import annotations
@@ -25,7 +23,9 @@ from typing import Callable
 import numpy as np
 import optax
 
+from fedprox_jax.core import feddyn, fednova, fedopt, scaffold
 from fedprox_jax.core.client import LocalHParams, local_momentum_optimizer, local_optimizer
+from fedprox_jax.core.hooks import AVERAGE, Hooks
 
 MU_RULES = ("zero", "config", "fixed", "adaptive")
 FIXED_MU_PREFIX = "fedprox_mu"  # fedprox_mu0.01: FedProx with mu = 0.01 (a grid's column)
@@ -47,9 +47,8 @@ class Algorithm:
       no state across steps other than what ``init`` derives from the global model: the lanes
       share one optimizer state (``core/lanes.py``) unless ``round_statics`` gives it per-lane
       state (momentum).
-    aggregation: 'average' or 'normalized' (FedNova).
-    server_optimizer: one of ``fedopt.SERVER_OPTIMIZERS`` ('none': the average is the model).
-    control_variates: SCAFFOLD's c and c_i.
+    hooks: what it changes in the round (``core/hooks.py``); ``AVERAGE``: the clients'
+      weighted average is the new model.
     server_lr: the server learning rate when the config leaves ``server_lr`` unset.
     paper: where it comes from (the README's table).
   """
@@ -59,9 +58,7 @@ class Algorithm:
   mu_rule: str
   client_optimizer: Callable[[LocalHParams], optax.GradientTransformation] = local_optimizer
   mu: float = 0.0  # mu_rule 'fixed': the proximal weight
-  aggregation: str = "average"
-  server_optimizer: str = "none"
-  control_variates: bool = False
+  hooks: Hooks = AVERAGE
   server_lr: float = 1.0
   paper: str = ""
 
@@ -70,9 +67,9 @@ class Algorithm:
       raise ValueError(f"mu_rule={self.mu_rule!r} is not one of {MU_RULES}")
 
   @property
-  def stateful_server(self) -> bool:
-    """The server keeps state besides the model (checkpointed with it)."""
-    return self.server_optimizer != "none" or self.control_variates
+  def hparams(self):
+    """Its own traced hyper-parameters at their defaults (``config.hparams.<name>``)."""
+    return self.hooks.hparams
 
 
 def round_statics(algorithm: Algorithm, momentum: float) -> dict:
@@ -80,13 +77,23 @@ def round_statics(algorithm: Algorithm, momentum: float) -> dict:
   client_optimizer = algorithm.client_optimizer
   if momentum and client_optimizer is local_optimizer:
     client_optimizer = local_momentum_optimizer
-  return dict(client_optimizer=client_optimizer, aggregation=algorithm.aggregation,
-              server_optimizer=algorithm.server_optimizer,
-              control_variates=algorithm.control_variates,
+  return dict(client_optimizer=client_optimizer, hooks=algorithm.hooks,
               per_lane_state=client_optimizer is local_momentum_optimizer)
 
 
 REGISTRY: dict = {}
+
+
+def hparams_config() -> dict:
+  """{name: {field: default}} of the registered algorithms with hyper-parameters of their own:
+  the config's ``hparams`` block (``--config.hparams.<name>.<field>``)."""
+  return {name: a.hparams._asdict() for name, a in REGISTRY.items() if a.hparams._fields}
+
+
+def hparams_help() -> dict:
+  """{'<name>.<field>': one line} of ``hparams_config``'s fields, for ``--help``."""
+  return {f"{name}.{field}": text for name, a in REGISTRY.items()
+          for field, text in a.hooks.help}
 
 
 def register(algorithm: Algorithm) -> Algorithm:
@@ -138,20 +145,24 @@ FEDPROX_ADAPTIVE = register(Algorithm("fedprox_adaptive", "FedProx with the pape
 # The successors keep stragglers' partial work (FedNova's point is to weigh unequal work).
 SUCCESSOR = dict(drop_stragglers=False, mu_rule="zero")
 SCAFFOLD = register(Algorithm(
-    "scaffold", "SCAFFOLD: control variates (option II), server lr", control_variates=True,
-    server_optimizer="sgd", paper="Karimireddy et al. 2020", **SUCCESSOR))
+    "scaffold", "SCAFFOLD: control variates (option II), server lr", hooks=scaffold.HOOKS,
+    paper="Karimireddy et al. 2020", **SUCCESSOR))
 FEDNOVA = register(Algorithm(
     "fednova", "FedNova: updates normalised by each client's local steps",
-    aggregation="normalized", paper="Wang et al. 2020", **SUCCESSOR))
+    hooks=fednova.HOOKS, paper="Wang et al. 2020", **SUCCESSOR))
 FEDAVGM = register(Algorithm(
     "fedavgm", "FedAvgM: server SGD with momentum on the pseudo-gradient",
-    server_optimizer="avgm", paper="Hsu et al. 2019", **SUCCESSOR))
+    hooks=fedopt.HOOKS["avgm"], paper="Hsu et al. 2019", **SUCCESSOR))
 FEDADAGRAD = register(Algorithm(
-    "fedadagrad", "FedAdagrad: server Adagrad on the pseudo-gradient", server_optimizer="adagrad",
+    "fedadagrad", "FedAdagrad: server Adagrad on the pseudo-gradient",
+    hooks=fedopt.HOOKS["adagrad"],
     server_lr=0.1, paper="Reddi et al. 2021", **SUCCESSOR))
 FEDADAM = register(Algorithm(
-    "fedadam", "FedAdam: server Adam on the pseudo-gradient", server_optimizer="adam",
+    "fedadam", "FedAdam: server Adam on the pseudo-gradient", hooks=fedopt.HOOKS["adam"],
     server_lr=0.01, paper="Reddi et al. 2021", **SUCCESSOR))
 FEDYOGI = register(Algorithm(
-    "fedyogi", "FedYogi: server Yogi on the pseudo-gradient", server_optimizer="yogi",
+    "fedyogi", "FedYogi: server Yogi on the pseudo-gradient", hooks=fedopt.HOOKS["yogi"],
     server_lr=0.01, paper="Reddi et al. 2021", **SUCCESSOR))
+FEDDYN = register(Algorithm(
+    "feddyn", "FedDyn: dynamic regularisation (its own alpha), a gradient state per client",
+    hooks=feddyn.HOOKS, paper="Acar et al. 2021", **SUCCESSOR))

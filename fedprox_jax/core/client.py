@@ -35,6 +35,7 @@ class LocalHParams(NamedTuple):
   mu: jax.Array
   weight_decay: jax.Array | float = 0.0  # torch.optim.SGD's weight_decay (the seed: 0.001)
   momentum: jax.Array | float = 0.0  # torch.optim.SGD's momentum (local_momentum_optimizer)
+  algorithm: tuple = ()  # the algorithm's own hyper-parameters (``core/hooks.py``)
 
 
 class ProximalState(NamedTuple):

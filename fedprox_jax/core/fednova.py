@@ -23,6 +23,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from fedprox_jax.core.hooks import Hooks, Looped
+
 
 def effective_steps(steps, lr, mu, momentum):
   """a_i for each client's ``steps`` (an int array; 0 gives 0), elementwise."""
@@ -45,3 +47,41 @@ def weights(data_weights, a):
   tau_eff = jnp.sum(data_weights * a)
   w = jnp.where(a > 0, data_weights * tau_eff / jnp.where(a > 0, a, 1.0), 0.0)
   return w, 1.0 - jnp.sum(w)
+
+
+def round_weights(data_weights, steps, hp):
+  """The hook: w_i on the clients' models for their ``steps`` under the local solver ``hp``."""
+  return weights(data_weights, effective_steps(steps, hp.lr, hp.mu, hp.momentum))[0]
+
+
+# The looped reference (core/reference.py), from the paper's formulas.
+
+def looped_a(steps: int, lr: float, mu: float, momentum: float) -> float:
+  """||a_i||_1, by the paper's closed forms where they apply, else by running the local
+  solver's recursion (every gradient 1) in float64 on the host."""
+  if mu == 0 and momentum == 0:
+    return float(steps)
+  if mu == 0:
+    return (steps - momentum * (1 - momentum ** steps) / (1 - momentum)) / (1 - momentum)
+  if momentum == 0:
+    return (1 - (1 - lr * mu) ** steps) / (lr * mu)
+  displacement, buf = 0.0, 0.0
+  for _ in range(steps):
+    buf = momentum * buf + 1.0 + mu * displacement
+    displacement -= lr * buf
+  return -displacement / lr
+
+
+def looped_aggregate(x, ys, steps, p, hp):
+  """x - tau_eff sum_i p_i (x - y_i) / a_i, and the weights p_i tau_eff / a_i."""
+  a = [looped_a(k, float(hp.lr), float(hp.mu), float(hp.momentum)) for k in steps]
+  tau_eff = sum(p_i * a_i for p_i, a_i in zip(p, a))
+  kept = [i for i in range(len(a)) if a[i] > 0]
+  aggregate = jax.tree_util.tree_map(
+      lambda x, *ys: x - tau_eff * sum(p[i] / a[i] * (x - ys[i]) for i in kept), x, *ys)
+  return aggregate, jnp.array([p[i] * tau_eff / a[i] if a[i] > 0 else 0.0
+                               for i in range(len(a))], jnp.float32)
+
+
+HOOKS = Hooks("FedNova", weights=round_weights, rest_on_global=True,
+              looped=Looped(aggregate=looped_aggregate))

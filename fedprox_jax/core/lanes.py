@@ -18,10 +18,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedprox_jax.core import scaffold
 from fedprox_jax.core.client import (ApplyFn, FederatedData, LocalHParams, epoch_permutations,
                                 local_objective_grad_norm, local_optimizer)
 from fedprox_jax.core.client import local_step as local_step_fn
+from fedprox_jax.core.hooks import AVERAGE, Hooks
 
 
 class ClientPlan(NamedTuple):
@@ -73,19 +73,20 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
               hp: LocalHParams, *, batch_size: int, max_size: int, max_epochs: int,
               num_lanes: int, lane_sharding=None, client_optimizer=local_optimizer,
               inexactness: bool = False, per_lane_state: bool = False,
-              control: scaffold.Control | None = None):
+              hooks: Hooks = AVERAGE, state=()):
   """Runs all clients of ``plan`` -> (sum_k weights_k * params_k, per-client mean loss, LaneStats,
-  per-client gamma-inexactness or None, SCAFFOLD's variate changes or None).
+  per-client gamma-inexactness or None, the clients' results by plan slot or None).
 
   ``per_lane_state``: the client optimizer keeps state of its own across steps (momentum): each
   lane carries it and re-initialises it at each client's start. Otherwise the lanes share the
   state ``init`` derives from the global model (the proximal anchor), and carry none.
 
-  ``control`` (SCAFFOLD's variates): each step adds -lr (c - c_i) to the client's update, and a
-  finished client's c_i+ - c_i is kept in its slot of the plan ([K, ...], returned; summed over
-  devices like the aggregate). Per slot, not per client id: the loop's carry stays K models
-  whatever the number of clients (under a sweep's vmap the client boundary's branch runs at
-  every step, and a [num_clients, ...] carry made SCAFFOLD 13x slower than FedNova).
+  ``hooks`` (the algorithm's, with its ``state``): each step adds ``hooks.correction`` to the
+  client's update, and a finished client's ``hooks.client_result`` is kept in its slot of the
+  plan ([K, ...], returned; summed over devices like the aggregate). Per slot, not per client
+  id: the loop's carry stays K trees whatever the number of clients (under a sweep's vmap the
+  client boundary's branch runs at every step, and a [num_clients, ...] carry made SCAFFOLD
+  13x slower than FedNova).
 
   ``inexactness``: also the paper's gamma of each client's solution
   (``client.local_objective_grad_norm`` at its final parameters over the same at the global
@@ -114,7 +115,7 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
     Everything else the lanes read comes in as ``shared`` (not as closures), so that inside
     shard_map each device works on its own replicated copy.
     """
-    global_params, data, plan, perms, steps, hp, control = shared
+    global_params, data, plan, perms, steps, hp, state = shared
     lanes = queue.shape[0]
     tx = client_optimizer(hp)
     # Proximal SGD keeps no state but its anchor, the global model, which all lanes share: so
@@ -128,9 +129,8 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
       active = (pos < num_clients) & (c >= 0)
       c = jnp.maximum(c, 0)
       extra = None
-      if control is not None:  # SCAFFOLD: y <- y - lr (c - c_i) after the optimizer's step
-        extra = jax.tree_util.tree_map(lambda d: -hp.lr * d,
-                                       scaffold.correction(control, plan.ids[c]))
+      if hooks.correction is not None:  # e.g. SCAFFOLD's -lr (c - c_i)
+        extra = hooks.correction(state, plan.ids[c], global_params, params, hp)
       params, new_opt, loss = local_step_fn(
           apply_fn, tx, data, plan.offsets[c], plan.sizes[c], perms[c], local_step, batch_size,
           params, lane_opt if per_lane_state else opt_state, active, extra)
@@ -140,7 +140,7 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
 
     def finish_clients(params, lane_opt, aggregate, grad_norms, deltas, finished, c):
       """Adds finished clients' weighted params to the aggregate (and, with ``inexactness``,
-      notes ||grad h|| at their solutions; with ``control``, their c_i changes); their lanes
+      notes ||grad h|| at their solutions; with a client result, theirs); their lanes
       restart from global (and a fresh optimizer state)."""
       contribution = jnp.where(finished, plan.weights[c], 0.0)
       aggregate = jax.tree_util.tree_map(
@@ -149,9 +149,9 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
         norms = jax.vmap(lambda p, k: local_objective_grad_norm(
             apply_fn, p, global_params, data, plan.offsets[k], plan.sizes[k], hp))(params, c)
         grad_norms = grad_norms.at[c].add(jnp.where(finished, norms, 0.0))
-      if control is not None:
-        change = jax.vmap(lambda p, k: scaffold.client_delta(control, global_params, p,
-                                                             steps[k], hp.lr))(params, c)
+      if hooks.client_result is not None:
+        change = jax.vmap(lambda p, k: hooks.client_result(state, global_params, p, steps[k],
+                                                           hp))(params, c)
         deltas = jax.tree_util.tree_map(
             lambda acc, d: acc.at[c].add(
                 jnp.where(finished.reshape((-1,) + (1,) * (d.ndim - 1)), d, 0.0)),
@@ -195,14 +195,16 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
             jnp.zeros(num_clients, jnp.float32),
             # ||grad h|| at each client's solution (``inexactness``; else an empty carry)
             jnp.zeros(num_clients if inexactness else 0, jnp.float32),
-            # SCAFFOLD's c_i changes by plan slot (``control``; else an empty carry)
-            () if control is None else jax.tree_util.tree_map(
-                lambda p: jnp.zeros((num_clients,) + p.shape, p.dtype), global_params))
+            # the clients' results by plan slot (``hooks.client_result``; else an empty carry)
+            () if hooks.client_result is None else jax.tree_util.tree_map(
+                lambda r: jnp.zeros((num_clients,) + r.shape, r.dtype),
+                jax.eval_shape(hooks.client_result, state, global_params, global_params,
+                               steps[0], hp)))
     loop_steps = jnp.max(load)
     carry = jax.lax.while_loop(lambda carry: carry[0] < loop_steps, body, init)
     return carry[5], carry[6], carry[7], carry[8]
 
-  shared = (global_params, data, plan, perms, steps, hp, control)
+  shared = (global_params, data, plan, perms, steps, hp, state)
   if lane_sharding is None:
     groups = 1
     aggregate, loss_sum, grad_norms, deltas = run_group(queue, load, shared)
@@ -229,4 +231,4 @@ def run_lanes(apply_fn: ApplyFn, global_params, data: FederatedData, plan: Clien
   stats = LaneStats(useful_steps=jnp.sum(steps),
                     executed_steps=jnp.sum(group_trips) * (num_lanes // groups),
                     critical_path=jnp.max(steps), loop_steps=jnp.max(group_trips))
-  return aggregate, client_loss, stats, gamma, None if control is None else deltas
+  return aggregate, client_loss, stats, gamma, None if hooks.client_result is None else deltas

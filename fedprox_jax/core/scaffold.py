@@ -13,11 +13,13 @@ at the clients' ids once per round.
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from fedprox_jax.core import fedopt
+from fedprox_jax.core.hooks import Hooks, Looped
 
 
 class Control(NamedTuple):
@@ -54,16 +56,58 @@ def update(control: Control, ids, slot_deltas) -> Control:
   return Control(server, clients)
 
 
-def state_bytes(num_clients: int, num_params: int, experiments: int = 1) -> int:
-  """Bytes of the variates a round holds: c_i and their new values (2 x clients x parameters,
-  4 bytes each), per experiment."""
-  return 2 * 4 * num_clients * num_params * experiments
+def _init(params, num_clients, hp=None):
+  del hp
+  return init(params, num_clients)
 
 
-def device_memory_bytes() -> int:
-  """What one device can hold: its allocator's limit on an accelerator, this machine's memory
-  on the CPU."""
-  stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
-  if stats and stats.get("bytes_limit"):
-    return int(stats["bytes_limit"])
-  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+def _correction(control: Control, client_id, global_params, params, hp):
+  del global_params, params
+  return jax.tree_util.tree_map(lambda d: -hp.lr * d, correction(control, client_id))
+
+
+def _client_result(control: Control, global_params, params, steps, hp):
+  return client_delta(control, global_params, params, steps, hp.lr)
+
+
+def _server_step(control: Control, x, average, plan, results, hp, all_dropped):
+  """x moves by the server's learning rate towards the average; the variates by ``update``."""
+  stepped, _ = fedopt.apply("sgd", hp.server, x, average, fedopt.init_state("sgd", x))
+  return fedopt.keep_if(all_dropped, x, stepped), update(control, plan.ids, results)
+
+
+# The looped reference (core/reference.py), from the paper's Algorithm 1.
+
+def _looped_client_args(control: Control, client_id: int, x, hp):
+  return jax.tree_util.tree_map(lambda c, ci: c - ci[client_id], control.server, control.clients)
+
+
+def _looped_step_correction(c_minus_ci, params, hp):
+  """y <- y - lr (g - c_i + c): the optimizer's step, then -lr (c - c_i)."""
+  del params
+  return jax.tree_util.tree_map(lambda d: -hp.lr * d, c_minus_ci)
+
+
+def _looped_server(control: Control, x, average, ys, steps, plan, hp, num_clients,
+                   all_dropped):
+  params = average if all_dropped else fedopt.looped_step("sgd", hp.server, x, average, ())[0]
+  tree = jax.tree_util.tree_map
+  clients, total = control.clients, tree(jnp.zeros_like, control.server)
+  for i, k in enumerate(steps):
+    if k == 0:
+      continue
+    cid = int(plan.ids[i])
+    # c_i+ = c_i - c + (x - y_i) / (K_i lr)
+    new_ci = tree(lambda ci, c, x, y: ci[cid] - c + (x - y) / (k * hp.lr), clients,
+                  control.server, x, ys[i])
+    total = tree(lambda t, n, ci: t + n - ci[cid], total, new_ci, clients)
+    clients = tree(lambda ci, n: ci.at[cid].set(n), clients, new_ci)
+  # c <- c + (1 / N) sum_i (c_i+ - c_i)
+  return params, Control(tree(lambda c, t: c + t / num_clients, control.server, total), clients)
+
+
+HOOKS = Hooks("SCAFFOLD", init_state=_init, correction=_correction,
+              client_result=_client_result, server_step=_server_step,
+              per_client_state="a control variate",
+              looped=Looped(client_args=_looped_client_args,
+                            step_correction=_looped_step_correction, server=_looped_server))

@@ -13,8 +13,9 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedprox_jax.core import fednova, fedopt, scaffold
+from fedprox_jax.core import fedopt
 from fedprox_jax.core.client import ApplyFn, FederatedData, LocalHParams, cdiv, local_optimizer
+from fedprox_jax.core.hooks import AVERAGE, Hooks, NoHParams
 from fedprox_jax.core.lanes import ClientPlan, LaneStats, run_lanes
 
 # uniform w/o replacement (both sources' code) | ∝ n_k w/o replacement | ∝ n_k with
@@ -29,9 +30,6 @@ STRAGGLER_WORK = ("epochs", "iterations")
 # aggregate ∝ n_k (the paper's code) | ∝ ceil(n_k / B), the batches (the seed: Flower's clients
 # report len(trainloader)) | simple average
 WEIGHTINGS = ("samples", "batches", "uniform")
-# How the server combines the clients' models: their weighted average (FedAvg, FedProx, and
-# FedOpt's pseudo-gradient) | FedNova's normalised average (``core/fednova.py``)
-AGGREGATIONS = ("average", "normalized")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,12 +52,9 @@ class RoundSpec:
   # Also each client's gamma-inexactness (RoundMetrics.inexactness): ~ one more local epoch.
   inexactness: bool = False
   straggler_work: str = "epochs"  # STRAGGLER_WORK
-  # The algorithm's static parts (``algorithms.Algorithm``): AGGREGATIONS; the server's
-  # optimizer on the pseudo-gradient (fedopt.SERVER_OPTIMIZERS, 'none': the average itself);
-  # SCAFFOLD's control variates; a client optimizer with state of its own (momentum).
-  aggregation: str = "average"
-  server_optimizer: str = "none"
-  control_variates: bool = False
+  # The algorithm's static parts (``algorithms.round_statics``): its hooks (``core/hooks.py``)
+  # and whether the client optimizer keeps state of its own (momentum).
+  hooks: Hooks = AVERAGE
   per_lane_state: bool = False
 
   @property
@@ -72,10 +67,7 @@ class RoundSpec:
     for name, value, allowed in (("sampling", self.sampling, SAMPLINGS),
                                  ("straggler_rule", self.straggler_rule, STRAGGLER_RULES),
                                  ("weighting", self.weighting, WEIGHTINGS),
-                                 ("straggler_work", self.straggler_work, STRAGGLER_WORK),
-                                 ("aggregation", self.aggregation, AGGREGATIONS),
-                                 ("server_optimizer", self.server_optimizer,
-                                  fedopt.SERVER_OPTIMIZERS)):
+                                 ("straggler_work", self.straggler_work, STRAGGLER_WORK)):
       if value not in allowed:
         raise ValueError(f"{name}={value!r} is not one of {allowed}")
     if self.mesh is not None and self.num_lanes % self.mesh.size:
@@ -103,37 +95,39 @@ class HParams(NamedTuple):
   weight_decay: jax.Array
   momentum: jax.Array | float = 0.0  # the clients' (used where spec.per_lane_state)
   server: fedopt.ServerHParams = fedopt.ServerHParams()
+  algorithm: tuple = NoHParams()  # the algorithm's own (``Hooks.hparams``)
 
   @classmethod
   def create(cls, lr, mu, stragglers_fraction, drop_stragglers, clients_per_round: int,
-             weight_decay=0.0, momentum=0.0, server: fedopt.ServerHParams | None = None):
+             weight_decay=0.0, momentum=0.0, server: fedopt.ServerHParams | None = None,
+             algorithm: tuple = NoHParams()):
     server = server or fedopt.ServerHParams()
     return cls(jnp.float32(lr), jnp.float32(mu), jnp.float32(stragglers_fraction),
                jnp.bool_(drop_stragglers),
                jnp.int32(exact_straggler_count(clients_per_round, stragglers_fraction)),
                jnp.float32(weight_decay), jnp.float32(momentum),
-               fedopt.ServerHParams(*(jnp.float32(v) for v in server)))
+               fedopt.ServerHParams(*(jnp.float32(v) for v in server)),
+               type(algorithm)(*(jnp.float32(v) for v in algorithm)))
 
   @property
   def local(self) -> LocalHParams:
     return LocalHParams(lr=self.lr, mu=self.mu, weight_decay=self.weight_decay,
-                        momentum=self.momentum)
+                        momentum=self.momentum, algorithm=self.algorithm)
 
 
 class ServerState(NamedTuple):
-  """What the server keeps from round to round: the global model, the server optimizer's state
-  (() where the server averages) and SCAFFOLD's control variates (() without them)."""
+  """What the server keeps from round to round: the global model and the algorithm's state
+  (``Hooks.init_state``: a server optimizer's, per-client variates; () for the averaging
+  algorithms)."""
   params: object
-  opt_state: object = ()
-  control: object = ()
+  state: object = ()
 
 
 def init_server_state(spec: RoundSpec, params, num_clients: int,
                       hp: HParams | None = None) -> ServerState:
   """The state before round 1 of the algorithm ``spec`` describes."""
-  return ServerState(
-      params, fedopt.init_state(spec.server_optimizer, params, hp and hp.server),
-      scaffold.init(params, num_clients) if spec.control_variates else ())
+  init = spec.hooks.init_state
+  return ServerState(params, () if init is None else init(params, num_clients, hp))
 
 
 class RoundMetrics(NamedTuple):
@@ -185,6 +179,13 @@ def aggregation_weights(sizes, kept, weighting: str, batch_size: int = 1):
   return jnp.where(all_dropped, 0.0, raw / jnp.where(all_dropped, 1.0, total)), all_dropped
 
 
+def local_hparams(hp: HParams, spec: RoundSpec) -> LocalHParams:
+  """The clients' hyper-parameters as the hooks see them: momentum only where the client
+  optimizer keeps it (``spec.per_lane_state``)."""
+  local = hp.local
+  return local if spec.per_lane_state else local._replace(momentum=0.0)
+
+
 def plan_round(round_key, data: FederatedData, hp: HParams, spec: RoundSpec) -> ClientPlan:
   """Which clients train this round, for how many epochs, with which weight and data order."""
   k_sample, k_straggler, k_epochs, k_data = jax.random.split(round_key, 4)
@@ -209,9 +210,8 @@ def plan_round(round_key, data: FederatedData, hp: HParams, spec: RoundSpec) -> 
     epochs = jnp.where(dropped, 0, jnp.where(is_straggler, straggler_epochs, e)).astype(jnp.int32)
     steps = (epochs * batches).astype(jnp.int32)
   weights, _ = aggregation_weights(sizes, ~dropped, spec.weighting, spec.batch_size)
-  if spec.aggregation == "normalized":  # FedNova: p_i tau_eff / a_i (1 - their sum: on x)
-    weights, _ = fednova.weights(weights, fednova.effective_steps(
-        steps, hp.lr, hp.mu, hp.momentum if spec.per_lane_state else 0.0))
+  if spec.hooks.weights is not None:  # e.g. FedNova's p_i tau_eff / a_i
+    weights = spec.hooks.weights(weights, steps, local_hparams(hp, spec))
   keys = jax.vmap(lambda i: jax.random.fold_in(k_data, i))(ids)
   return ClientPlan(ids=ids, offsets=data.offsets[ids], sizes=sizes, epochs=epochs, steps=steps,
                     weights=weights, is_straggler=is_straggler, keys=keys)
@@ -242,48 +242,34 @@ def finish_round(global_params, aggregate, plan: ClientPlan, client_loss, stats:
   return new_params, metrics
 
 
-def server_update(spec: RoundSpec, state: ServerState, average, hp: HParams, plan: ClientPlan,
-                  client_deltas, metrics: RoundMetrics) -> tuple:
-  """The server's step after the clients' ``average`` (already the new model for the
-  averaging algorithms): FedOpt's optimizer on x - average, SCAFFOLD's variates. A round in
-  which every client was dropped changes nothing. -> (ServerState, metrics)."""
-  params, opt_state, control = average, state.opt_state, state.control
-  if spec.server_optimizer != "none":
-    stepped, stepped_opt = fedopt.apply(spec.server_optimizer, hp.server, state.params, average,
-                                        state.opt_state)
-    keep = metrics.all_dropped
-    params = jax.tree_util.tree_map(lambda old, new: jnp.where(keep, old, new), state.params,
-                                    stepped)
-    opt_state = jax.tree_util.tree_map(lambda old, new: jnp.where(keep, old, new),
-                                       state.opt_state, stepped_opt)
-  if spec.control_variates:
-    control = scaffold.update(state.control, plan.ids, client_deltas)
-  finite = metrics.finite & all_finite(params)
-  return ServerState(params, opt_state, control), metrics._replace(finite=finite)
-
-
 def round_step(apply_fn: ApplyFn, spec: RoundSpec, state: ServerState, data: FederatedData,
                hp: HParams, round_key):
   """One round of the algorithm ``spec`` describes, vectorized: plan, packed vmapped client
-  updates, aggregation, the server's update -> (ServerState, RoundMetrics)."""
+  updates, aggregation, the algorithm's server step -> (ServerState, RoundMetrics)."""
+  hooks = spec.hooks
   plan = plan_round(round_key, data, hp, spec)
   global_params = state.params
-  aggregate, client_loss, stats, gamma, deltas = run_lanes(
+  aggregate, client_loss, stats, gamma, results = run_lanes(
       apply_fn, global_params, data, plan, hp.local, batch_size=spec.batch_size,
       max_size=spec.max_client_size, max_epochs=spec.local_epochs, num_lanes=spec.num_lanes,
       lane_sharding=spec.lane_sharding, client_optimizer=spec.client_optimizer,
-      inexactness=spec.inexactness, per_lane_state=spec.per_lane_state,
-      control=state.control if spec.control_variates else None)
-  keep = 1.0 - jnp.sum(plan.weights) if spec.aggregation == "normalized" else None
-  average, m = finish_round(global_params, aggregate, plan, client_loss, stats, gamma, keep)
-  return server_update(spec, state, average, hp, plan, deltas, m)
+      inexactness=spec.inexactness, per_lane_state=spec.per_lane_state, hooks=hooks,
+      state=state.state)
+  keep = 1.0 - jnp.sum(plan.weights) if hooks.rest_on_global else None
+  params, m = finish_round(global_params, aggregate, plan, client_loss, stats, gamma, keep)
+  new_state = state.state
+  if hooks.server_step is not None:
+    params, new_state = hooks.server_step(state.state, global_params, params, plan, results,
+                                          hp, m.all_dropped)
+    m = m._replace(finite=m.finite & all_finite(params))
+  return ServerState(params, new_state), m
 
 
 def run_round(apply_fn: ApplyFn, spec: RoundSpec, global_params, data: FederatedData,
               hp: HParams, round_key):
   """One round of an algorithm whose server keeps nothing but the model (FedAvg, FedProx,
   FedNova) -> (new params, RoundMetrics)."""
-  if spec.server_optimizer != "none" or spec.control_variates:
+  if spec.hooks.stateful:
     raise ValueError("this round's server keeps state: use round_step with a ServerState")
   state, m = round_step(apply_fn, spec, ServerState(global_params), data, hp, round_key)
   return state.params, m

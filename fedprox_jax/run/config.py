@@ -11,7 +11,8 @@ import math
 import ml_collections
 import numpy as np
 
-from fedprox_jax.core import algorithms, models, server
+from fedprox_jax.core import algorithms, hooks as hooks_lib, models, server
+from fedprox_jax.core import client as client_lib
 from fedprox_jax.data import mnist as data_lib
 from fedprox_jax.data import partition, synthetic
 from fedprox_jax.errors import ConfigError
@@ -64,7 +65,8 @@ def check_mode_fields(c: ml_collections.ConfigDict, given=()) -> None:
   """Refuses, in one line, a field the config's mode would ignore: a sweep field set for a run
   (a value other than ``SWEEP_DEFAULTS``, or named in ``given``), or a run's algorithm field
   for a sweep (``algorithm`` or ``adaptive_mu`` set, or any of ``RUN_ONLY_FIELDS`` in
-  ``given``: the fields the command line overrode)."""
+  ``given``: the fields the command line overrode); and an algorithm's hyper-parameters where
+  it does not run (``check_hparams``)."""
   if c.mode == "sweep":
     for field in RUN_ONLY_FIELDS:
       if field in given or (field == "algorithm" and c.algorithm) or (
@@ -74,14 +76,64 @@ def check_mode_fields(c: ml_collections.ConfigDict, given=()) -> None:
             "sweep: it runs the algorithms of sweep.algorithms (fedprox with sweep.mu, "
             "fedprox_mu<value>, fedprox_adaptive, scaffold, ...) at the levels of "
             "sweep.stragglers; set those instead")
+    check_hparams(c, given)
     return
-  for field, default in SWEEP_DEFAULTS.items():
+  for field, default in SWEEP_DEFAULTS.items():  # a run
     if f"sweep.{field}" in given or (field in c.sweep and c.sweep[field] != default):
       raise ConfigError(
           f"config.sweep.{field}={c.sweep[field]!r} applies to a sweep, and this is a run "
           "(mode='single'), which would ignore it: add --config.mode=sweep to run the grid, "
           "or choose the run's algorithm with algorithm, mu, drop_stragglers and "
           "stragglers_fraction")
+  check_hparams(c, given)
+
+
+def algorithms_run(c: ml_collections.ConfigDict) -> list:
+  """The registered algorithms ``c`` runs: a run's ``algorithm`` (FedProx's machinery for '',
+  the family mu and drop_stragglers choose), a sweep's ``sweep.algorithms``."""
+  if c.mode == "sweep":
+    return [algorithms.get(a) for a in parse_list("algorithms", c.sweep.algorithms, str)]
+  return [algorithms.get(c.algorithm) if c.algorithm else algorithms.FEDPROX]
+
+
+def check_hparams(c: ml_collections.ConfigDict, given=()) -> None:
+  """Refuses, in one line, a hyper-parameter of an algorithm ``c`` does not run (set to another
+  value than its default, or named in ``given``) and a bad value of one it runs. Returns
+  quietly while an algorithm name is wrong: ``resolve`` names that first."""
+  try:
+    running = {a.name: a for a in algorithms_run(c)}
+  except (ValueError, ConfigError):
+    return
+  for name, values in (c.hparams.to_dict() if "hparams" in c else {}).items():
+    a = running.get(name)
+    if a is None:
+      default = algorithms.get(name).hparams._asdict() if name in algorithms.REGISTRY else {}
+      for field, value in values.items():
+        if f"hparams.{name}.{field}" in given or default.get(field) != value:
+          raise ConfigError(
+              f"config.hparams.{name}.{field}={value!r} applies to the algorithm {name}, "
+              f"which this {'sweep' if c.mode == 'sweep' else 'run'} does not run: "
+              + ("add it to sweep.algorithms" if c.mode == "sweep" else
+                 f"add --config.algorithm={name}") + ", or leave the field unset")
+      continue
+    unknown = set(values) - set(a.hparams._fields)
+    require(not unknown, f"hparams.{name}", values, f"{name} has no field "
+            f"{', '.join(sorted(unknown))}: its fields are {', '.join(a.hparams._fields)}")
+    problem = hooks_lib.check_hparams(a.hooks, type(a.hparams)(**values))
+    if problem:
+      raise ConfigError(f"config.hparams.{name}.{problem}")
+
+
+def _keep_hparams_run(c: ml_collections.ConfigDict) -> None:
+  """``c.hparams``: exactly the blocks of the algorithms ``c`` runs, complete (what ran is
+  what config.json records; an algorithm registered after the config was built gets its
+  defaults)."""
+  given = c.hparams.to_dict() if "hparams" in c else {}
+  kept = {a.name: {**a.hparams._asdict(), **given.get(a.name, {})} for a in algorithms_run(c)
+          if a.hparams._fields}
+  if "hparams" in c:
+    del c["hparams"]
+  c.hparams = ml_collections.ConfigDict(kept)
 
 
 def as_run(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -169,7 +221,8 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       chosen = algorithms.get(c.algorithm)
     except ValueError as e:
       raise ConfigError(f"config.algorithm: {e}") from e
-    require(chosen.aggregation != "average" or chosen.stateful_server, "algorithm", c.algorithm,
+    require(chosen.hooks != hooks_lib.AVERAGE or chosen.client_optimizer
+            is not client_lib.local_optimizer, "algorithm", c.algorithm,
             "FedAvg and FedProx are chosen by mu and drop_stragglers "
             "(--config=configs/mnist.py:fedavg or :fedprox): leave algorithm empty")
     require(not c.adaptive_mu, "adaptive_mu", c.adaptive_mu,
@@ -243,6 +296,7 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            "must be an integer >= 0 (0 = backend default)")
   _check_grid(c)
   check_mode_fields(c)  # after the values' own checks: a bad value is named as such first
+  _keep_hparams_run(c)
   return _fill_defaults(c)
 
 

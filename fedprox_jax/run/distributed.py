@@ -101,3 +101,12 @@ def splitter(mesh: jax.sharding.Mesh | None):
   if mesh is None or mesh.size == 1:
     return lambda tree: tree
   return _placer(jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS)))
+
+
+def device_memory_bytes() -> int:
+  """What one device can hold: its allocator's limit on an accelerator, this machine's memory
+  on the CPU."""
+  stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -20,7 +20,7 @@ from absl import logging
 from fedprox_jax.data import mnist as data_lib
 from fedprox_jax.run import config as config_lib
 from fedprox_jax.run import distributed
-from fedprox_jax.core import algorithms, fedopt, metrics, models, scaffold, server
+from fedprox_jax.core import algorithms, fedopt, metrics, models, server
 from fedprox_jax.data import partition, synthetic
 from fedprox_jax.core.client import FederatedData
 from fedprox_jax.errors import ConfigError
@@ -152,42 +152,59 @@ def server_hparams(c: ml_collections.ConfigDict, algorithm: algorithms.Algorithm
       momentum=c.server_momentum, beta2=c.server_beta2, tau=c.server_tau)
 
 
+def algorithm_hparams(c: ml_collections.ConfigDict, algorithm: algorithms.Algorithm):
+  """``algorithm``'s own hyper-parameters: ``c.hparams.<name>`` (resolved: checked and
+  complete), its defaults where the config has none."""
+  if not algorithm.hparams._fields or algorithm.name not in c.get("hparams", {}):
+    return algorithm.hparams
+  return type(algorithm.hparams)(**c.hparams[algorithm.name])
+
+
 def hparams(c: ml_collections.ConfigDict) -> server.HParams:
   """The traced round hyper-parameters of resolved config ``c`` (a run's; a sweep stacks one
   per experiment from its grid point)."""
+  algorithm = run_algorithm(c)
   return server.HParams.create(c.lr, c.mu, c.stragglers_fraction, c.drop_stragglers,
                                c.clients_per_round, c.weight_decay, c.momentum,
-                               server_hparams(c, run_algorithm(c)))
+                               server_hparams(c, algorithm), algorithm_hparams(c, algorithm))
 
 
 def server_state_leaves(state: server.ServerState) -> dict:
-  """What a checkpoint holds of the server's state besides the model: its arrays by position
-  (a plain dict, whatever optax's state classes are); {} for the averaging algorithms."""
-  leaves = jax.tree_util.tree_leaves((state.opt_state, state.control))
+  """What a checkpoint holds of the server's state besides the model: the algorithm's state's
+  arrays by position (a plain dict, whatever its classes are); {} for the averaging
+  algorithms."""
+  leaves = jax.tree_util.tree_leaves(state.state)
   return {str(i): leaf for i, leaf in enumerate(leaves)}
 
 
 def server_state_from(template: server.ServerState, params, leaves: dict) -> server.ServerState:
   """``template``'s structure with the model ``params`` and the checkpointed ``leaves``."""
-  treedef = jax.tree_util.tree_structure((template.opt_state, template.control))
-  opt_state, control = jax.tree_util.tree_unflatten(
-      treedef, [leaves[str(i)] for i in range(treedef.num_leaves)])
-  return server.ServerState(params, opt_state, control)
+  treedef = jax.tree_util.tree_structure(template.state)
+  return server.ServerState(params, jax.tree_util.tree_unflatten(
+      treedef, [leaves[str(i)] for i in range(treedef.num_leaves)]))
+
+
+def per_client_state_bytes(num_clients: int, num_params: int, experiments: int = 1) -> int:
+  """Bytes of a parameter-sized state per client that a round holds: the states and their new
+  values (2 x clients x parameters, 4 bytes each), per experiment."""
+  return 2 * 4 * num_clients * num_params * experiments
 
 
 def check_state_memory(c: ml_collections.ConfigDict, spec: server.RoundSpec, params,
                        experiments: int = 1) -> None:
-  """SCAFFOLD keeps a variate per client on the device: refused with one line, before any
-  work, when the variates and their round's changes need more than half a device's memory."""
-  if not spec.control_variates:
+  """An algorithm that keeps a parameter-sized state per client (SCAFFOLD's variates) holds it
+  on the device: refused with one line, before any work, when the states and their round's
+  changes need more than half a device's memory."""
+  hooks = spec.hooks
+  if not hooks.per_client_state:
     return
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
-  need = scaffold.state_bytes(c.num_clients, num_params, experiments)
-  have = scaffold.device_memory_bytes()
+  need = per_client_state_bytes(c.num_clients, num_params, experiments)
+  have = distributed.device_memory_bytes()
   config_lib.require(
       need <= have // 2, "num_clients", c.num_clients,
-      f"SCAFFOLD keeps a control variate per client: {experiments} experiment(s) x "
-      f"{c.num_clients} clients x {num_params} parameters x 2 (the variates and their update) x 4 "
+      f"{hooks.name} keeps {hooks.per_client_state} per client: {experiments} experiment(s) x "
+      f"{c.num_clients} clients x {num_params} parameters x 2 (the states and their update) x 4 "
       f"bytes = {need / 2**30:.1f} GiB, more than half of the device's {have / 2**30:.1f} GiB: "
       "use fewer clients, a smaller model (--config.model=mlr or niid_cnn), "
       "--config.sweep.experiments_per_program=1, or a device with more memory")

@@ -143,7 +143,11 @@ def _stack_hparams(c, specs):
       weight_decay=full(c.weight_decay), momentum=full(c.momentum),
       server=fedopt.ServerHParams(lr=jnp.array([s.server_lr for s in specs], jnp.float32),
                                   momentum=full(server_hp.momentum), beta2=full(server_hp.beta2),
-                                  tau=full(server_hp.tau)))
+                                  tau=full(server_hp.tau)),
+      # the algorithm's own (one structure a program: its experiments share the hooks)
+      algorithm=jax.tree_util.tree_map(
+          lambda *v: jnp.array(v, jnp.float32),
+          *[experiment.algorithm_hparams(c, algorithms.get(s.algorithm)) for s in specs]))
 
 
 def statics(c: ml_collections.ConfigDict, point: GridPoint) -> tuple:
@@ -349,7 +353,7 @@ def run_program(setup: experiment.Setup, specs: list, schedule: loop.Schedule,
   c = setup.config
   if len({statics(c, s) for s in specs}) != 1:
     raise ValueError("the algorithms of one program must share the static parts of its compiled "
-                     "round (client optimizer, aggregation, server optimizer, variates): put "
+                     "round (client optimizer and hooks: algorithms.round_statics): put "
                      "the others in programs of their own")
   spec = dataclasses.replace(setup.spec, **dict(statics(c, specs[0])))
   real = len(specs)
