@@ -52,12 +52,9 @@ def main(_):
   for name in F.algorithms:
     a = algorithms.get(name)
     spec = experiment.round_spec(c, setup.data.stats["max_train"], algorithm=a)
-    rc = c.copy_and_resolve_references()
-    rc.mu = {"zero": 0.0, "config": c.mu, "fixed": a.mu, "adaptive": c.mu}[a.mu_rule]
-    rc.drop_stragglers = a.drop_stragglers
-    hp = server.HParams.create(rc.lr, rc.mu, rc.stragglers_fraction, rc.drop_stragglers,
-                               rc.clients_per_round, rc.weight_decay, rc.momentum,
-                               experiment.server_hparams(rc, a))
+    hp = experiment.hparams(
+        c, a, mu={"zero": 0.0, "config": c.mu, "fixed": a.mu, "adaptive": c.mu}[a.mu_rule],
+        drop_stragglers=a.drop_stragglers)
     fn = server.make_round_fn(setup.model.apply, spec, with_state=True)
     state = server.init_server_state(spec, params, c.num_clients, hp)
     state, m = fn(state, data, hp, jax.random.key(0))  # compile

@@ -160,11 +160,15 @@ def algorithm_hparams(c: ml_collections.ConfigDict, algorithm: algorithms.Algori
   return type(algorithm.hparams)(**c.hparams[algorithm.name])
 
 
-def hparams(c: ml_collections.ConfigDict) -> server.HParams:
-  """The traced round hyper-parameters of resolved config ``c`` (a run's; a sweep stacks one
-  per experiment from its grid point)."""
-  algorithm = run_algorithm(c)
-  return server.HParams.create(c.lr, c.mu, c.stragglers_fraction, c.drop_stragglers,
+def hparams(c: ml_collections.ConfigDict, algorithm: algorithms.Algorithm | None = None,
+            **point) -> server.HParams:
+  """The traced round hyper-parameters of resolved config ``c``: a run's, or (the one builder:
+  a sweep stacks one per experiment, benchmarks use it too) ``algorithm``'s with a grid
+  point's ``mu``, ``drop_stragglers`` and ``stragglers_fraction``."""
+  algorithm = algorithm or run_algorithm(c)
+  v = {"mu": c.mu, "stragglers_fraction": c.stragglers_fraction,
+       "drop_stragglers": c.drop_stragglers, **point}
+  return server.HParams.create(c.lr, v["mu"], v["stragglers_fraction"], v["drop_stragglers"],
                                c.clients_per_round, c.weight_decay, c.momentum,
                                server_hparams(c, algorithm), algorithm_hparams(c, algorithm))
 

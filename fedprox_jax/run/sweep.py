@@ -30,7 +30,7 @@ import numpy as np
 from absl import logging
 
 from fedprox_jax import outputs
-from fedprox_jax.core import adaptive_mu, algorithms, fedopt, metrics, models, server
+from fedprox_jax.core import adaptive_mu, algorithms, metrics, models, server
 from fedprox_jax.data import mnist as data_lib
 from fedprox_jax.errors import ConfigError, DivergenceError, Interrupted
 from fedprox_jax.report import plots
@@ -60,7 +60,6 @@ class GridPoint:
   # several, and the name says which.
   partition: int = 0
   partition_axis: bool = False
-  server_lr: float = 1.0  # FedOpt's and SCAFFOLD's server learning rate (unused by the others)
 
   @property
   def name(self) -> str:
@@ -124,30 +123,16 @@ def experiment_grid(c: ml_collections.ConfigDict) -> list:
           for seed in seeds:
             if partition in partition_seeds(c, seed):
               grid.append(GridPoint(a.name, mu, a.drop_stragglers, fraction, seed,
-                                    a.mu_rule == "adaptive", name, partition, axis,
-                                    experiment.server_hparams(c, a).lr))
+                                    a.mu_rule == "adaptive", name, partition, axis))
   return grid
 
 
 def _stack_hparams(c, specs):
-  server_hp = experiment.server_hparams(c, algorithms.FEDAVG)
-  full = lambda v: jnp.full(len(specs), v, jnp.float32)
-  return server.HParams(
-      lr=jnp.full(len(specs), c.lr, jnp.float32),
-      mu=jnp.array([s.mu for s in specs], jnp.float32),
-      stragglers_fraction=jnp.array([s.stragglers_fraction for s in specs], jnp.float32),
-      drop_stragglers=jnp.array([s.drop_stragglers for s in specs]),
-      exact_stragglers=jnp.array([server.exact_straggler_count(c.clients_per_round,
-                                                               s.stragglers_fraction)
-                                  for s in specs], jnp.int32),
-      weight_decay=full(c.weight_decay), momentum=full(c.momentum),
-      server=fedopt.ServerHParams(lr=jnp.array([s.server_lr for s in specs], jnp.float32),
-                                  momentum=full(server_hp.momentum), beta2=full(server_hp.beta2),
-                                  tau=full(server_hp.tau)),
-      # the algorithm's own (one structure a program: its experiments share the hooks)
-      algorithm=jax.tree_util.tree_map(
-          lambda *v: jnp.array(v, jnp.float32),
-          *[experiment.algorithm_hparams(c, algorithms.get(s.algorithm)) for s in specs]))
+  """The experiments' hyper-parameters (``experiment.hparams`` of each grid point), stacked."""
+  return jax.tree_util.tree_map(lambda *v: jnp.stack(v), *[
+      experiment.hparams(c, algorithms.get(s.algorithm), mu=s.mu,
+                         drop_stragglers=s.drop_stragglers,
+                         stragglers_fraction=s.stragglers_fraction) for s in specs])
 
 
 def statics(c: ml_collections.ConfigDict, point: GridPoint) -> tuple:
