@@ -26,8 +26,8 @@ from absl import app, flags
 import common
 from configs import niid_bench
 from fedprox_jax.data import mnist as data_lib
+from fedprox_jax.data import partition
 from fedprox_jax.run import config as config_lib
-from fedprox_jax.run import experiment
 
 flags.DEFINE_integer("rounds", 3, "rounds per cell")
 flags.DEFINE_integer("local_epochs", 1, "local epochs (the grid's: 10; reduced: 2)")
@@ -124,7 +124,7 @@ def jax_cells(mnist):
   out = {}
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
-    rows = sweep.run(c, workdir, mnist=mnist)
+    rows = sweep.run(c, workdir, source=mnist)
     total = time.perf_counter() - start
   for name, r in rows.items():
     algorithm = name.split("_")[1]
@@ -140,7 +140,7 @@ def main(_):
   c = niid_bench.get_config("grid")
   c.update(config_lib.split_fields(F.split))
   c.partition_seed = F.seed
-  split = experiment._partition(config_lib.resolve(c), mnist.train_labels)  # the sweep's own
+  split = partition.split(config_lib.resolve(c), mnist.train_labels)  # the sweep's own
   runs = {"jax": [], "torch": []}
   for _ in range(F.repeats):
     if "jax" in F.sides:

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import DEFAULT_DATA_DIR, header  # noqa: E402
 from fedprox_jax.data import mnist as data_lib  # noqa: E402
 from fedprox_jax.data import partition  # noqa: E402
-from fedprox_jax.run.experiment import PAPER_STATS  # noqa: E402
+from fedprox_jax.data.mnist import PAPER_STATS  # noqa: E402
 
 F = flags.FLAGS
 flags.DEFINE_integer("seeds", 1000, "partition seeds 0 .. seeds - 1")

@@ -17,7 +17,7 @@ from absl import app, flags
 
 import common  # noqa: F401  (puts the project on sys.path)
 from fedprox_jax.core import models, reference, server
-from fedprox_jax.core.client import FederatedData
+from fedprox_jax.federated_data import FederatedData
 from fedprox_jax.run import defaults, protocols
 
 FLAGS = flags.DEFINE_string("model", "cnn", "cnn | mlr")

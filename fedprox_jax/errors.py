@@ -12,6 +12,11 @@ class ConfigError(UserError, ValueError):
   """A config value that cannot work; the message names the field, the value and the fix."""
 
 
+class DataError(UserError):
+  """A data problem the user can fix (missing, damaged or malformed data); the message says
+  how."""
+
+
 class WorkdirError(UserError):
   """The workdir cannot be used for this run (in use, holds another run, not writable)."""
 

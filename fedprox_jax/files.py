@@ -6,6 +6,7 @@ numpy and the standard library only: the TFDS worker uses it too.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 import tempfile
@@ -76,3 +77,14 @@ def read_regular(path: str, max_bytes: int, what: str = "file") -> bytes:
   if len(data) > max_bytes:
     raise ValueError(f"it grew past {max_bytes} bytes while it was read")
   return data
+
+
+def ordered_digest(*arrays) -> str:
+  """sha256 of ``arrays`` (numpy) in their order: equal only for the same examples in the same
+  order (a resumed run checks it trains on exactly the data it started with)."""
+  import numpy as np
+  digest = hashlib.sha256()
+  for a in arrays:
+    a = np.ascontiguousarray(a)
+    digest.update(str((a.dtype, a.shape)).encode() + a.tobytes())
+  return digest.hexdigest()

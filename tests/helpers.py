@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedprox_jax.core.client import FederatedData
+from fedprox_jax.federated_data import FederatedData
 from fedprox_jax.data.mnist import IDX_FILES
 
 # Heterogeneous client sizes; batch size 4 divides none of the larger ones.

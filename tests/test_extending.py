@@ -90,3 +90,81 @@ def test_a_registered_algorithm_runs_from_the_command_line(tmp_path):
   assert ("config.hparams.feddyn.alpha=0.1 applies to the algorithm feddyn, which this run "
           "does not run: add --config.algorithm=feddyn") in other.stderr
   assert not (tmp_path / "bad").exists() and not (tmp_path / "other").exists()
+
+
+def _own_data(path, num_clients=12, per_client=(5, 40), seed=0):
+  """Three Gaussian blobs in 2-D, each client a few examples of them under its own (sparse,
+  unordered) id, and a test set: arrays in docs/examples/own_data.py's layout."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  centers = np.array([[0.0, 4.0], [4.0, -2.0], [-4.0, -2.0]])
+  ids = rng.permutation(1000)[:num_clients]
+  xs, ys, cids = [], [], []
+  for cid in ids:
+    n = int(rng.integers(*per_client))
+    y = rng.integers(0, 3, n)
+    xs.append(centers[y] + rng.normal(size=(n, 2)))
+    ys.append(y)
+    cids.append(np.full(n, cid))
+  test_y = rng.integers(0, 3, 300)
+  arrays = dict(x=np.concatenate(xs), y=np.concatenate(ys), client_id=np.concatenate(cids),
+                test_x=centers[test_y] + rng.normal(size=(300, 2)), test_y=test_y,
+                num_classes=3)
+  np.savez(path, **arrays)
+  return arrays
+
+
+def test_from_client_ids_keeps_each_clients_examples_in_order():
+  import numpy as np
+  import pytest
+  from fedprox_jax.data import federation
+  from fedprox_jax.errors import DataError
+  x = np.arange(7, dtype=np.float32)[:, None]
+  y = np.array([0, 1, 2, 0, 1, 2, 0])
+  ids = np.array([30, 5, 30, 7, 5, 30, 7])
+  fed = federation.from_client_ids(x, y, ids, x[:2], y[:2], num_classes=3)
+  # clients by sorted id: 5 -> examples 1, 4; 7 -> 3, 6; 30 -> 0, 2, 5
+  assert np.asarray(fed.train.x)[:, 0].tolist() == [1, 4, 3, 6, 0, 2, 5]
+  assert fed.train.sizes.tolist() == [2, 2, 3] and fed.train.offsets.tolist() == [0, 2, 4]
+  assert fed.num_classes == 3 and fed.stats["clients"] == 3 and fed.stats["max_train"] == 3
+  assert fed.train.x.dtype == np.float32 and fed.train.y.dtype == np.int32
+  for bad, match in (
+      (dict(y=np.array([0, 1, 3, 0, 1, 2, 0])), "labels must be integers from 0 to 2"),
+      (dict(client_id=ids[:6]), "6 client ids for 7 training examples"),
+      (dict(test_x=np.zeros((2, 3))), r"shape \(1,\) and test examples of shape \(3,\)")):
+    args = {**dict(x=x, y=y, client_id=ids, test_x=x[:2], test_y=y[:2]), **bad}
+    with pytest.raises(DataError, match=match) as e:
+      federation.from_client_ids(args["x"], args["y"], args["client_id"], args["test_x"],
+                                 args["test_y"], num_classes=3)
+    assert "\n" not in str(e.value)
+  # Arrays without clients: split by the config's partition, as MNIST is.
+  from configs import mnist as mnist_config
+  c = mnist_config.get_config("fedprox")
+  c.update(dict(partition="iid", num_clients=2, partition_seed=1))
+  fed = federation.from_arrays(c, x, y, x[:2], y[:2], num_classes=3)
+  assert sorted(np.asarray(fed.train.x)[:, 0].tolist()) == list(range(7))
+  assert len(fed.train.sizes) == 2 and fed.stats["examples"] == 7
+
+
+def test_a_data_set_of_your_own_runs_from_the_command_line(tmp_path):
+  import numpy as np
+  arrays = _own_data(tmp_path / "mine.npz")
+  example = os.path.join(ROOT, "docs", "examples", "own_data.py")
+  common = [f"--config={example}", f"--config.data_dir={tmp_path / 'mine.npz'}",
+            "--config.clients_per_round=4", "--config.num_rounds=3", "--config.lr=0.1",
+            "--config.mu=0.0"]
+  wrong = _launch(*common, "--config.num_clients=10", f"--workdir={tmp_path / 'wrong'}")
+  assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
+  assert ("config.num_clients=10: data set 'own_npz' has 12 clients: set "
+          "--config.num_clients=12") in wrong.stderr
+  workdir = tmp_path / "run"
+  result = _launch(*common, "--config.num_clients=12", f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["data"] == "own_npz" and config["genuine_mnist"] is None
+  stats = json.loads((workdir / "partition_stats.json").read_text())
+  assert stats["clients"] == 12 and stats["examples"] == len(arrays["y"])
+  assert stats["test_examples"] == 300
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert rows[-1]["round"] == 3 and rows[-1]["test_accuracy"] > 0.8  # the blobs are separable
+  assert np.isfinite(rows[-1]["test_loss"])

@@ -30,14 +30,14 @@ def _rows(workdir):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-  single.run(tiny_run_config(), workdir, mnist=MNIST, progress=False)
+  single.run(tiny_run_config(), workdir, source=MNIST, progress=False)
   return _rows(workdir)
 
 
 def _killed_after(tmp_path, t: int, **overrides) -> str:
   workdir = str(tmp_path / "run")
   with pytest.raises(Killed):
-    single.run(tiny_run_config(**overrides), workdir, mnist=MNIST, on_round=_kill_at(t),
+    single.run(tiny_run_config(**overrides), workdir, source=MNIST, on_round=_kill_at(t),
                progress=False)
   return workdir
 
@@ -59,7 +59,7 @@ def test_a_deep_config_json_is_one_line(tmp_path):
     f.write(DEEP)
   with pytest.raises(errors.WorkdirError, match=r"config.json is damaged \(its JSON is nested "
                                                 r"too deeply to read\): pass a new --workdir"):
-    single.run(tiny_run_config(), workdir, mnist=MNIST)
+    single.run(tiny_run_config(), workdir, source=MNIST)
 
 
 @pytest.mark.parametrize("line,match", [
@@ -75,14 +75,14 @@ def test_a_damaged_row_before_the_last_is_one_line(tmp_path, line, match):
   with open(path, "w") as f:
     f.write("\n".join([rows[0], line] + rows[1:]) + "\n")
   with pytest.raises(errors.WorkdirError, match=match):
-    single.run(tiny_run_config(), workdir, mnist=MNIST)
+    single.run(tiny_run_config(), workdir, source=MNIST)
 
 
 def test_a_sweep_row_without_its_experiment_is_one_line(tmp_path):
   c = tiny_sweep_config(num_rounds=2)
   c.sweep.update(dict(algorithms="fedavg", stragglers="0.5", seeds=1))
   workdir = tmp_path / "sweep"
-  sweep.run(c, str(workdir), mnist=MNIST, progress=False)
+  sweep.run(c, str(workdir), source=MNIST, progress=False)
   (workdir / "summary.json").unlink()  # as if it had been stopped before its end
   rows = (workdir / "rows.jsonl").read_text().splitlines()
   (workdir / "rows.jsonl").write_text("\n".join(
@@ -90,7 +90,7 @@ def test_a_sweep_row_without_its_experiment_is_one_line(tmp_path):
       + rows[1:]) + "\n")
   with pytest.raises(errors.WorkdirError, match="rows.jsonl line 1 is not a row \\(no "
                                                 "'experiment'\\)"):
-    sweep.run(c, str(workdir), mnist=MNIST, progress=False)
+    sweep.run(c, str(workdir), source=MNIST, progress=False)
 
 
 # --- rows written twice ------------------------------------------------------------------------
@@ -101,7 +101,7 @@ def test_a_row_written_twice_is_kept_once(tmp_path, uninterrupted):
   lines = open(path).read().splitlines()
   with open(path, "a") as f:
     f.write(lines[2] + "\n")  # round 3 again, after round 4
-  single.run(tiny_run_config(), workdir, mnist=MNIST, progress=False)
+  single.run(tiny_run_config(), workdir, source=MNIST, progress=False)
   assert _rows(workdir) == uninterrupted
   assert [r["round"] for r in _rows(workdir)] == list(range(1, 7))
 
@@ -113,7 +113,7 @@ def test_two_different_rows_of_one_round_are_computed_again(tmp_path, uninterrup
   other = {**json.loads(lines[2]), "test_accuracy": 0.123}
   with open(path, "a") as f:
     f.write(json.dumps(other) + "\n")  # which round 3 is right is unknown: it is recomputed
-  single.run(tiny_run_config(), workdir, mnist=MNIST, progress=False)
+  single.run(tiny_run_config(), workdir, source=MNIST, progress=False)
   assert _rows(workdir) == uninterrupted
 
 
@@ -127,10 +127,10 @@ def test_an_edited_config_json_cannot_resume_under_another_config(tmp_path):
   # The command agrees with the edited file, so config.json alone cannot see the change.
   with pytest.raises(errors.ConfigError, match="the checkpoint of round 4 in .* was computed "
                                                "with another config .*config.json edited"):
-    single.run(tiny_run_config(lr=0.3), workdir, mnist=MNIST)
+    single.run(tiny_run_config(lr=0.3), workdir, source=MNIST)
   assert [r["round"] for r in _rows(workdir)] == [1, 2, 3, 4]  # nothing was redone or lost
   json.dump(saved, open(path, "w"))  # the original config resumes
-  single.run(tiny_run_config(), workdir, mnist=MNIST, progress=False)
+  single.run(tiny_run_config(), workdir, source=MNIST, progress=False)
   assert [r["round"] for r in _rows(workdir)] == list(range(1, 7))
 
 
@@ -194,7 +194,7 @@ def test_output_files_follow_the_umask(tmp_path):
     mode = 0o666 & ~files._umask()
     assert mode == 0o644
     workdir = tmp_path / "run"
-    single.run(tiny_run_config(num_rounds=2, tensorboard=False), str(workdir), mnist=MNIST,
+    single.run(tiny_run_config(num_rounds=2, tensorboard=False), str(workdir), source=MNIST,
                progress=False)
   finally:
     os.umask(old)
@@ -231,7 +231,7 @@ def test_a_stop_as_side_by_side_programs_finish_is_a_stop_not_a_type_error(monke
 def test_python_runs_and_sweeps_report_progress_with_an_eta(tmp_path, capsys):
   """From Python (absl shows no INFO lines) a run printed nothing unless given on_round, and a
   sweep printed no ETA."""
-  single.run(tiny_run_config(num_rounds=3), str(tmp_path / "run"), mnist=MNIST)
+  single.run(tiny_run_config(num_rounds=3), str(tmp_path / "run"), source=MNIST)
   err = capsys.readouterr().err.splitlines()
   rounds = [l for l in err if l.startswith("round ")]
   assert [l.split()[1] for l in rounds] == ["1/3", "2/3", "3/3"], err
@@ -240,7 +240,7 @@ def test_python_runs_and_sweeps_report_progress_with_an_eta(tmp_path, capsys):
   c = tiny_sweep_config(num_rounds=3)
   c.sweep.update(dict(algorithms="fedavg,fedprox", stragglers="0.5", seeds=1,
                       experiments_per_program=1))
-  sweep.run(c, str(tmp_path / "sweep"), mnist=MNIST)
+  sweep.run(c, str(tmp_path / "sweep"), source=MNIST)
   err = capsys.readouterr().err.splitlines()
   rounds = [l for l in err if l.startswith("round ")]
   # The two programs run side by side: their lines interleave, the count is the sweep's.
@@ -250,7 +250,7 @@ def test_python_runs_and_sweeps_report_progress_with_an_eta(tmp_path, capsys):
   assert sum("ETA estimating" in l for l in rounds) == 1
   assert sum(bool(re.search(r"ETA \dm\d\ds\)$", l)) for l in rounds) == 5
   assert err[-1].startswith("sweep of 2 experiments done in")
-  single.run(tiny_run_config(num_rounds=2), str(tmp_path / "quiet"), mnist=MNIST, progress=False)
+  single.run(tiny_run_config(num_rounds=2), str(tmp_path / "quiet"), source=MNIST, progress=False)
   assert capsys.readouterr().err == ""
 
 

@@ -111,7 +111,7 @@ def test_launch_uses_all_devices_and_matches_one_device(tmp_path):
     rows, configs = {{}}, {{}}
     for n in (0, 1):  # 0 = all (8) devices
       workdir = "{tmp_path}/run%d" % n
-      single.run(tiny_run_config(num_rounds=3, num_devices=n), workdir, mnist=tiny_mnist())
+      single.run(tiny_run_config(num_rounds=3, num_devices=n), workdir, source=tiny_mnist())
       rows[n] = read_rows(workdir + "/metrics.jsonl")
       configs[n] = json.load(open(workdir + "/config.json"))
     # config.json records what was used: 8 devices, lanes rounded up to fill them.
@@ -165,7 +165,7 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
   _two_processes(tmp_path, """
     from fedprox_jax.run import single
     single.run(tiny_run_config(num_rounds=3, num_devices=num_devices), workdir,
-                 mnist=tiny_mnist())
+                 source=tiny_mnist())
   """)
   # Only process 0 writes: a second writer would duplicate every row.
   assert_same_rows(read_rows(tmp_path / "single" / "metrics.jsonl"),
@@ -180,7 +180,7 @@ def test_two_process_sweep_matches_one_process(tmp_path):
     from fedprox_jax.run import sweep
     c = tiny_sweep_config(num_devices=num_devices)
     c.sweep.seeds = 1  # 4 experiments: one per device
-    sweep.run(c, workdir, mnist=tiny_mnist())
+    sweep.run(c, workdir, source=tiny_mnist())
   """)
   single = plots.read_results_csv(str(tmp_path / "single" / "results.csv"))
   multi = plots.read_results_csv(str(tmp_path / "multi" / "results.csv"))

@@ -115,7 +115,7 @@ def test_seed_protocol_trains_on_90_percent_and_weighs_by_batches():
   c.update(dict(num_clients=20, clients_per_round=5, train_subset=1500, model="mlr"))
   c = config_lib.resolve(c)
   exp = experiment.prepare(c, _tiny_mnist(num_train=1500, num_test=100), lanes_over_devices=False).data
-  full = experiment._partition(c, _tiny_mnist(num_train=1500, num_test=100).train_labels[:1500])
+  full = partition.split(c, _tiny_mnist(num_train=1500, num_test=100).train_labels[:1500])
   expected_train = full.sizes - (full.sizes / 10).astype(int)
   np.testing.assert_array_equal(np.asarray(exp.train.sizes), expected_train)
   assert exp.stats["held_out_examples"] == int(full.sizes.sum() - expected_train.sum()) > 0

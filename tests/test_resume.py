@@ -49,7 +49,7 @@ def _kill_at(round_index):
 def _run_killed_after(c, workdir, round_index):
   """Runs ``c`` in ``workdir`` until a kill right after round ``round_index`` is saved."""
   with pytest.raises(Killed):
-    single.run(c, workdir, mnist=MNIST, on_round=_kill_at(round_index))
+    single.run(c, workdir, source=MNIST, on_round=_kill_at(round_index))
 
 
 def _rows(workdir):
@@ -64,7 +64,7 @@ def _same_as(rows, expected):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("full"))
-  single.run(_config(), workdir, mnist=MNIST)
+  single.run(_config(), workdir, source=MNIST)
   rows = _rows(workdir)
   assert [r["round"] for r in rows] == [1, 2, 3, 4, 5, 6]
   return rows
@@ -75,7 +75,7 @@ def test_kill_after_a_round_and_resume_equals_uninterrupted_run(tmp_path, uninte
   workdir = str(tmp_path)
   for k in kills:
     _run_killed_after(_config(), workdir, k)
-  summary = single.run(_config(), workdir, mnist=MNIST)
+  summary = single.run(_config(), workdir, source=MNIST)
   last = kills[-1] // 2 * 2  # the newest checkpoint (checkpoint_every = 2, and round 6)
   assert summary["resumed_after_round"] == (last or None)
   _same_as(_rows(workdir), uninterrupted)
@@ -87,9 +87,9 @@ def test_server_state_resumes_exactly(tmp_path, algorithm):
   model: a run killed after round 3 resumes to the uninterrupted run's rows."""
   c = _config(algorithm=algorithm, mu=0.0, momentum=0.5)
   full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
-  single.run(c, full, mnist=MNIST)
+  single.run(c, full, source=MNIST)
   _run_killed_after(c, killed, 3)
-  single.run(c, killed, mnist=MNIST)
+  single.run(c, killed, source=MNIST)
   _same_as(_rows(killed), _rows(full))
 
 
@@ -107,8 +107,8 @@ def test_a_workdir_written_before_the_successors_resumes(tmp_path, uninterrupted
   with open(path, "w") as f:
     json.dump(saved, f)
   with pytest.raises(errors.ConfigError, match="momentum: 0.0 -> 0.5"):  # a real change still
-    single.run(_config(momentum=0.5), workdir, mnist=MNIST)
-  single.run(_config(), workdir, mnist=MNIST)
+    single.run(_config(momentum=0.5), workdir, source=MNIST)
+  single.run(_config(), workdir, source=MNIST)
   _same_as(_rows(workdir), uninterrupted)
 
 
@@ -129,20 +129,20 @@ def test_kill_between_row_and_checkpoint_loses_no_row(tmp_path, monkeypatch, uni
   with monkeypatch.context() as m:
     _kill_during_save(m, round_index)
     with pytest.raises(Killed):
-      single.run(_config(), str(tmp_path), mnist=MNIST)
-  summary = single.run(_config(), str(tmp_path), mnist=MNIST)
+      single.run(_config(), str(tmp_path), source=MNIST)
+  summary = single.run(_config(), str(tmp_path), source=MNIST)
   _same_as(_rows(str(tmp_path)), uninterrupted)
   assert summary["final_test_accuracy"] == uninterrupted[-1]["test_accuracy"]
 
 
 def test_one_round_run_killed_before_its_checkpoint_resumes(tmp_path, monkeypatch):
   full = str(tmp_path / "full")
-  single.run(_config(num_rounds=1), full, mnist=MNIST)
+  single.run(_config(num_rounds=1), full, source=MNIST)
   with monkeypatch.context() as m:
     _kill_during_save(m, 1)
     with pytest.raises(Killed):
-      single.run(_config(num_rounds=1), str(tmp_path / "killed"), mnist=MNIST)
-  summary = single.run(_config(num_rounds=1), str(tmp_path / "killed"), mnist=MNIST)
+      single.run(_config(num_rounds=1), str(tmp_path / "killed"), source=MNIST)
+  summary = single.run(_config(num_rounds=1), str(tmp_path / "killed"), source=MNIST)
   assert summary["final_round"] == 1
   _same_as(_rows(str(tmp_path / "killed")), _rows(full))
 
@@ -152,7 +152,7 @@ def test_damaged_last_line_does_not_block_resume(tmp_path, uninterrupted):
   _run_killed_after(_config(), workdir, 3)
   with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
     f.write('{"round": 4, "test_acc')  # a kill in the middle of writing a row
-  single.run(_config(), workdir, mnist=MNIST)
+  single.run(_config(), workdir, source=MNIST)
   _same_as(_rows(workdir), uninterrupted)
 
 
@@ -160,7 +160,7 @@ def test_wall_time_counts_every_segment(tmp_path):
   workdir = str(tmp_path)
   _run_killed_after(_config(), workdir, 4)
   before = outputs.read_jsonl(os.path.join(workdir, "metrics.jsonl"))[-1]["wall_time"]
-  summary = single.run(_config(), workdir, mnist=MNIST)
+  summary = single.run(_config(), workdir, source=MNIST)
   times = [r["wall_time"] for r in outputs.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
   assert times == sorted(times) and times[3] == before
   assert summary["rounds_loop_seconds"] == times[-1] > before
@@ -173,7 +173,7 @@ _WORKER = textwrap.dedent("""
     from helpers import tiny_mnist, tiny_run_config
     signals.install()
     single.run(tiny_run_config(num_rounds=int(sys.argv[2]), checkpoint_every=1), sys.argv[1],
-                 mnist=tiny_mnist())
+                 source=tiny_mnist())
 """)
 
 
@@ -237,17 +237,17 @@ def test_sigterm_stops_cleanly_and_resumes(tmp_path):
   assert proc.returncode != 0, "the run ended before SIGTERM: raise num_rounds"
   assert "stopped by SIGTERM after round" in err and "to resume" in err, err[-2000:]
   c = _config(num_rounds=num_rounds, checkpoint_every=1)
-  summary = single.run(c, str(tmp_path / "stopped"), mnist=MNIST)
+  summary = single.run(c, str(tmp_path / "stopped"), source=MNIST)
   assert 2 <= summary["resumed_after_round"] < num_rounds
-  single.run(c, str(tmp_path / "full"), mnist=MNIST)
+  single.run(c, str(tmp_path / "full"), source=MNIST)
   _same_as(_rows(str(tmp_path / "stopped")), _rows(str(tmp_path / "full")))
 
 
 def test_workdir_is_locked_while_a_run_uses_it(tmp_path):
   with workdir_lib.Workdir(str(tmp_path), "run"):
     with pytest.raises(errors.WorkdirError, match="is in use by process"):
-      single.run(_config(), str(tmp_path), mnist=MNIST)
-  single.run(_config(num_rounds=2), str(tmp_path), mnist=MNIST)  # free again
+      single.run(_config(), str(tmp_path), source=MNIST)
+  single.run(_config(num_rounds=2), str(tmp_path), source=MNIST)  # free again
 
 
 def test_default_workdirs_of_one_second_differ(tmp_path, monkeypatch):
@@ -259,47 +259,47 @@ def test_default_workdirs_of_one_second_differ(tmp_path, monkeypatch):
 
 
 def test_sweep_never_writes_into_a_finished_run(tmp_path):
-  single.run(_config(num_rounds=2), str(tmp_path), mnist=MNIST)
+  single.run(_config(num_rounds=2), str(tmp_path), source=MNIST)
   before = {p: os.path.getmtime(p) for p in glob.glob(str(tmp_path / "*"))}
   c = _config(mode="sweep")
   with pytest.raises(errors.WorkdirError, match="holds a finished run"):
-    sweep.run(c, str(tmp_path), mnist=MNIST)
+    sweep.run(c, str(tmp_path), source=MNIST)
   assert {p: os.path.getmtime(p) for p in glob.glob(str(tmp_path / "*"))} == before
 
 
 def test_sweep_never_resumes_an_unfinished_run(tmp_path):
   _run_killed_after(_config(), str(tmp_path), 2)
   with pytest.raises(errors.WorkdirError, match="holds an unfinished run, and this is a sweep"):
-    sweep.run(_config(mode="sweep"), str(tmp_path), mnist=MNIST)
+    sweep.run(_config(mode="sweep"), str(tmp_path), source=MNIST)
 
 
 def test_failed_start_leaves_the_workdir_usable(tmp_path):
   with pytest.raises(errors.ConfigError, match="num_devices=64: this process sees 1 device"):
-    single.run(_config(num_devices=64), str(tmp_path), mnist=MNIST)
+    single.run(_config(num_devices=64), str(tmp_path), source=MNIST)
   with pytest.raises(errors.ConfigError, match="cannot partition"):
-    single.run(_config(num_clients=25), str(tmp_path), mnist=MNIST)
+    single.run(_config(num_clients=25), str(tmp_path), source=MNIST)
   assert not os.path.exists(tmp_path / "config.json")
-  single.run(_config(num_rounds=2), str(tmp_path), mnist=MNIST)
+  single.run(_config(num_rounds=2), str(tmp_path), source=MNIST)
 
 
 def test_fields_that_change_no_result_may_change_on_resume(tmp_path, uninterrupted):
   _run_killed_after(_config(), str(tmp_path), 3)
   # Where the data comes from, TensorBoard and the checkpoint interval do not block it ...
   single.run(_config(data_dir="/elsewhere", download=False, tensorboard=True,
-                       checkpoint_every=3), str(tmp_path), mnist=MNIST)
+                       checkpoint_every=3), str(tmp_path), source=MNIST)
   _same_as(_rows(str(tmp_path)), uninterrupted)
 
 
 def test_config_change_on_resume_is_refused(tmp_path):
   _run_killed_after(_config(), str(tmp_path), 3)
   with pytest.raises(errors.ConfigError, match=r"different config \(mu: 1.0 -> 0.5\)"):
-    single.run(_config(mu=0.5), str(tmp_path), mnist=MNIST)
+    single.run(_config(mu=0.5), str(tmp_path), source=MNIST)
 
 
 def test_other_data_on_resume_is_refused(tmp_path):
   _run_killed_after(_config(), str(tmp_path), 3)
   with pytest.raises(errors.ConfigError, match="training data .* differs"):
-    single.run(_config(), str(tmp_path), mnist=tiny_mnist(seed=1))
+    single.run(_config(), str(tmp_path), source=tiny_mnist(seed=1))
 
 
 def test_config_json_records_the_layout_used_and_a_changed_layout_is_reported(tmp_path, caplog):
@@ -307,7 +307,7 @@ def test_config_json_records_the_layout_used_and_a_changed_layout_is_reported(tm
   saved = outputs.read_json(str(tmp_path / "config.json"))
   assert (saved["num_lanes"], saved["num_devices"], saved["eval_batch_size"]) == (1, 1, 200)
   assert saved["weight_decay"] == 0.001  # the protocol's value, not None
-  single.run(_config(num_lanes=2), str(tmp_path), mnist=MNIST)
+  single.run(_config(num_lanes=2), str(tmp_path), source=MNIST)
   assert "num_lanes 1 -> 2" in caplog.text
 
 
@@ -320,7 +320,7 @@ def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, uninterrup
     if os.path.isfile(path):
       with open(path, "wb") as f:
         f.write(b"garbage")
-  single.run(_config(), workdir, mnist=MNIST)
+  single.run(_config(), workdir, source=MNIST)
   _same_as(_rows(workdir), uninterrupted)
 
 
@@ -332,13 +332,13 @@ def test_all_checkpoints_corrupted_fails_clearly(tmp_path):
       with open(path, "wb") as f:
         f.write(b"garbage")
   with pytest.raises(checkpoints.CheckpointError, match="Delete that directory"):
-    single.run(_config(), workdir, mnist=MNIST)
+    single.run(_config(), workdir, source=MNIST)
 
 
 def test_unwritable_checkpoints_directory_is_a_clear_error(tmp_path):
   (tmp_path / "checkpoints").write_text("a file where the directory should be")
   with pytest.raises(checkpoints.CheckpointError, match="cannot (write|use) the checkpoint"):
-    single.run(_config(), str(tmp_path), mnist=MNIST)
+    single.run(_config(), str(tmp_path), source=MNIST)
 
 
 def _poison_round(monkeypatch, round_index):
@@ -364,7 +364,7 @@ def _poison_round(monkeypatch, round_index):
 def test_nan_injection_stops_with_round_and_keeps_last_checkpoint(tmp_path, monkeypatch):
   _poison_round(monkeypatch, 5)
   with pytest.raises(errors.DivergenceError, match="diverged at round 5") as e:
-    single.run(_config(), str(tmp_path), mnist=MNIST)
+    single.run(_config(), str(tmp_path), source=MNIST)
   assert "last good checkpoint is round 4" in str(e.value)
   assert checkpoints.Checkpoints(os.path.join(tmp_path, "checkpoints")).steps() == [2, 4]
   assert [r["round"] for r in _rows(str(tmp_path))] == [1, 2, 3, 4]
@@ -375,32 +375,32 @@ def test_divergence_between_evaluations_names_its_round(tmp_path, monkeypatch):
   round that diverged (5) is still the one named, and no non-finite model is checkpointed."""
   _poison_round(monkeypatch, 5)
   with pytest.raises(errors.DivergenceError, match="diverged at round 5.*round 3"):
-    single.run(_config(eval_every=3, checkpoint_every=3), str(tmp_path), mnist=MNIST)
+    single.run(_config(eval_every=3, checkpoint_every=3), str(tmp_path), source=MNIST)
   assert checkpoints.Checkpoints(os.path.join(tmp_path, "checkpoints")).steps() == [3]
 
 
 def test_real_divergence_from_a_huge_learning_rate(tmp_path):
   with pytest.raises(errors.DivergenceError, match="diverged at round 1.*Lower --config.lr"):
-    single.run(_config(lr=1e30, mu=0.0), str(tmp_path), mnist=MNIST)
+    single.run(_config(lr=1e30, mu=0.0), str(tmp_path), source=MNIST)
 
 
 def test_divergence_from_lr_times_mu_above_2_says_lower_mu(tmp_path):
   with pytest.raises(errors.DivergenceError, match=r"lr \* mu = 30 > 2.*lower --config.mu"):
-    single.run(_config(lr=0.3, mu=100.0), str(tmp_path), mnist=MNIST)
+    single.run(_config(lr=0.3, mu=100.0), str(tmp_path), source=MNIST)
   assert "raise" not in experiment.divergence_advice(0.3, 100.0)
 
 
 def test_all_dropped_rounds_record_no_local_loss(tmp_path):
   c = _config(num_rounds=2, stragglers_fraction=1.0, drop_stragglers=True,
               straggler_rule="exact")
-  single.run(c, str(tmp_path), mnist=MNIST)
+  single.run(c, str(tmp_path), source=MNIST)
   rows = _rows(str(tmp_path))
   assert len(rows) == 2 and all(r["all_dropped"] and r["local_train_loss"] is None for r in rows)
   assert os.path.exists(tmp_path / "metrics.png")
 
 
 def test_plots_redraws_a_single_runs_figure(tmp_path):
-  single.run(_config(num_rounds=3, eval_every=2), str(tmp_path), mnist=MNIST)
+  single.run(_config(num_rounds=3, eval_every=2), str(tmp_path), source=MNIST)
   os.remove(tmp_path / "metrics.png")
   result = subprocess.run([sys.executable, "-m", "fedprox_jax.report.plots", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
@@ -432,7 +432,7 @@ def _read_scalars(logdir):
 
 
 def test_tensorboard_events_are_written_and_readable(tmp_path):
-  single.run(_config(num_rounds=3, tensorboard=True), str(tmp_path), mnist=MNIST)
+  single.run(_config(num_rounds=3, tensorboard=True), str(tmp_path), source=MNIST)
   scalars = _read_scalars(os.path.join(tmp_path, "tensorboard"))
   rows = _rows(str(tmp_path))
   assert [step for step, _ in scalars["test_accuracy"]] == [1, 2, 3] == [r["round"] for r in rows]

@@ -42,7 +42,7 @@ def _rows(workdir):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-  single.run(tiny_run_config(), workdir, mnist=MNIST)
+  single.run(tiny_run_config(), workdir, source=MNIST)
   return _rows(workdir)
 
 
@@ -99,13 +99,13 @@ def test_modified_idx_files_are_refused_then_recorded_when_allowed(genuine, tmp_
   _write_idx(tmp_path / "idx", m, gz=False)
   c = tiny_run_config(data_source="idx", data_dir=str(tmp_path / "idx"), train_subset=2000)
   with pytest.raises(data.DataError, match="is not genuine MNIST"):
-    single.run(c, str(tmp_path / "refused"), mnist=None)
+    single.run(c, str(tmp_path / "refused"), source=None)
   assert not os.path.exists(tmp_path / "refused")  # a failed start leaves nothing
   c.allow_modified_mnist = True
-  single.run(c, str(tmp_path / "allowed"), mnist=None)
+  single.run(c, str(tmp_path / "allowed"), source=None)
   assert outputs.read_json(str(tmp_path / "allowed" / "config.json"))["genuine_mnist"] is False
   single.run(tiny_run_config(data_source="idx", data_dir=IDX_DIR, train_subset=2000),
-               str(tmp_path / "genuine"), mnist=None)
+               str(tmp_path / "genuine"), source=None)
   assert outputs.read_json(str(tmp_path / "genuine" / "config.json"))["genuine_mnist"] is True
 
 
@@ -215,7 +215,7 @@ def test_a_non_finite_test_loss_stops_the_run_and_every_row_is_valid_json(tmp_pa
     return overflowing
   monkeypatch.setattr(experiment, "make_evaluate_fn", make_evaluate_fn)
   with pytest.raises(errors.DivergenceError, match="diverged at round 3: the test loss is inf"):
-    single.run(tiny_run_config(), str(tmp_path), mnist=MNIST)
+    single.run(tiny_run_config(), str(tmp_path), source=MNIST)
   with open(tmp_path / "metrics.jsonl") as f:
     rows = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl"))
             for line in f]
@@ -233,7 +233,7 @@ def test_a_checkpoint_whose_arrays_changed_falls_back_to_the_previous(tmp_path, 
   rewritten through orbax itself, with the digest of the original) must not be resumed."""
   workdir = str(tmp_path)
   with pytest.raises(Killed):
-    single.run(tiny_run_config(), workdir, mnist=MNIST, on_round=_kill_at(5))
+    single.run(tiny_run_config(), workdir, source=MNIST, on_round=_kill_at(5))
   directory = os.path.join(workdir, "checkpoints")
   manager = ocp.CheckpointManager(directory)
   state = manager.restore(4, args=ocp.args.StandardRestore())
@@ -246,7 +246,7 @@ def test_a_checkpoint_whose_arrays_changed_falls_back_to_the_previous(tmp_path, 
   manager.save(4, args=ocp.args.StandardSave(state), force=True)
   manager.wait_until_finished()
   manager.close()
-  summary = single.run(tiny_run_config(), workdir, mnist=MNIST)
+  summary = single.run(tiny_run_config(), workdir, source=MNIST)
   assert "do not match the digest saved with them" in caplog.text
   assert summary["resumed_after_round"] == 2
   assert _rows(workdir) == uninterrupted
@@ -255,11 +255,11 @@ def test_a_checkpoint_whose_arrays_changed_falls_back_to_the_previous(tmp_path, 
 def test_a_checkpointed_rounds_damaged_row_is_computed_again(tmp_path, uninterrupted):
   workdir = str(tmp_path)
   with pytest.raises(Killed):
-    single.run(tiny_run_config(), workdir, mnist=MNIST, on_round=_kill_at(4))
+    single.run(tiny_run_config(), workdir, source=MNIST, on_round=_kill_at(4))
   metrics = tmp_path / "metrics.jsonl"
   text = metrics.read_text()
   metrics.write_text(text[:len(text) - len(text.splitlines()[-1]) // 2 - 1])  # row 4 cut in half
-  single.run(tiny_run_config(), workdir, mnist=MNIST)
+  single.run(tiny_run_config(), workdir, source=MNIST)
   assert _rows(workdir) == uninterrupted  # round 4 is there again
 
 
@@ -267,7 +267,7 @@ def test_rows_deleted_while_the_run_goes_on_are_written_again(tmp_path, uninterr
   def on_round(t, row):
     if t == 3:
       os.remove(tmp_path / "metrics.jsonl")
-  single.run(tiny_run_config(), str(tmp_path), mnist=MNIST, on_round=on_round)
+  single.run(tiny_run_config(), str(tmp_path), source=MNIST, on_round=on_round)
   assert "was changed or deleted while the run went on (3 of its 6 rows as computed)" in \
       caplog.text
   assert _rows(str(tmp_path)) == uninterrupted
@@ -276,10 +276,10 @@ def test_rows_deleted_while_the_run_goes_on_are_written_again(tmp_path, uninterr
 def test_tensorboard_after_a_resume_holds_every_round(tmp_path):
   c = tiny_run_config(tensorboard=True)
   with pytest.raises(Killed):
-    single.run(c, str(tmp_path), mnist=MNIST, on_round=_kill_at(5))
+    single.run(c, str(tmp_path), source=MNIST, on_round=_kill_at(5))
   for path in glob.glob(str(tmp_path / "tensorboard" / "*")):
     os.remove(path)  # as a kill before the writer's flush loses them
-  single.run(c, str(tmp_path), mnist=MNIST)
+  single.run(c, str(tmp_path), source=MNIST)
   scalars = _read_scalars(str(tmp_path / "tensorboard"))
   assert [step for step, _ in scalars["test_accuracy"]] == [1, 2, 3, 4, 5, 6]
   assert [v for _, v in scalars["test_accuracy"]] == pytest.approx(
@@ -288,10 +288,10 @@ def test_tensorboard_after_a_resume_holds_every_round(tmp_path):
 
 def test_a_garbled_partition_stats_on_resume_is_one_line(tmp_path):
   with pytest.raises(Killed):
-    single.run(tiny_run_config(), str(tmp_path), mnist=MNIST, on_round=_kill_at(3))
+    single.run(tiny_run_config(), str(tmp_path), source=MNIST, on_round=_kill_at(3))
   (tmp_path / "partition_stats.json").write_text("{garbled")
   with pytest.raises(errors.WorkdirError, match="partition_stats.json is missing or damaged"):
-    single.run(tiny_run_config(), str(tmp_path), mnist=MNIST)
+    single.run(tiny_run_config(), str(tmp_path), source=MNIST)
 
 
 # --- the workdir: symlinks, locks, paths -----------------------------------------------------
@@ -307,7 +307,7 @@ def test_a_symlink_inside_the_workdir_is_refused_and_its_target_untouched(tmp_pa
   workdir.mkdir()
   os.symlink(target, workdir / name)
   with pytest.raises(errors.WorkdirError, match="holds a symbolic link"):
-    single.run(tiny_run_config(tensorboard=True), str(workdir), mnist=MNIST)
+    single.run(tiny_run_config(tensorboard=True), str(workdir), source=MNIST)
   assert os.listdir(victim) == ["precious"] and (victim / "precious").read_text() == "keep me"
 
 
@@ -337,13 +337,13 @@ def test_deleting_the_lock_file_does_not_let_a_second_run_in(tmp_path):
 @pytest.mark.parametrize("name", ["a[1]", "runs**", "what?"])
 def test_glob_characters_in_the_workdir_path_are_one_line(tmp_path, name):
   with pytest.raises(errors.WorkdirError, match=r"pass a --workdir without \*, \?, \[ or \]"):
-    single.run(tiny_run_config(), str(tmp_path / name), mnist=MNIST)
+    single.run(tiny_run_config(), str(tmp_path / name), source=MNIST)
 
 
 def test_a_plan_too_large_for_memory_is_refused_before_compiling(tmp_path):
   start = time.time()
   with pytest.raises(errors.ConfigError, match=r"config.local_epochs=10000000000: .* GiB"):
-    single.run(tiny_run_config(local_epochs=10**10), str(tmp_path / "run"), mnist=MNIST)
+    single.run(tiny_run_config(local_epochs=10**10), str(tmp_path / "run"), source=MNIST)
   assert time.time() - start < 60
 
 
@@ -467,7 +467,7 @@ def test_a_sweep_experiment_whose_evaluation_overflows_is_a_divergence(tmp_path,
   c.sweep.update(dict(algorithms="fedavg", stragglers="0.5", seeds=2, experiments_per_program=2))
   with pytest.raises(errors.DivergenceError, match=r"1 of 2 experiments diverged \(fedavg.* at "
                      r"round 1\)"):
-    sweep.run(c, str(tmp_path), mnist=MNIST)
+    sweep.run(c, str(tmp_path), source=MNIST)
   for name in ("results.csv", "summary.md", "rows.jsonl"):
     text = (tmp_path / name).read_text().lower()
     assert "inf" not in text and "nan" not in text, name
@@ -484,7 +484,7 @@ def test_a_workdir_deleted_under_a_running_run_is_an_error_not_a_success(tmp_pat
       if replaced:
         (tmp_path / "run").mkdir()
   with pytest.raises(errors.WorkdirError, match="was deleted or replaced while the run went on"):
-    single.run(tiny_run_config(), str(tmp_path / "run"), mnist=MNIST, on_round=on_round)
+    single.run(tiny_run_config(), str(tmp_path / "run"), source=MNIST, on_round=on_round)
   assert not (tmp_path / "run" / "summary.json").exists()
 
 
@@ -510,9 +510,9 @@ def test_a_full_disk_stops_with_one_line_and_the_run_resumes_exactly(tmp_path, t
   filler = tiny_filesystem / "filler"
   filler.write_bytes(b"x" * 60_000)  # so that the disk fills within the six rounds
   with pytest.raises((OSError, errors.UserError)) as e:
-    single.run(c, str(workdir), mnist=MNIST)
+    single.run(c, str(workdir), source=MNIST)
   assert "No space left" in str(e.value) or "free disk space" in str(e.value), e.value
   moved = tmp_path / "moved"
   shutil.copytree(workdir, moved)  # the user frees space (here: moves the workdir)
-  single.run(c, str(moved), mnist=MNIST)
+  single.run(c, str(moved), source=MNIST)
   assert _rows(str(moved)) == uninterrupted

@@ -48,7 +48,7 @@ def _rounds(workdir):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("full")
-  single.run(_config(), str(workdir), mnist=MNIST)
+  single.run(_config(), str(workdir), source=MNIST)
   return read_rows(str(workdir / "metrics.jsonl"))
 
 
@@ -62,7 +62,7 @@ def test_a_runs_rows_have_the_schema_columns(uninterrupted):
 
 
 def _resumed_equals_uninterrupted(workdir, uninterrupted):
-  single.run(_config(), workdir, mnist=MNIST)
+  single.run(_config(), workdir, source=MNIST)
   assert read_rows(os.path.join(workdir, "metrics.jsonl")) == uninterrupted
 
 
@@ -74,7 +74,7 @@ def test_a_signal_while_a_round_is_recorded_stops_after_the_round_then_running(
       os.kill(os.getpid(), signal.SIGINT)
   workdir = str(tmp_path / "run")
   with pytest.raises(errors.Interrupted, match="stopped by SIGINT after round 6, with its"):
-    single.run(_config(), workdir, mnist=MNIST, on_round=on_round)
+    single.run(_config(), workdir, source=MNIST, on_round=on_round)
   assert _rounds(workdir) == list(range(1, 7)) and _steps(workdir) == [6]
   signals._state["received"] = None
   _resumed_equals_uninterrupted(workdir, uninterrupted)
@@ -94,7 +94,7 @@ def test_a_signal_while_a_round_runs_discards_the_round_queued_behind_it(tmp_pat
   monkeypatch.setattr(signals, "wait_ready", wait_ready)
   workdir = str(tmp_path / "run")
   with pytest.raises(errors.Interrupted, match="stopped by SIGTERM after round 4, with its"):
-    single.run(_config(), workdir, mnist=MNIST)
+    single.run(_config(), workdir, source=MNIST)
   assert _rounds(workdir) == [1, 2, 3, 4] and _steps(workdir) == [4]
 
 
@@ -105,7 +105,7 @@ def test_a_second_signal_stops_at_once(tmp_path, installed, uninterrupted):
       os.kill(os.getpid(), signal.SIGINT)  # at once: round 6 is never recorded
   workdir = str(tmp_path / "run")
   with pytest.raises(errors.Interrupted, match="a second signal"):
-    single.run(_config(), workdir, mnist=MNIST, on_round=on_round)
+    single.run(_config(), workdir, source=MNIST, on_round=on_round)
   assert _rounds(workdir) == list(range(1, 6)) and _steps(workdir) == []
   signals._state["received"] = None
   _resumed_equals_uninterrupted(workdir, uninterrupted)
@@ -170,7 +170,7 @@ def test_a_signal_whose_raise_was_swallowed_after_the_last_round_still_stops(tmp
     if t == config.num_rounds:  # the handler ran, its raise was lost
       signals._state["received"] = "SIGTERM"
   with pytest.raises(errors.Interrupted, match="stopped by SIGTERM"):
-    single.run(config, str(tmp_path), mnist=MNIST, on_round=on_round, progress=False)
+    single.run(config, str(tmp_path), source=MNIST, on_round=on_round, progress=False)
   assert not (tmp_path / "summary.json").exists()
   assert _rounds(str(tmp_path)) == list(range(1, config.num_rounds + 1))  # all rows kept
   signals.restore_default()

@@ -286,14 +286,14 @@ def test_a_sweeps_successor_equals_its_single_run(tmp_path):
   c = tiny_sweep_config(variant="figure1", momentum=0.5, num_rounds=3, eval_every=1)
   c.sweep.update(dict(algorithms="scaffold,fedadam", stragglers="0.5", seeds=2,
                       dissimilarity=False, global_train_loss=False))
-  together = sweep.run(c, str(tmp_path / "sweep"), mnist=mnist)
+  together = sweep.run(c, str(tmp_path / "sweep"), source=mnist)
   assert len(together) == 4
   for name, algorithm in (("scaffold_s0.5_seed1", "scaffold"), ("fedadam_s0.5_seed0", "fedadam")):
     seed = int(name[-1])
     run = tiny_run_config(algorithm=algorithm, mu=0.0, drop_stragglers=False, seed=seed,
                           momentum=0.5, num_rounds=3, local_epochs=2, checkpoint_every=10,
                           protocol="seed", model="mlr", eval_every=1)
-    single.run(run, str(tmp_path / name), mnist=mnist)
+    single.run(run, str(tmp_path / name), source=mnist)
     from helpers import read_rows
     alone = read_rows(str(tmp_path / name / "metrics.jsonl"))
     assert_same_rows(together[name], alone, ("test_accuracy", "test_loss", "local_train_loss"),
@@ -310,5 +310,5 @@ def test_a_sweep_too_large_for_scaffold_writes_nothing(tmp_path, monkeypatch):
   c.sweep.algorithms = "fedavg,scaffold"
   monkeypatch.setattr(distributed, "device_memory_bytes", lambda: 2**20)  # a 1 MiB device
   with pytest.raises(ConfigError, match="SCAFFOLD keeps a control variate per client"):
-    sweep.run(c, str(tmp_path / "w"), mnist=tiny_mnist())
+    sweep.run(c, str(tmp_path / "w"), source=tiny_mnist())
   assert not (tmp_path / "w" / "config.json").exists()

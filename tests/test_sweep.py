@@ -102,7 +102,7 @@ def test_b_dissimilarity_is_one_when_every_client_holds_the_same_data():
 
 def test_sweep_writes_results_table_and_figure(tmp_path):
   c = _tiny_config(eval_every=2)
-  sweep.run(c, str(tmp_path), mnist=_tiny_mnist())
+  sweep.run(c, str(tmp_path), source=_tiny_mnist())
   for name in ("results.csv", "summary.md", "figure1.png", "summary.json", "config.json",
                "partition_stats.json"):
     assert (tmp_path / name).exists(), name
@@ -117,14 +117,14 @@ def test_sweep_writes_results_table_and_figure(tmp_path):
   assert result.returncode == 0, result.stderr
   assert (tmp_path / "figure1.png").exists()
   with pytest.raises(errors.WorkdirError, match="holds a finished sweep"):
-    sweep.run(c, str(tmp_path), mnist=_tiny_mnist())
+    sweep.run(c, str(tmp_path), source=_tiny_mnist())
 
 
 def test_partition_axis_sweep_equals_its_experiments_run_one_by_one(tmp_path):
   c = _tiny_config(partition_seed=5, num_rounds=2)
   c.sweep.update(dict(stragglers="0.5", partitions=2))  # 2 partitions x 2 algorithms x 2 seeds
   mnist = _tiny_mnist()
-  results = sweep.run(c, str(tmp_path), mnist=mnist)
+  results = sweep.run(c, str(tmp_path), source=mnist)
   specs = sweep.experiment_grid(c)
   assert [(s.partition, s.seed) for s in specs if s.algorithm == "fedprox"] == \
       [(5, 0), (5, 1), (6, 0), (6, 1)]
@@ -260,7 +260,7 @@ def _sweep_config():
 @pytest.fixture(scope="module")
 def uninterrupted_sweep(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("sweep_full"))
-  sweep.run(_sweep_config(), workdir, mnist=_tiny_mnist())
+  sweep.run(_sweep_config(), workdir, source=_tiny_mnist())
   rows = _results(workdir)
   assert len(rows) == 8 * 3
   return rows
@@ -296,15 +296,15 @@ def test_sweep_killed_at_many_points_resumes_to_identical_results(tmp_path, monk
   for kill_saves, kill_appends in (({2}, set()), (set(), {3}), ({4}, set())):
     counter.update(save=0, append=0)
     with pytest.raises(Killed):
-      sweep.run(_sweep_config(), str(tmp_path), mnist=_tiny_mnist())
+      sweep.run(_sweep_config(), str(tmp_path), source=_tiny_mnist())
     kills += 1
   kill_saves, kill_appends = set(), set()
   c = _sweep_config()
   c.sweep.experiments_per_program = 4  # the programs' layout cannot change on resume ...
   with pytest.raises(errors.ConfigError, match="was started with 2"):
-    sweep.run(c, str(tmp_path), mnist=_tiny_mnist())
+    sweep.run(c, str(tmp_path), source=_tiny_mnist())
   c.sweep.experiments_per_program = 0  # ... and 0 (the default) means the one it started with
-  sweep.run(c, str(tmp_path), mnist=_tiny_mnist())
+  sweep.run(c, str(tmp_path), source=_tiny_mnist())
   assert kills == 3
   assert _results(str(tmp_path)) == uninterrupted_sweep
 
@@ -313,12 +313,12 @@ def test_sweep_config_change_on_resume_is_refused(tmp_path, monkeypatch):
   from fedprox_jax.run import checkpoints
   monkeypatch.setattr(checkpoints.Checkpoints, "save", lambda *a: (_ for _ in ()).throw(Killed()))
   with pytest.raises(Killed):
-    sweep.run(_sweep_config(), str(tmp_path), mnist=_tiny_mnist())
+    sweep.run(_sweep_config(), str(tmp_path), source=_tiny_mnist())
   monkeypatch.undo()
   c = _sweep_config()
   c.sweep.mu = 0.5
   with pytest.raises(errors.ConfigError, match=r"sweep.mu: 1.0 -> 0.5"):
-    sweep.run(c, str(tmp_path), mnist=_tiny_mnist())
+    sweep.run(c, str(tmp_path), source=_tiny_mnist())
 
 
 def test_sweep_names_each_diverged_experiment_and_writes_no_nan(tmp_path):
@@ -326,7 +326,7 @@ def test_sweep_names_each_diverged_experiment_and_writes_no_nan(tmp_path):
   c = _tiny_config(lr=0.5, sweep=dict(algorithms="fedavg,fedprox", stragglers="0.5", seeds=2,
                                       mu=100.0, dissimilarity=False, experiments_per_program=0))
   with pytest.raises(errors.DivergenceError) as e:
-    sweep.run(c, str(tmp_path), mnist=_tiny_mnist())
+    sweep.run(c, str(tmp_path), source=_tiny_mnist())
   assert "2 of 4 experiments diverged (fedprox_s0.5_seed0 at round" in str(e.value)
   assert "lower --config.mu" in str(e.value)
   rows = plots.read_results_csv(str(tmp_path / "results.csv"))
@@ -351,7 +351,7 @@ def test_sweep_with_everything_diverging_fails_clearly(tmp_path):
   c = _tiny_config("figure1", lr=1e30, sweep=dict(algorithms="fedavg", stragglers="0.5", seeds=1, mu=1.0,
                                       dissimilarity=False, experiments_per_program=0))
   with pytest.raises(errors.DivergenceError, match="1 of 1 experiments diverged"):
-    sweep.run(c, str(tmp_path), mnist=_tiny_mnist())
+    sweep.run(c, str(tmp_path), source=_tiny_mnist())
   rows = plots.read_results_csv(str(tmp_path / "results.csv"))
   assert len(rows) == 1 and rows[0]["diverged_at_round"] == rows[0]["round"]
 

@@ -17,16 +17,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedprox_jax.federated_data import FederatedData
+
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
-
-
-class FederatedData(NamedTuple):
-  """All training examples on the device once; client c owns x[offsets[c] : offsets[c] + sizes[c]]."""
-  x: jax.Array        # [N, ...] float32 model inputs
-  y: jax.Array        # [N] int32 labels
-  offsets: jax.Array  # [num_clients] int32
-  sizes: jax.Array    # [num_clients] int32, every size >= 1
 
 
 class LocalHParams(NamedTuple):

@@ -26,7 +26,11 @@ import numpy as np
 from absl import logging
 
 from fedprox_jax import cache, files
-from fedprox_jax.errors import UserError
+from fedprox_jax.data import partition
+from fedprox_jax.data.federation import Federation, federated
+from fedprox_jax.errors import ConfigError
+from fedprox_jax.files import ordered_digest
+from fedprox_jax.errors import DataError
 
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the seed's torchvision Normalize constants
@@ -35,10 +39,6 @@ IDX_FILES = {
     "train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
     "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte",
 }
-
-
-class DataError(UserError):
-  """A data problem the user can fix; the message says how."""
 
 
 class Mnist(NamedTuple):
@@ -76,16 +76,6 @@ def standardize_pooled(images: np.ndarray) -> np.ndarray:
   (train and test pooled), std + 0.001."""
   pixels = images.astype(np.float32)
   return (pixels - pixels.mean(axis=0)) / (pixels.std(axis=0) + 0.001)
-
-
-def ordered_digest(*arrays: np.ndarray) -> str:
-  """sha256 of ``arrays`` in their order: equal only for the same examples in the same order
-  (a resumed run checks it trains on exactly the data it started with)."""
-  digest = hashlib.sha256()
-  for a in arrays:
-    a = np.ascontiguousarray(a)
-    digest.update(str((a.dtype, a.shape)).encode() + a.tobytes())
-  return digest.hexdigest()
 
 
 def load_mnist(source: str = "tfds", data_dir: str = "", download: bool = True,
@@ -400,3 +390,69 @@ def _checked(mnist: Mnist, where: str) -> Mnist:
     if labels.min() < 0 or labels.max() > 9:
       raise DataError(f"{where}: {split} labels outside 0..9")
   return mnist
+
+
+# The data set entry (``data/datasets.py``): the raw examples once, then a federation per
+# partition.
+
+NUM_CLASSES = 10
+# The paper's Table (MNIST, 1000 devices): printed next to our partition's statistics.
+PAPER_STATS = {"clients": 1000, "examples": 69035, "mean": 69, "std": 106}
+
+
+def load(c, source: Mnist | None = None, genuine: bool | None = None) -> tuple:
+  """(MNIST, whether it is genuine) for config ``c``: loaded as ``c`` says (and refused
+  unless genuine or allow_modified_mnist) when ``source`` is None; the caller's own arrays
+  are recorded as they are (``genuine``: already known)."""
+  if source is None:
+    source = load_mnist(c.data_source, c.data_dir, c.download, c.allow_modified_mnist)
+    return source, check_genuine(
+        source, f"the MNIST read from {c.data_dir or 'the default TFDS data dir'} "
+        f"(data_source={c.data_source})", c.allow_modified_mnist)
+  return source, is_genuine(source) if genuine is None else genuine
+
+
+def federation(c, mnist: Mnist) -> Federation:
+  """The clients' training data and the test set of ``c.protocol``, as host arrays.
+
+  * 'seed' (the Flower baseline): the 60k training set is partitioned; each client holds out
+    int(n / (1 / client_val_fraction)) examples that never train (Flower's unused validation
+    split); the 10k test set is the server's centralised test set; pixels normalised with
+    mean 0.1307, std 0.3081.
+  * 'paper' (the authors' code): train and test pooled (70k), each pixel standardised with the
+    pooled mean and std (+0.001), partitioned, each client's examples shuffled and split
+    90 % train / 10 % test; the test set is all clients' test splits together.
+  """
+  if c.protocol == "paper":
+    images = np.concatenate([mnist.train_images, mnist.test_images])
+    labels = np.concatenate([mnist.train_labels, mnist.test_labels])
+    if c.train_subset:
+      images, labels = images[:c.train_subset], labels[:c.train_subset]
+    split = partition.split(c, labels, NUM_CLASSES)
+    train_split, test_split = partition.split_each_client(split, 0.9, c.partition_seed)
+    if train_split.sizes.min() < 1:
+      raise ConfigError("protocol='paper' gives a client no training example after its 90/10 "
+                        "split: raise min_per_client to at least 2")
+    x = standardize_pooled(images)
+    train, test_order = federated(x, labels, train_split), test_split.order
+    stats = {**partition.partition_stats(split, labels, NUM_CLASSES), "paper": PAPER_STATS,
+             "test_examples": len(test_order)}
+    test_images, test_labels = images[test_order], labels[test_order]
+    test_x = x[test_order]
+  else:
+    images, labels = mnist.train_images, mnist.train_labels
+    if c.train_subset:
+      images, labels = images[:c.train_subset], labels[:c.train_subset]
+    split = partition.split(c, labels, NUM_CLASSES)
+    train_split = partition.hold_out(split, c.client_val_fraction, c.partition_seed)
+    train = federated(images, labels, train_split)
+    train = train._replace(x=normalize(train.x))
+    test_images, test_labels = mnist.test_images, mnist.test_labels
+    test_x = normalize(test_images)
+    stats = {**partition.partition_stats(split, labels, NUM_CLASSES),
+             "test_examples": len(test_labels),
+             "held_out_examples": int(split.sizes.sum() - train_split.sizes.sum())}
+  stats.update(train_examples=int(train.sizes.sum()), max_train=int(train.sizes.max()),
+               data_sha256=ordered_digest(images[train_split.order], train.y, train.sizes,
+                                          test_images, test_labels))
+  return Federation(train, test_x, np.asarray(test_labels, np.int32), NUM_CLASSES, stats)

@@ -13,7 +13,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-NUM_CLASSES = 10
+from fedprox_jax.errors import ConfigError
+
+NUM_CLASSES = 10  # MNIST's: the default of the rules written for it
+# How the training set is split over clients, by config.partition (``split``).
+PARTITIONS = ("power_law", "iid", "labeldir", "label_count", "quantity")
 
 
 class Partition(NamedTuple):
@@ -39,16 +43,15 @@ def from_sizes(sizes) -> Partition:
 
 def power_law_partition(labels: np.ndarray, num_clients: int, labels_per_client: int = 2,
                         min_per_client: int = 10, sigma: float = 2.0,
-                        seed: int = 42) -> Partition:
+                        seed: int = 42, num_classes: int = NUM_CLASSES) -> Partition:
   """The seed baseline's (Flower fedprox) non-IID split.
 
-  Sort by label; client u holds labels (u + j) mod 10 for j < labels_per_client. Each client
-  first gets min_per_client // labels_per_client examples of each of its labels; the rest of
-  each class is split over the (client, label-slot) pairs holding it with log-normal(0, sigma)
+  Sort by label; client u holds labels (u + j) mod K (K = num_classes) for j <
+  labels_per_client. Each client first gets min_per_client // labels_per_client examples of
+  each of its labels; the rest of each class is split over the (client, label-slot) pairs holding it with log-normal(0, sigma)
   weights, truncated to whole examples. Examples are taken in order from each class's pool.
   """
   labels = np.asarray(labels)
-  num_classes = NUM_CLASSES
   if not 1 <= labels_per_client <= num_classes:
     raise ValueError(f"labels_per_client={labels_per_client} must be between 1 and {num_classes}")
   if num_clients < 1 or num_clients % num_classes:
@@ -240,10 +243,32 @@ def dirichlet_quantity_partition(num_examples: int, num_clients: int, beta: floa
   return _from_client_lists(np.split(order, cuts))
 
 
-def partition_stats(partition: Partition, labels: np.ndarray) -> dict:
+def split(c, labels: np.ndarray, num_classes: int = NUM_CLASSES) -> Partition:
+  """The partition ``c.partition`` names (with its fields of config ``c``) of ``labels``, one
+  clear line when it cannot be drawn."""
+  try:
+    if c.partition == "iid":
+      return iid_partition(len(labels), c.num_clients, c.partition_seed)
+    if c.partition == "labeldir":
+      return dirichlet_label_partition(labels, c.num_clients, c.dirichlet_beta,
+                                       c.partition_seed)
+    if c.partition == "label_count":
+      return label_count_partition(labels, c.num_clients, c.labels_per_client,
+                                   c.partition_seed)
+    if c.partition == "quantity":
+      return dirichlet_quantity_partition(len(labels), c.num_clients, c.dirichlet_beta,
+                                          c.partition_seed)
+    return power_law_partition(labels, c.num_clients, c.labels_per_client, c.min_per_client,
+                               c.lognormal_sigma, c.partition_seed, num_classes)
+  except ValueError as e:
+    raise ConfigError(f"cannot partition {len(labels)} training examples: {e}") from e
+
+
+def partition_stats(partition: Partition, labels: np.ndarray,
+                    num_classes: int = NUM_CLASSES) -> dict:
   """The statistics the paper tabulates, plus how many labels each client holds."""
   sizes = partition.sizes
-  counts = np.stack([np.bincount(labels[partition.order[o:o + n]], minlength=NUM_CLASSES)
+  counts = np.stack([np.bincount(labels[partition.order[o:o + n]], minlength=num_classes)
                      for o, n in zip(partition.offsets, sizes)])
   labels_held = (counts > 0).sum(axis=1)
   # Each client's examples per label (NIID-Bench's traindata_cls_counts), for small federations.

@@ -23,12 +23,16 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fedprox_jax import files
+from fedprox_jax.data import partition
+from fedprox_jax.data.federation import Federation, federated
+
 NUM_DEVICES = 30
 NUM_FEATURES = 60
 NUM_CLASSES = 10
 
 
-class Federation(NamedTuple):
+class Generated(NamedTuple):
   x: np.ndarray        # [N, 60] float32, device after device
   y: np.ndarray        # [N] int32
   sizes: np.ndarray    # [num_devices] int32 examples per device
@@ -50,7 +54,7 @@ def _labels(x, w, b):
 
 
 def generate(alpha: float, beta: float, iid: bool, seed: int,
-             num_devices: int = NUM_DEVICES) -> Federation:
+             num_devices: int = NUM_DEVICES) -> Generated:
   """The federation of (alpha, beta) (ignored when ``iid``) for numpy seed ``seed``."""
   if alpha < 0 or beta < 0:
     raise ValueError(f"alpha={alpha} and beta={beta} must be >= 0 (standard deviations)")
@@ -75,7 +79,7 @@ def generate(alpha: float, beta: float, iid: bool, seed: int,
     x = rng.multivariate_normal(means[k], cov, sizes[k])
     xs.append(x)
     ys.append(_labels(x, weights[k], biases[k]))
-  return Federation(x=np.concatenate(xs).astype(np.float32),
+  return Generated(x=np.concatenate(xs).astype(np.float32),
                     y=np.concatenate(ys).astype(np.int32), sizes=sizes.astype(np.int32),
                     weights=weights, biases=biases, means=means)
 
@@ -100,3 +104,29 @@ def parse_name(name: str) -> tuple:
 
 def name(alpha: float, beta: float, iid: bool) -> str:
   return "synthetic_iid" if iid else f"synthetic_{alpha:g}_{beta:g}"
+
+
+# The data set entry (``data/datasets.py``).
+
+def load(c, source=None, genuine=None) -> tuple:
+  """Nothing to read: each federation is generated from its seed (``federation``)."""
+  del c, source, genuine
+  return None, None
+
+
+def federation(c, source=None) -> Federation:
+  """The paper's federation (c.synthetic, partition_seed) over num_clients devices, each split
+  90 % train / 10 % test as the authors do; the test set is all devices' test splits."""
+  del source
+  s = c.synthetic
+  fed = generate(s.alpha, s.beta, s.iid, c.partition_seed, c.num_clients)
+  split = partition.from_sizes(fed.sizes)
+  train_split, test_split = partition.split_each_client(split, 0.9, c.partition_seed)
+  train = federated(fed.x, fed.y, train_split)
+  test_x, test_y = fed.x[test_split.order], fed.y[test_split.order]
+  stats = {**partition.partition_stats(split, fed.y, NUM_CLASSES),
+           "federation": name(s.alpha, s.beta, s.iid),
+           "test_examples": len(test_y), "train_examples": int(train.sizes.sum()),
+           "max_train": int(train.sizes.max()),
+           "data_sha256": files.ordered_digest(train.x, train.y, train.sizes, test_x, test_y)}
+  return Federation(train, test_x, test_y, NUM_CLASSES, stats)

@@ -14,11 +14,10 @@ import numpy as np
 from fedprox_jax.core import algorithms, hooks as hooks_lib, models, server
 from fedprox_jax.core import client as client_lib
 from fedprox_jax.data import mnist as data_lib
-from fedprox_jax.data import partition, synthetic
+from fedprox_jax.data import datasets, partition, synthetic
 from fedprox_jax.errors import ConfigError
 from fedprox_jax.run import autotune, defaults, protocols
 
-DATASETS = ("mnist", "synthetic")  # experiment.prepare_data's registry
 MAX_SEED = 2**31 - 1  # jax.random.key and numpy's RandomState both take it
 # The log-normal shares' largest sigma: exp(sigma * 6 standard deviations) stays well inside
 # float64 (sigma 1e12 made the shares inf, then NaN).
@@ -145,8 +144,7 @@ def as_run(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return out
 
 
-# How the training set is split over clients (``experiment._partition``).
-PARTITIONS = ("power_law", "iid", "labeldir", "label_count", "quantity")
+PARTITIONS = partition.PARTITIONS  # how the training set is split (``partition.split``)
 
 
 def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -175,7 +173,8 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   require(c.mode in ("single", "sweep"), "mode", c.mode, "use 'single' or 'sweep'")
   require(c.data_source in data_lib.SOURCES, "data_source", c.data_source,
            f"use one of {data_lib.SOURCES}")
-  require(c.data in DATASETS, "data", c.data, f"use one of {DATASETS}")
+  require(c.data in datasets.REGISTRY, "data", c.data,
+          f"use one of {tuple(datasets.REGISTRY)} (or register your own: docs/extending.md)")
   if c.data == "synthetic":
     for field in ("alpha", "beta"):
       require(c.synthetic[field] >= 0 and math.isfinite(c.synthetic[field]), f"synthetic.{field}",

@@ -1,5 +1,5 @@
 """The set-up of one experiment, shared by a run (``single``) and a sweep (``sweep``): the
-data and its partition (``prepare_data``, the one place that knows the datasets), the devices,
+data and its partition (``prepare_data``: the data set ``config.data`` names), the devices,
 the model, the round spec and hyper-parameters (the one builder of each), evaluation, and a
 metrics row.
 """
@@ -17,120 +17,24 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fedprox_jax.data import mnist as data_lib
 from fedprox_jax.run import config as config_lib
 from fedprox_jax.run import distributed
 from fedprox_jax.core import algorithms, fedopt, metrics, models, server
-from fedprox_jax.data import partition, synthetic
-from fedprox_jax.core.client import FederatedData
+from fedprox_jax.data import datasets, partition
+from fedprox_jax.data.federation import Federation
 from fedprox_jax.errors import ConfigError
 
-# The paper's Table (MNIST, 1000 devices): for printing next to our partition's statistics.
-PAPER_STATS = {"clients": 1000, "examples": 69035, "mean": 69, "std": 106}
+def load_source(c: ml_collections.ConfigDict, source=None, genuine: bool | None = None) -> tuple:
+  """(the raw examples of data set ``c.data``, whether they are the published ones or None):
+  read as ``c`` says, or the caller's ``source`` as it is (``data/datasets.py``)."""
+  return datasets.get(c.data).load(c, source, genuine)
 
 
-
-class Dataset(NamedTuple):
-  """A federation: the clients' training data, the test set and the partition's statistics."""
-  train: FederatedData
-  test_x: jax.Array
-  test_y: jax.Array
-  stats: dict
-
-
-def _partition(c, labels) -> partition.Partition:
-  try:
-    if c.partition == "iid":
-      return partition.iid_partition(len(labels), c.num_clients, c.partition_seed)
-    if c.partition == "labeldir":
-      return partition.dirichlet_label_partition(labels, c.num_clients, c.dirichlet_beta,
-                                                 c.partition_seed)
-    if c.partition == "label_count":
-      return partition.label_count_partition(labels, c.num_clients, c.labels_per_client,
-                                             c.partition_seed)
-    if c.partition == "quantity":
-      return partition.dirichlet_quantity_partition(len(labels), c.num_clients,
-                                                    c.dirichlet_beta, c.partition_seed)
-    return partition.power_law_partition(labels, c.num_clients, c.labels_per_client,
-                                         c.min_per_client, c.lognormal_sigma, c.partition_seed)
-  except ValueError as e:
-    raise ConfigError(f"cannot partition {len(labels)} training examples: {e}") from e
-
-
-def _federated(x, labels, split: partition.Partition) -> FederatedData:
-  return FederatedData(x=x[split.order], y=labels[split.order].astype(np.int32),
-                       offsets=split.offsets, sizes=split.sizes)
-
-
-def prepare_data(c: ml_collections.ConfigDict, mnist: data_lib.Mnist | None) -> Dataset:
-  """The clients' training data and the test set of ``c.data``, as host arrays: the one
-  place that knows the datasets; everything after it (placement, rounds, evaluation, the
-  outputs) is the same for all of them."""
-  if c.data == "synthetic":
-    return _synthetic_data(c)
-  return _mnist_data(c, mnist)
-
-
-def _synthetic_data(c: ml_collections.ConfigDict) -> Dataset:
-  """The paper's federation (c.synthetic, partition_seed) over num_clients devices, each split
-  90 % train / 10 % test as the authors do; the test set is all devices' test splits."""
-  s = c.synthetic
-  fed = synthetic.generate(s.alpha, s.beta, s.iid, c.partition_seed, c.num_clients)
-  split = partition.from_sizes(fed.sizes)
-  train_split, test_split = partition.split_each_client(split, 0.9, c.partition_seed)
-  train = _federated(fed.x, fed.y, train_split)
-  test_x, test_y = fed.x[test_split.order], fed.y[test_split.order]
-  stats = {**partition.partition_stats(split, fed.y),
-           "federation": synthetic.name(s.alpha, s.beta, s.iid),
-           "test_examples": len(test_y), "train_examples": int(train.sizes.sum()),
-           "max_train": int(train.sizes.max()),
-           "data_sha256": data_lib.ordered_digest(train.x, train.y, train.sizes, test_x, test_y)}
-  return Dataset(train, test_x, test_y, stats)
-
-
-def _mnist_data(c: ml_collections.ConfigDict, mnist: data_lib.Mnist) -> Dataset:
-  """The clients' training data and the test set of ``c.protocol``, as host arrays.
-
-  * 'seed' (the Flower baseline): the 60k training set is partitioned; each client holds out
-    int(n / (1 / client_val_fraction)) examples that never train (Flower's unused validation
-    split); the 10k test set is the server's centralised test set; pixels normalised with
-    mean 0.1307, std 0.3081.
-  * 'paper' (the authors' code): train and test pooled (70k), each pixel standardised with the
-    pooled mean and std (+0.001), partitioned, each client's examples shuffled and split
-    90 % train / 10 % test; the test set is all clients' test splits together.
-  """
-  if c.protocol == "paper":
-    images = np.concatenate([mnist.train_images, mnist.test_images])
-    labels = np.concatenate([mnist.train_labels, mnist.test_labels])
-    if c.train_subset:
-      images, labels = images[:c.train_subset], labels[:c.train_subset]
-    split = _partition(c, labels)
-    train_split, test_split = partition.split_each_client(split, 0.9, c.partition_seed)
-    if train_split.sizes.min() < 1:
-      raise ConfigError("protocol='paper' gives a client no training example after its 90/10 "
-                        "split: raise min_per_client to at least 2")
-    x = data_lib.standardize_pooled(images)
-    train, test_order = _federated(x, labels, train_split), test_split.order
-    stats = {**partition.partition_stats(split, labels), "paper": PAPER_STATS,
-             "test_examples": len(test_order)}
-    test_images, test_labels = images[test_order], labels[test_order]
-    test_x = x[test_order]
-  else:
-    images, labels = mnist.train_images, mnist.train_labels
-    if c.train_subset:
-      images, labels = images[:c.train_subset], labels[:c.train_subset]
-    split = _partition(c, labels)
-    train_split = partition.hold_out(split, c.client_val_fraction, c.partition_seed)
-    train = _federated(images, labels, train_split)
-    train = train._replace(x=data_lib.normalize(train.x))
-    test_images, test_labels = mnist.test_images, mnist.test_labels
-    test_x = data_lib.normalize(test_images)
-    stats = {**partition.partition_stats(split, labels), "test_examples": len(test_labels),
-             "held_out_examples": int(split.sizes.sum() - train_split.sizes.sum())}
-  stats.update(train_examples=int(train.sizes.sum()), max_train=int(train.sizes.max()),
-               data_sha256=data_lib.ordered_digest(images[train_split.order], train.y,
-                                                   train.sizes, test_images, test_labels))
-  return Dataset(train, test_x, np.asarray(test_labels, np.int32), stats)
+def prepare_data(c: ml_collections.ConfigDict, source) -> Federation:
+  """The clients' training data and the test set of ``c.data`` from its raw ``source``, as
+  host arrays; everything after it (placement, rounds, evaluation, the outputs) is the same
+  for every data set."""
+  return datasets.get(c.data).federation(c, source)
 
 
 def make_evaluate_fn(apply_fn, batch_size: int):
@@ -265,7 +169,7 @@ def _check_plan_size(c, max_client_size: int) -> None:
 class Setup(NamedTuple):
   """One experiment ready to run."""
   config: ml_collections.ConfigDict  # as run: protocol and layout values filled in
-  data: Dataset                     # on the device(s)
+  data: Federation                  # on the device(s)
   model: object
   mesh: jax.sharding.Mesh
   spec: server.RoundSpec
@@ -280,44 +184,35 @@ def make_mesh(c: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     raise ConfigError(f"config.{e}") from e
 
 
-def load_mnist(c: ml_collections.ConfigDict, mnist: data_lib.Mnist | None = None,
-               genuine: bool | None = None) -> tuple:
-  """(MNIST, whether it is genuine) for ``c`` (None, None where c.data is not MNIST): loaded as
-  ``c`` says (and refused unless genuine or allow_modified_mnist) when ``mnist`` is None; the
-  caller's own arrays are recorded as they are (``genuine``: already known)."""
-  if c.data != "mnist":
-    return None, None
-  if mnist is None:
-    mnist = data_lib.load_mnist(c.data_source, c.data_dir, c.download, c.allow_modified_mnist)
-    return mnist, data_lib.check_genuine(
-        mnist, f"the MNIST read from {c.data_dir or 'the default TFDS data dir'} "
-        f"(data_source={c.data_source})", c.allow_modified_mnist)
-  return mnist, data_lib.is_genuine(mnist) if genuine is None else genuine
-
-
-def prepare(c: ml_collections.ConfigDict, mnist: data_lib.Mnist | None,
-            lanes_over_devices: bool, genuine: bool | None = None) -> Setup:
-  """Loads (unless ``mnist`` is given; ``genuine``: whether it is, if known), partitions and
-  places the data of validated config ``c``, builds the model and the round spec.
+def prepare(c: ml_collections.ConfigDict, source, lanes_over_devices: bool,
+            genuine: bool | None = None) -> Setup:
+  """Loads (unless ``source``, the data set's raw examples, is given; ``genuine``: whether
+  they are the published ones, if known), partitions and places the data of validated config
+  ``c``, builds the model (for the data's classes and input) and the round spec.
   ``lanes_over_devices``: a run spreads its lanes over the devices; a sweep spreads its
   experiments and keeps each one's lanes together."""
   mesh = make_mesh(c)
-  mnist, genuine = load_mnist(c, mnist, genuine)
-  exp = prepare_data(c, mnist)
+  source, genuine = load_source(c, source, genuine)
+  exp = prepare_data(c, source)
+  clients = len(exp.train.sizes)
+  config_lib.require(clients == c.num_clients, "num_clients", c.num_clients,
+                     f"data set {c.data!r} has {clients} clients: set "
+                     f"--config.num_clients={clients}")
   replicate = distributed.replicator(mesh)
   exp = exp._replace(train=replicate(jax.tree_util.tree_map(jnp.asarray, exp.train)),
                      test_x=replicate(jnp.asarray(exp.test_x)),
                      test_y=replicate(jnp.asarray(exp.test_y)))
   logging.info("partition: %s", partition.format_stats(exp.stats))
-  if c.protocol == "paper" and c.data == "mnist":
-    logging.info("the paper's table: %s", PAPER_STATS)
-  model = models.make_model(c.model, c.conv_impl, mlr_init=c.mlr_init)
+  if "paper" in exp.stats:
+    logging.info("the paper's table: %s", exp.stats["paper"])
+  model = models.make_model(c.model, c.conv_impl, exp.num_classes, mlr_init=c.mlr_init)
   spec = round_spec(c, exp.stats["max_train"], mesh if lanes_over_devices else None)
   eval_batch = min(c.eval_batch_size, len(exp.test_y))
   # The same parameters, another convolution (equal logits: tests/test_models.py).
-  eval_model = models.make_model(c.model, c.eval_conv_impl, mlr_init=c.mlr_init)
+  eval_model = models.make_model(c.model, c.eval_conv_impl, exp.num_classes,
+                                 mlr_init=c.mlr_init)
   resolved = ml_collections.ConfigDict(c.to_dict())
-  resolved.update(genuine_mnist=genuine,  # None: not MNIST
+  resolved.update(genuine_mnist=genuine,  # None: the data set has no published original
                   num_lanes=spec.num_lanes, num_devices=mesh.size, eval_batch_size=eval_batch,
                   # "none": the model has no convolution (the logistic regression)
                   conv_impl=getattr(model, "conv_impl", "none"),

@@ -20,7 +20,6 @@ from absl import logging
 
 from fedprox_jax import outputs
 from fedprox_jax.core import adaptive_mu, metrics, models, server
-from fedprox_jax.data import mnist as data_lib
 from fedprox_jax.errors import DivergenceError
 from fedprox_jax.report import plots
 from fedprox_jax.run import checkpoints as checkpoints_lib
@@ -31,7 +30,7 @@ from fedprox_jax.run.workdir import Workdir, open_workdir
 ROWS_FILE = "metrics.jsonl"  # a run's rows, one per evaluated round
 
 
-def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None = None,
+def run(c: ml_collections.ConfigDict, workdir: str, source=None,
         on_round=None, progress: bool = True) -> dict:
   """Runs the experiment of config ``c``, writing everything into ``workdir``.
 
@@ -41,8 +40,9 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
   Args:
     c: a config of ``configs/`` (resolved here: ``config.resolve``).
     workdir: the run's directory (created; an unfinished run there is resumed).
-    mnist: MNIST already loaded (``data.mnist.load_mnist``); None loads it as ``c`` says.
-      Unused for ``data='synthetic'``.
+    source: the raw examples of data set ``c.data`` already loaded (for MNIST a
+      ``data.mnist.Mnist``, e.g. ``data.mnist.load_mnist``'s); None loads them as ``c`` says
+      (``data/datasets.py``).
     on_round: ``on_round(round, row)`` after each evaluated round's row and checkpoint are
       saved.
     progress: print a line per evaluated round (with an ETA) and the outcome to stderr when
@@ -58,7 +58,7 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
   # With several processes (hosts), process 0 writes the workdir, which must be shared.
   wd = open_workdir(workdir, "run")
   try:
-    setup = experiment.prepare(c, mnist, lanes_over_devices=True)
+    setup = experiment.prepare(c, source, lanes_over_devices=True)
     experiment.check_state_memory(c, setup.spec, models.init_params(
         setup.model, jax.random.key(0), setup.data.train.x.shape[1:]))
     wd.commit(setup.config.to_dict(), setup.data.stats)

@@ -29,9 +29,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fedprox_jax import outputs
+from fedprox_jax import files, outputs
 from fedprox_jax.core import adaptive_mu, algorithms, metrics, models, server
-from fedprox_jax.data import mnist as data_lib
 from fedprox_jax.errors import ConfigError, DivergenceError, Interrupted
 from fedprox_jax.report import plots
 from fedprox_jax.run import checkpoints as checkpoints_lib
@@ -452,10 +451,10 @@ def _run_side_by_side(run_index, count: int, workers: int) -> list:
   return [f.result() for f in futures]
 
 
-def _checked_stats(c: ml_collections.ConfigDict, mnist) -> dict:
+def _checked_stats(c: ml_collections.ConfigDict, source) -> dict:
   """The statistics (and digest) of data set ``c``'s partition, its round spec checked, from
   host arrays that are dropped again: a sweep over partitions checks them all up front."""
-  stats = experiment.prepare_data(c, mnist).stats
+  stats = experiment.prepare_data(c, source).stats
   experiment.round_spec(c, stats["max_train"])  # e.g. the data-order plan's size
   return {**stats, "eval_batch_size": min(c.eval_batch_size, stats["test_examples"])}
 
@@ -498,7 +497,7 @@ def _experiments_per_program(c, num_experiments: int, wd: Workdir) -> int:
           or defaults.experiments_per_program(c.model, num_experiments, data=c.data))
 
 
-def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None = None,
+def run(c: ml_collections.ConfigDict, workdir: str, source=None,
         progress: bool = True):
   """Runs the sweep of config ``c`` into ``workdir``: results.csv, summary table and figure.
   Re-running it with the same workdir resumes it.
@@ -506,7 +505,8 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
   Args:
     c: a config of ``configs/`` with ``mode='sweep'`` (resolved here: ``config.resolve``).
     workdir: the sweep's directory (created; an unfinished sweep there is resumed).
-    mnist: MNIST already loaded; None loads it as ``c`` says. Unused for synthetic data.
+    source: the raw examples of data set ``c.data`` already loaded (``single.run``'s);
+      None loads them as ``c`` says.
     progress: print each evaluated round's line (with the sweep's ETA) and the outcome to
       stderr when absl's logging does not show them (outside launch.py); False: log only.
   Returns:
@@ -526,8 +526,8 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
     federations = config_lib.federations(c)
     keys = list(dict.fromkeys(s.data_key for s in specs))
     configs = {key: data_config(c, federations[key[0]], key[1]) for key in keys}
-    mnist, genuine = experiment.load_mnist(c, mnist)
-    first_setup = experiment.prepare(configs[keys[0]], mnist, lanes_over_devices=False,
+    source, genuine = experiment.load_source(c, source)
+    first_setup = experiment.prepare(configs[keys[0]], source, lanes_over_devices=False,
                                      genuine=genuine)
     per_program = _experiments_per_program(
         c, max(sum(s.data_key == key for s in specs) for key in keys), wd)
@@ -558,8 +558,8 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
       datasets = {labels[keys[0]]: {**first_setup.data.stats,
                                     "eval_batch_size": first_setup.config.eval_batch_size}}
       for key in keys[1:]:
-        datasets[labels[key]] = _checked_stats(configs[key], mnist)
-      stats = {"datasets": datasets, "data_sha256": data_lib.ordered_digest(np.array(
+        datasets[labels[key]] = _checked_stats(configs[key], source)
+      stats = {"datasets": datasets, "data_sha256": files.ordered_digest(np.array(
           [d["data_sha256"] for d in datasets.values()]))}
     # Every program's SCAFFOLD state must fit: checked before anything is written.
     params = models.init_params(first_setup.model, jax.random.key(0),
@@ -569,8 +569,8 @@ def run(c: ml_collections.ConfigDict, workdir: str, mnist: data_lib.Mnist | None
           first_setup.spec, **dict(statics(c, chunk[0]))), params, len(chunk))
     wd.commit(resolved.to_dict(), stats)
     distributed.barrier("workdir ready")
-    setups = _Setups(lambda key: experiment.prepare(configs[key], mnist, lanes_over_devices=False,
-                                                    genuine=genuine),
+    setups = _Setups(lambda key: experiment.prepare(configs[key], source,
+                                                    lanes_over_devices=False, genuine=genuine),
                      [key for key, _ in programs], {keys[0]: first_setup})
     del first_setup
 

@@ -1,0 +1,49 @@
+"""Data sets by name (``config.data``): each is a module with two functions, registered here.
+
+* ``load(c, source=None, genuine=None) -> (source, genuine)``: the raw examples, read once (a
+  sweep reuses them for every partition); a caller's own ``source`` is taken as it is.
+  ``genuine``: whether they are the published data set (None where that does not apply),
+  recorded in config.json.
+* ``federation(c, source) -> Federation``: the clients' training data, the test set and the
+  class count for config ``c`` (its partition, protocol, seeds), as host arrays.
+
+Adding a data set is its module, one ``register`` line and its test; the run layer and the
+round never name one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from fedprox_jax.data import mnist, synthetic
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  name: str
+  load: Callable
+  federation: Callable
+  description: str = ""
+
+
+REGISTRY: dict = {}
+
+
+def register(dataset: Dataset) -> Dataset:
+  if dataset.name in REGISTRY:
+    raise ValueError(f"a data set named {dataset.name!r} is registered already")
+  REGISTRY[dataset.name] = dataset
+  return dataset
+
+
+def get(name: str) -> Dataset:
+  if name not in REGISTRY:
+    raise ValueError(f"{name!r} is not one of {', '.join(REGISTRY)}")
+  return REGISTRY[name]
+
+
+register(Dataset("mnist", mnist.load, mnist.federation,
+                 "MNIST (TFDS or the raw IDX files), split over clients by config.partition"))
+register(Dataset("synthetic", synthetic.load, synthetic.federation,
+                 "the paper's Synthetic(alpha, beta) and Synthetic-IID federations"))
