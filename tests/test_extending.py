@@ -168,3 +168,33 @@ def test_a_data_set_of_your_own_runs_from_the_command_line(tmp_path):
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert rows[-1]["round"] == 3 and rows[-1]["test_accuracy"] > 0.8  # the blobs are separable
   assert np.isfinite(rows[-1]["test_loss"])
+
+
+def test_a_model_of_your_own_runs_from_the_command_line(tmp_path):
+  write_idx_dir(tmp_path / "idx", num_train=2000, num_test=300)
+  example = os.path.join(ROOT, "docs", "examples", "mlp_model.py")
+  workdir = tmp_path / "run"
+  result = _launch(f"--config={example}", "--config.data_source=idx",
+                   f"--config.data_dir={tmp_path / 'idx'}", "--config.allow_modified_mnist=True",
+                   "--config.num_clients=20", "--config.clients_per_round=5",
+                   "--config.num_rounds=2", "--config.local_epochs=1", f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["model"] == "mlp" and config["eval_batch_size"] == 300  # capped to the test set
+  assert config["conv_impl"] == "none"  # not convolutional: nothing to choose or time
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["round"] for r in rows] == [1, 2]
+  # Its parameters are the perceptron's: 784 x 200 + 200 + 200 x 10 + 10.
+  check = subprocess.run(
+      [sys.executable, "-c", f"""
+import importlib.util, sys
+sys.path.insert(0, {ROOT!r})
+spec = importlib.util.spec_from_file_location("mlp_example", {example!r})
+m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+import jax
+from fedprox_jax.core import models
+params = models.init_params(models.make_model("mlp", num_classes=10), jax.random.key(0))
+print(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+"""], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert check.returncode == 0, check.stderr[-2000:]
+  assert int(check.stdout.split()[-1]) == 784 * 200 + 200 + 200 * 10 + 10

@@ -25,15 +25,15 @@ On a CPU, ``run/autotune.py`` times them on the machine and uses the fastest.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-MODEL_NAMES = ("cnn", "mlr", "niid_cnn")
-CONVOLUTIONAL = ("cnn", "niid_cnn")  # the models with a convolution (conv_impl applies)
 MLR_INITS = ("torch", "glorot")  # PyTorch nn.Linear's default (the seed) | TF Glorot (the paper)
 
 
@@ -216,20 +216,70 @@ class LogisticRegression(nn.Module):
     return Dense(self.num_classes)(x)
 
 
-def make_model(name: str, conv_impl: str = "im2col", num_classes: int = 10,
-               mlr_init: str = "torch") -> nn.Module:
-  """Builds a model by name: ``cnn`` or ``niid_cnn`` (its convolution one of CONV_IMPLS; the
-  backend's default is ``run/defaults.conv_impl``) or ``mlr`` (``mlr_init`` one of MLR_INITS)."""
-  if name in CONVOLUTIONAL:
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """A model by name (``config.model``): how to build it and the rules that hinge on it.
+
+  ``build(num_classes, conv_impl=..., mlr_init=...)`` returns a Flax module (``init(key,
+  x)``, ``apply(params, x) -> logits``; x a batch of the data set's float32 inputs); it takes
+  the options it uses and ignores the others.
+  """
+  name: str
+  build: Callable
+  description: str = ""
+  convolutional: bool = False  # conv_impl / eval_conv_impl apply (timed by the CPU autotuner)
+  image_inputs: bool = False   # needs [H, W, C] inputs (not a vector data set's)
+  # Evaluation batch when config.eval_batch_size is 0: (CPU, accelerators).
+  eval_batch_size: tuple = (50, 1000)
+  # A CPU sweep runs its experiments one per program, side by side (a wide vmapped step of it
+  # is slower than the same steps in turn), not vmapped together.
+  one_per_program_on_cpu: bool = False
+
+
+REGISTRY: dict = {}
+
+
+def register(model: Model) -> Model:
+  if model.name in REGISTRY:
+    raise ValueError(f"a model named {model.name!r} is registered already")
+  REGISTRY[model.name] = model
+  return model
+
+
+def get(name: str) -> Model:
+  if name not in REGISTRY:
+    raise ValueError(f"model={name!r} is not one of {tuple(REGISTRY)}")
+  return REGISTRY[name]
+
+
+def _convolutional(network):
+  def build(num_classes, conv_impl="im2col", **_):
     if conv_impl not in CONV_IMPLS:
       raise ValueError(f"conv_impl={conv_impl!r} is not one of {CONV_IMPLS}")
-    network = CNN if name == "cnn" else LeNet
     return network(num_classes=num_classes, conv_impl=conv_impl)
-  if name == "mlr":
-    if mlr_init not in MLR_INITS:
-      raise ValueError(f"mlr_init={mlr_init!r} is not one of {MLR_INITS}")
-    return LogisticRegression(num_classes=num_classes, init_scheme=mlr_init)
-  raise ValueError(f"model={name!r} is not one of {MODEL_NAMES}")
+  return build
+
+
+def _logistic_regression(num_classes, mlr_init="torch", **_):
+  if mlr_init not in MLR_INITS:
+    raise ValueError(f"mlr_init={mlr_init!r} is not one of {MLR_INITS}")
+  return LogisticRegression(num_classes=num_classes, init_scheme=mlr_init)
+
+
+register(Model("cnn", _convolutional(CNN), "the seed's CNN", convolutional=True,
+               image_inputs=True, one_per_program_on_cpu=True))
+register(Model("mlr", _logistic_regression, "multinomial logistic regression (the paper's)",
+               eval_batch_size=(10_000, 10_000)))
+register(Model("niid_cnn", _convolutional(LeNet), "NIID-Bench's MNIST CNN (LeNet)",
+               convolutional=True, image_inputs=True))
+
+
+def make_model(name: str, conv_impl: str = "im2col", num_classes: int = 10,
+               mlr_init: str = "torch") -> nn.Module:
+  """Builds the registered model ``name``: ``cnn`` or ``niid_cnn`` (its convolution one of
+  CONV_IMPLS; the backend's default is ``run/defaults.conv_impl``), ``mlr`` (``mlr_init`` one
+  of MLR_INITS), or one of your own (``register``)."""
+  return get(name).build(num_classes, conv_impl=conv_impl, mlr_init=mlr_init)
 
 
 @functools.lru_cache(maxsize=None)

@@ -164,11 +164,13 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   require(c.protocol in protocols.PROTOCOLS, "protocol", c.protocol,
            f"use one of {protocols.PROTOCOLS}")
   c = protocols.resolve(c)
-  require(c.model in models.MODEL_NAMES, "model", c.model, f"use one of {models.MODEL_NAMES}")
+  require(c.model in models.REGISTRY, "model", c.model,
+          f"use one of {tuple(models.REGISTRY)} (or register your own: docs/extending.md)")
+  model = models.get(c.model)
   require(c.mlr_init in models.MLR_INITS, "mlr_init", c.mlr_init,
            f"use one of {models.MLR_INITS}")
-  for field in ("conv_impl", "eval_conv_impl"):  # "none": a resolved logistic regression's
-    allowed = ("auto",) + models.CONV_IMPLS + (("none",) if c.model == "mlr" else ())
+  for field in ("conv_impl", "eval_conv_impl"):  # "none": a model without a convolution's
+    allowed = ("auto",) + models.CONV_IMPLS + (("none",) if not model.convolutional else ())
     require(c[field] in allowed, field, c[field], f"use one of {allowed}")
   require(c.mode in ("single", "sweep"), "mode", c.mode, "use 'single' or 'sweep'")
   require(c.data_source in data_lib.SOURCES, "data_source", c.data_source,
@@ -179,8 +181,8 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for field in ("alpha", "beta"):
       require(c.synthetic[field] >= 0 and math.isfinite(c.synthetic[field]), f"synthetic.{field}",
                c.synthetic[field], "must be a finite number >= 0 (a standard deviation)")
-    require(c.model == "mlr", "model", c.model, "data='synthetic' has 60 features, not images: "
-             "use --config.model=mlr (the paper's model for it)")
+    require(not model.image_inputs, "model", c.model, "data='synthetic' has 60 features, not "
+            "images: use --config.model=mlr (the paper's model for it)")
     require(c.protocol == "paper", "protocol", c.protocol, "data='synthetic' follows the "
              "authors' code: use --config.protocol=paper (the seed's protocol is Flower's MNIST)")
     require(c.train_subset == 0, "train_subset", c.train_subset, "applies to data='mnist' only")
@@ -315,8 +317,8 @@ def _check_grid(c: ml_collections.ConfigDict) -> None:
 def _fill_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The backend's defaults (``defaults``) in the fields left at 'auto' or 0; on a CPU with
   ``autotune``, a convolutional model's paths as measured on this machine (``autotune``)."""
-  convolutional = c.model in models.CONVOLUTIONAL
-  c.eval_batch_size = c.eval_batch_size or defaults.eval_batch_size(c.model)
+  convolutional = models.get(c.model).convolutional
+  c.eval_batch_size = c.eval_batch_size or defaults.eval_batch_size(models.get(c.model))
   tuned = None
   if (c.autotune and convolutional and defaults.autotuned()
       and (c.conv_impl == "auto" or c.eval_conv_impl == "auto"

@@ -10,6 +10,8 @@ becomes. ``run/config.py`` fills them into the resolved config once; nothing els
 | sweep.experiments_per_program  | CNN and synthetic: 1, else all      | all                |
 | sweep.concurrent_programs      | one per core with programs of 1     | 1                  |
 
+The model-dependent cells come from each model's entry (``core/models.py``: its evaluation
+batches, whether a CPU sweep runs it one experiment per program, whether it is convolutional).
 "measured": with ``autotune`` (the default) on a CPU, the convolutional models' fields left at
 auto/0 are chosen by timing the candidates on this machine once (``run/autotune.py``, cached);
 the CPU column is what ``autotune=False`` uses.
@@ -59,15 +61,16 @@ def eval_conv_impl(backend: str | None = None) -> str:
   return "xla"
 
 
-def eval_batch_size(model: str, backend: str | None = None) -> int:
-  if model == "mlr":
-    return 10_000
-  return 50 if _backend(backend) == "cpu" else 1000
+def eval_batch_size(model, backend: str | None = None) -> int:
+  """``model``'s (a ``models.Model``) evaluation batch on this backend."""
+  cpu, accelerator = model.eval_batch_size
+  return cpu if _backend(backend) == "cpu" else accelerator
 
 
-def experiments_per_program(model: str, num_experiments: int, data: str = "mnist",
+def experiments_per_program(model, num_experiments: int, data: str = "mnist",
                             backend: str | None = None) -> int:
-  one_by_one = _backend(backend) == "cpu" and (model == "cnn" or data == "synthetic")
+  one_by_one = _backend(backend) == "cpu" and (model.one_per_program_on_cpu
+                                               or data == "synthetic")
   return 1 if one_by_one else num_experiments
 
 

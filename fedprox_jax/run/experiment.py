@@ -198,6 +198,9 @@ def prepare(c: ml_collections.ConfigDict, source, lanes_over_devices: bool,
   config_lib.require(clients == c.num_clients, "num_clients", c.num_clients,
                      f"data set {c.data!r} has {clients} clients: set "
                      f"--config.num_clients={clients}")
+  config_lib.require(len(exp.input_shape) == 3 or not models.get(c.model).image_inputs,
+                     "model", c.model, f"needs images [height, width, channels], and data set "
+                     f"{c.data!r} has inputs of shape {exp.input_shape}: choose another model")
   replicate = distributed.replicator(mesh)
   exp = exp._replace(train=replicate(jax.tree_util.tree_map(jnp.asarray, exp.train)),
                      test_x=replicate(jnp.asarray(exp.test_x)),

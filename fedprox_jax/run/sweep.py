@@ -494,7 +494,8 @@ def _experiments_per_program(c, num_experiments: int, wd: Workdir) -> int:
                       f"the sweep in {wd.path} was started with {started}, which lays out its "
                       "checkpoints; resume with that value (or 0), or pass a new --workdir")
   return (c.sweep.experiments_per_program or started
-          or defaults.experiments_per_program(c.model, num_experiments, data=c.data))
+          or defaults.experiments_per_program(models.get(c.model), num_experiments,
+                                              data=c.data))
 
 
 def run(c: ml_collections.ConfigDict, workdir: str, source=None,
