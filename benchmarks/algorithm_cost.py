@@ -46,6 +46,7 @@ def main(_):
   c = _config()
   mnist = data_lib.load_mnist("idx", common.DEFAULT_DATA_DIR)
   setup = experiment.prepare(c, mnist, lanes_over_devices=False)
+  c = setup.config  # with the paths set-up chose
   data = setup.data.train
   params = models.init_params(setup.model, jax.random.key(0), data.x.shape[1:])
   runs = {}

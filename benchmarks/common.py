@@ -19,12 +19,14 @@ DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 
 def default_experiment(variant="fedprox", data_dir=DEFAULT_DATA_DIR, **overrides):
-  """(config, Dataset) of configs/mnist.py:VARIANT with overrides, MNIST from IDX files."""
+  """(config as set up, Federation) of configs/mnist.py:VARIANT with overrides, MNIST from IDX
+  files (the config with the paths set-up chose: ``experiment.prepare``)."""
   c = mnist_config.get_config(variant)
   c.update(overrides)
   c = config_lib.resolve(c)  # the protocol's values in the unset fields
   mnist = data_lib.load_mnist("idx", data_dir)
-  return c, experiment.prepare(c, mnist, lanes_over_devices=False).data
+  setup = experiment.prepare(c, mnist, lanes_over_devices=False)
+  return setup.config, setup.data
 
 
 def header():

@@ -108,9 +108,29 @@ def test_an_unwritable_cache_only_costs_the_measurement(tmp_path, monkeypatch, f
 
 
 def _resolved(**fields):
+  """Resolved, then what set-up fills with MNIST's shapes (``experiment.prepare``)."""
   c = mnist_config.get_config("fedprox")
   c.update(fields)
-  return config_lib.resolve(c)
+  return config_lib.fill_measured(config_lib.resolve(c), (28, 28, 1), 10)
+
+
+def test_resolve_leaves_the_measured_paths_to_set_up(fresh_cache, fake_measure):
+  c = mnist_config.get_config("fedprox")
+  c = config_lib.resolve(c)
+  assert (c.conv_impl, c.num_lanes, c.eval_conv_impl) == ("auto", 0, "auto")
+  assert fake_measure == []  # nothing timed before the data's shapes are known
+
+
+def test_set_up_measures_for_the_datas_shapes(fresh_cache, monkeypatch):
+  shapes = []
+
+  def measure(model, batch_size, max_lanes, eval_batch_size, input_shape, num_classes):
+    shapes.append((tuple(input_shape), num_classes))
+    return autotune.Choice("xla", 1, "xla", 1.0, {"xla/1": 1.0}, {"xla": 1.0})
+  monkeypatch.setattr(autotune, "measure", measure)
+  c = config_lib.resolve(mnist_config.get_config("fedprox"))
+  assert config_lib.fill_measured(c, (32, 32, 3), 62).conv_impl == "xla"
+  assert shapes == [((32, 32, 3), 62)]
 
 
 def test_resolve_fills_what_was_left_at_auto_and_records_the_choice(fresh_cache, fake_measure):

@@ -157,6 +157,10 @@ def test_a_data_set_of_your_own_runs_from_the_command_line(tmp_path):
   assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
   assert ("config.num_clients=10: data set 'own_npz' has 12 clients: set "
           "--config.num_clients=12") in wrong.stderr
+  split = _launch(*common, "--config.num_clients=12", "--config.partition=iid",
+                  f"--workdir={tmp_path / 'split'}")
+  assert split.returncode != 0 and "Traceback" not in split.stderr
+  assert "name each example's client: config.partition='iid' does not apply" in split.stderr
   workdir = tmp_path / "run"
   result = _launch(*common, "--config.num_clients=12", f"--workdir={workdir}")
   assert result.returncode == 0, result.stderr[-3000:]

@@ -44,6 +44,9 @@ def load(c, source=None, genuine=None):
 def build(c, source) -> federation.Federation:
   num_classes = int(source["num_classes"])
   if "client_id" in source:
+    if c.partition != "power_law":  # the config's default: a split the data does not take
+      raise DataError(f"{c.data_dir or 'the arrays'} name each example's client: "
+                      f"config.partition={c.partition!r} does not apply; leave it unset")
     return federation.from_client_ids(source["x"], source["y"], source["client_id"],
                                       source["test_x"], source["test_y"], num_classes)
   return federation.from_arrays(c, source["x"], source["y"], source["test_x"],

@@ -25,6 +25,9 @@ class Dataset:
   load: Callable
   federation: Callable
   description: str = ""
+  # Its classes where they are known before reading it (config checks labels_per_client and
+  # the splits against them at once); None: known from the data (checked when partitioning).
+  num_classes: int | None = None
 
 
 REGISTRY: dict = {}
@@ -44,6 +47,8 @@ def get(name: str) -> Dataset:
 
 
 register(Dataset("mnist", mnist.load, mnist.federation,
-                 "MNIST (TFDS or the raw IDX files), split over clients by config.partition"))
+                 "MNIST (TFDS or the raw IDX files), split over clients by config.partition",
+                 num_classes=mnist.NUM_CLASSES))
 register(Dataset("synthetic", synthetic.load, synthetic.federation,
-                 "the paper's Synthetic(alpha, beta) and Synthetic-IID federations"))
+                 "the paper's Synthetic(alpha, beta) and Synthetic-IID federations",
+                 num_classes=synthetic.NUM_CLASSES))

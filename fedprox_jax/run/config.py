@@ -151,8 +151,10 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks every field, the sweep's grid included, before any work is done; returns a copy
   with its protocol's values and the backend's defaults (``defaults``) in the fields it left
   unset: the config a run actually uses. Only what depends on the data or the devices (the
-  batch and lanes capped to the clients, the evaluation batch to the test set, lanes rounded
-  to the devices, whether the MNIST is genuine) is filled in later, by ``experiment.prepare``.
+  paths the CPU autotuner measures for the data's shapes, ``fill_measured``; the batch and
+  lanes capped to the clients, the evaluation batch to the test set, lanes rounded to the
+  devices, whether the data is the published one) is filled in later, by
+  ``experiment.prepare``.
 
   Args:
     c: a config of ``configs/`` (with the user's overrides).
@@ -210,8 +212,9 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     require(math.isfinite(c.dirichlet_beta) and c.dirichlet_beta > 0, "dirichlet_beta",
             c.dirichlet_beta, "must be a finite number > 0 (smaller: more skew; NIID-Bench "
             "uses 0.5)")
-  require(c.labels_per_client <= partition.NUM_CLASSES, "labels_per_client",
-           c.labels_per_client, f"must be between 1 and {partition.NUM_CLASSES}")
+  classes = datasets.get(c.data).num_classes  # None: known once the data is read
+  require(classes is None or c.labels_per_client <= classes, "labels_per_client",
+          c.labels_per_client, f"must be between 1 and {classes}")
   require(c.clients_per_round <= c.num_clients, "clients_per_round", c.clients_per_round,
            f"cannot exceed num_clients={c.num_clients}")
   _require_float32("lr", c.lr, positive=True)
@@ -314,20 +317,37 @@ def _check_grid(c: ml_collections.ConfigDict) -> None:
   federations(c)
 
 
+def _measured(c: ml_collections.ConfigDict) -> bool:
+  """Whether set-up times this config's paths on this machine (``fill_measured``): on a CPU
+  with ``autotune``, a convolutional model with a path left to choose."""
+  return bool(c.autotune and models.get(c.model).convolutional and defaults.autotuned()
+              and (c.conv_impl == "auto" or c.eval_conv_impl == "auto"
+                   or (c.num_lanes == 0 and c.mode == "single")))
+
+
 def _fill_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The backend's defaults (``defaults``) in the fields left at 'auto' or 0; on a CPU with
-  ``autotune``, a convolutional model's paths as measured on this machine (``autotune``)."""
-  convolutional = models.get(c.model).convolutional
+  """The backend's defaults (``defaults``) in the fields left at 'auto' or 0, except those
+  set-up measures once it knows the data's shapes (``fill_measured``)."""
   c.eval_batch_size = c.eval_batch_size or defaults.eval_batch_size(models.get(c.model))
+  if not _measured(c):
+    return fill_measured(c, None, None)
+  if c.mode == "sweep":  # a sweep keeps its lanes: its programs already share the cores
+    c.num_lanes = c.num_lanes or defaults.num_lanes(c.clients_per_round)
+  return c
+
+
+def fill_measured(c: ml_collections.ConfigDict, input_shape, num_classes) -> ml_collections.ConfigDict:
+  """The fields ``resolve`` left for set-up (``c``'s, changed and returned): on a CPU with
+  ``autotune``, a convolutional model's paths as measured on this machine for the data's
+  ``input_shape`` and ``num_classes`` (``autotune``, cached); else the table's."""
+  convolutional = models.get(c.model).convolutional
   tuned = None
-  if (c.autotune and convolutional and defaults.autotuned()
-      and (c.conv_impl == "auto" or c.eval_conv_impl == "auto"
-           or (c.num_lanes == 0 and c.mode == "single"))):
-    # A sweep keeps its lanes: its programs already share the cores side by side.
+  if _measured(c):
     max_lanes = min(autotune.MAX_LANES, c.clients_per_round) if c.mode == "single" else 1
-    tuned = autotune.choose(c.model, c.batch_size, max_lanes, c.eval_batch_size)
+    tuned = autotune.choose(c.model, c.batch_size, max_lanes, c.eval_batch_size,
+                            tuple(input_shape), num_classes)
     c.autotuned = tuned.describe()
-  c.conv_impl = ("none" if not convolutional  # the logistic regression has no convolution
+  c.conv_impl = ("none" if not convolutional  # e.g. the logistic regression: no convolution
                  else c.conv_impl if c.conv_impl != "auto"
                  else tuned.conv_impl if tuned else defaults.conv_impl())
   c.eval_conv_impl = ("none" if not convolutional

@@ -1,5 +1,6 @@
 """Every backend-dependent default, in one table: what a config field left at 0 or 'auto'
-becomes. ``run/config.py`` fills them into the resolved config once; nothing else decides them.
+becomes. ``run/config.py`` fills them (``resolve``; the measured ones at set-up, for the data's
+shapes: ``fill_measured``); nothing else decides them.
 
 | field                          | CPU                                 | GPU / TPU          |
 |--------------------------------|-------------------------------------|--------------------|

@@ -201,6 +201,9 @@ def prepare(c: ml_collections.ConfigDict, source, lanes_over_devices: bool,
   config_lib.require(len(exp.input_shape) == 3 or not models.get(c.model).image_inputs,
                      "model", c.model, f"needs images [height, width, channels], and data set "
                      f"{c.data!r} has inputs of shape {exp.input_shape}: choose another model")
+  # The paths resolve left to measure, timed for these inputs and classes (cached).
+  c = config_lib.fill_measured(ml_collections.ConfigDict(c.to_dict()), exp.input_shape,
+                               exp.num_classes)
   replicate = distributed.replicator(mesh)
   exp = exp._replace(train=replicate(jax.tree_util.tree_map(jnp.asarray, exp.train)),
                      test_x=replicate(jnp.asarray(exp.test_x)),
