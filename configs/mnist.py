@@ -61,7 +61,7 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.train_subset = 0         # use only the first N training examples (0 = all), for quick runs
   # data=synthetic: the paper's Synthetic(alpha, beta) federations (configs/synthetic.py);
   # num_clients is then the number of devices and partition_seed the generator's seed.
-  c.data = "mnist"           # mnist | synthetic (the paper's generated federations)
+  c.data = "mnist"           # mnist | synthetic (the paper's generated federations) | one you register (docs/extending.md)
   c.synthetic = ml_collections.ConfigDict()
   c.synthetic.alpha = 1.0    # data=synthetic: how much the devices' models differ (u_k ~ N(0, alpha))
   c.synthetic.beta = 1.0     # data=synthetic: how much the devices' features differ (B_k ~ N(0, beta))
@@ -79,7 +79,7 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.partition_seed = 42      # numpy seed of the partition (and hold-out) draws
   c.client_val_fraction = config_dict.placeholder(float)  # seed 0.1 (held out, unused) | paper 0
   # Model.
-  c.model = "cnn"            # cnn | mlr
+  c.model = "cnn"            # cnn | mlr | niid_cnn | one you register (docs/extending.md)
   c.mlr_init = config_dict.placeholder(str)  # torch (seed) | glorot (paper: Glorot kernel, 0 bias)
   c.conv_impl = "auto"       # auto (CPU: measured, see autotune) | im2col | xla | patches | xla_nchw
   c.autotune = True          # on a CPU, fields of the CNNs left at auto/0 (conv_impl, eval_conv_impl, a run's num_lanes) are chosen by timing the candidates once per machine (seconds; cached in the user cache); False: run/defaults.py's fixed table
@@ -94,7 +94,7 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.weight_decay = config_dict.placeholder(float)  # seed 0.001 (torch SGD) | paper 0
   c.stragglers_fraction = 0.9  # share of sampled clients that run fewer local epochs
   c.drop_stragglers = False  # True: FedAvg drops stragglers; False: FedProx keeps partial work
-  c.algorithm = ""           # '' = FedAvg/FedProx by mu, drop_stragglers, adaptive_mu | scaffold | fednova | fedavgm | fedadam | fedyogi | fedadagrad (the run's own mu and drop_stragglers still apply; a sweep names its algorithms in sweep.algorithms)
+  c.algorithm = ""           # '' = FedAvg/FedProx by mu, drop_stragglers, adaptive_mu | scaffold | fednova | fedavgm | fedadam | fedyogi | fedadagrad | feddyn | one you register (docs/extending.md) (the run's own mu and drop_stragglers still apply; a sweep names its algorithms in sweep.algorithms)
   c.momentum = 0.0           # the clients' SGD momentum (torch's; NIID-Bench: 0.9), with every algorithm
   c.server_lr = config_dict.placeholder(float)  # the server's learning rate (FedOpt, SCAFFOLD); None: the algorithm's own (1; FedAdam/FedYogi 0.01, FedAdagrad 0.1)
   c.server_momentum = 0.9    # FedAvgM's server momentum; FedAdam/FedYogi/FedAdagrad's beta_1

@@ -128,6 +128,31 @@ def test_scaffold_variates_after_two_rounds_by_hand(data):
     np.testing.assert_allclose(c2 - c1, np.asarray(d).sum(axis=0) / n, atol=5e-5)
 
 
+def test_an_algorithms_own_hyper_parameters_are_checked_in_one_line():
+  from configs import mnist as mnist_config
+  from fedprox_jax.errors import ConfigError
+  from fedprox_jax.run import config as config_lib
+  c = mnist_config.get_config("fedprox")
+  c.update(dict(algorithm="feddyn", mu=0.0))
+  c.hparams.feddyn.alpha = 0.1
+  resolved = config_lib.resolve(c)
+  assert resolved.hparams.to_dict() == {"feddyn": {"alpha": 0.1}}
+  from fedprox_jax.run import experiment
+  assert float(experiment.hparams(resolved).algorithm.alpha) == np.float32(0.1)
+  for alpha, match in ((0.0, "alpha=0.0: must be > 0"),
+                       (1e39, r"alpha=1e\+39: must be a finite number \(float32"),
+                       (float("nan"), "alpha=nan: must be a finite number")):
+    c.hparams.feddyn.alpha = alpha
+    with pytest.raises(ConfigError, match=f"config.hparams.feddyn.{match}") as e:
+      config_lib.resolve(c)
+    assert "\n" not in str(e.value)
+  c.hparams.feddyn.alpha = 0.5
+  c.algorithm = "scaffold"  # alpha would be ignored
+  with pytest.raises(ConfigError, match="applies to the algorithm feddyn, which this run does "
+                     "not run: add --config.algorithm=feddyn"):
+    config_lib.resolve(c)
+
+
 def test_feddyn_first_round_by_hand(data):
   """From zero state (Acar et al.'s Algorithm 1): a client's objective is its loss plus
   alpha/2 ||theta - x0||^2, so it trains as a FedProx client with mu = alpha; then

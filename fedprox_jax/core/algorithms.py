@@ -26,6 +26,7 @@ import optax
 from fedprox_jax.core import feddyn, fednova, fedopt, scaffold
 from fedprox_jax.core.client import LocalHParams, local_momentum_optimizer, local_optimizer
 from fedprox_jax.core.hooks import AVERAGE, Hooks
+from fedprox_jax.registry import Registry
 
 MU_RULES = ("zero", "config", "fixed", "adaptive")
 FIXED_MU_PREFIX = "fedprox_mu"  # fedprox_mu0.01: FedProx with mu = 0.01 (a grid's column)
@@ -81,7 +82,7 @@ def round_statics(algorithm: Algorithm, momentum: float) -> dict:
               per_lane_state=client_optimizer is local_momentum_optimizer)
 
 
-REGISTRY: dict = {}
+REGISTRY = Registry("an algorithm")
 
 
 def hparams_config() -> dict:
@@ -98,22 +99,17 @@ def hparams_help() -> dict:
 
 def register(algorithm: Algorithm) -> Algorithm:
   """Adds ``algorithm`` to the registry (names are unique); returns it."""
-  if algorithm.name in REGISTRY:
-    raise ValueError(f"an algorithm named {algorithm.name!r} is registered already")
-  REGISTRY[algorithm.name] = algorithm
-  return algorithm
+  return REGISTRY.add(algorithm)
 
 
 def get(name: str) -> Algorithm:
   """The registered algorithm ``name``, or FedProx with a fixed mu for ``fedprox_mu<value>``
   (value > 0, written as Python's ``f"{value:g}"`` writes it: 0.01, 1, 1e-05); a ValueError
   naming the registered ones otherwise."""
-  if name in REGISTRY:
-    return REGISTRY[name]
-  if name.startswith(FIXED_MU_PREFIX):
+  if name not in REGISTRY and name.startswith(FIXED_MU_PREFIX):
     return fixed_mu(name)
-  raise ValueError(f"{name!r} is not one of {', '.join(REGISTRY)} (or {FIXED_MU_PREFIX}<mu>, "
-                   f"e.g. {FIXED_MU_PREFIX}0.01: FedProx with that mu)")
+  return REGISTRY.lookup(name, hint=f" (or {FIXED_MU_PREFIX}<mu>, e.g. {FIXED_MU_PREFIX}0.01: "
+                         "FedProx with that mu)")
 
 
 def fixed_mu(name: str) -> Algorithm:

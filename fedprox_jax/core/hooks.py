@@ -93,8 +93,10 @@ class Hooks:
 def check_hparams(hooks: Hooks, values) -> str:
   """'' if ``values`` (a ``hooks.hparams`` of Python numbers) can run, else what is wrong."""
   for name, v in zip(hooks.hparams._fields, values):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-      return f"{name}={v!r}: must be a finite number"
+    # traced as float32: a larger magnitude would become inf without a word
+    if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+        or abs(v) > 3.4e38):
+      return f"{name}={v!r}: must be a finite number (float32: |value| <= 3.4e38)"
   return hooks.check(values) if hooks.check else ""
 
 

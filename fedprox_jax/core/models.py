@@ -34,6 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fedprox_jax.registry import Registry
+
 MLR_INITS = ("torch", "glorot")  # PyTorch nn.Linear's default (the seed) | TF Glorot (the paper)
 
 
@@ -236,20 +238,15 @@ class Model:
   one_per_program_on_cpu: bool = False
 
 
-REGISTRY: dict = {}
+REGISTRY = Registry("a model")
 
 
 def register(model: Model) -> Model:
-  if model.name in REGISTRY:
-    raise ValueError(f"a model named {model.name!r} is registered already")
-  REGISTRY[model.name] = model
-  return model
+  return REGISTRY.add(model)
 
 
 def get(name: str) -> Model:
-  if name not in REGISTRY:
-    raise ValueError(f"model={name!r} is not one of {tuple(REGISTRY)}")
-  return REGISTRY[name]
+  return REGISTRY.lookup(name, f"model={name!r}")
 
 
 def _convolutional(network):

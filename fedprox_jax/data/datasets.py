@@ -17,6 +17,7 @@ import dataclasses
 from typing import Callable
 
 from fedprox_jax.data import mnist, synthetic
+from fedprox_jax.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,20 +31,15 @@ class Dataset:
   num_classes: int | None = None
 
 
-REGISTRY: dict = {}
+REGISTRY = Registry("a data set")
 
 
 def register(dataset: Dataset) -> Dataset:
-  if dataset.name in REGISTRY:
-    raise ValueError(f"a data set named {dataset.name!r} is registered already")
-  REGISTRY[dataset.name] = dataset
-  return dataset
+  return REGISTRY.add(dataset)
 
 
 def get(name: str) -> Dataset:
-  if name not in REGISTRY:
-    raise ValueError(f"{name!r} is not one of {', '.join(REGISTRY)}")
-  return REGISTRY[name]
+  return REGISTRY.lookup(name)
 
 
 register(Dataset("mnist", mnist.load, mnist.federation,
