@@ -48,7 +48,7 @@ def main(_):
   setup = experiment.prepare(c, mnist, lanes_over_devices=False)
   c = setup.config  # with the paths set-up chose
   data = setup.data.train
-  params = models.init_params(setup.model, jax.random.key(0), data.x.shape[1:])
+  params = models.init_params(setup.model, jax.random.key(0), setup.data.input_spec)
   runs = {}
   for name in F.algorithms:
     a = algorithms.get(name)

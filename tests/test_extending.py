@@ -202,3 +202,114 @@ print(sum(x.size for x in jax.tree_util.tree_leaves(params)))
 """], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert check.returncode == 0, check.stderr[-2000:]
   assert int(check.stdout.split()[-1]) == 784 * 200 + 200 + 200 * 10 + 10
+
+
+def _token_data(path, num_clients=12, vocab_size=30, length=12, seed=0):
+  """Three classes of token sequences (each class draws 70 % of its tokens from its own ten
+  of the 30), each client a few under its own id, and a test set: own_data.py's layout with
+  ``vocab_size``."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+
+  def sequences(labels):
+    own = 10 * labels[:, None] + rng.integers(0, 10, (len(labels), length))
+    anywhere = rng.integers(0, vocab_size, (len(labels), length))
+    return np.where(rng.random((len(labels), length)) < 0.7, own, anywhere).astype(np.int64)
+
+  sizes = rng.integers(5, 40, num_clients)
+  y = rng.integers(0, 3, int(sizes.sum()))
+  test_y = rng.integers(0, 3, 300)
+  arrays = dict(x=sequences(y), y=y, client_id=np.repeat(rng.permutation(500)[:num_clients], sizes),
+                test_x=sequences(test_y), test_y=test_y, num_classes=3, vocab_size=vocab_size)
+  np.savez(path, **arrays)
+  return arrays
+
+
+TOKEN_ORACLE = r"""
+import importlib.util, sys
+import jax, numpy as np
+sys.path[:0] = [ROOT, ROOT + "/tests"]
+spec = importlib.util.spec_from_file_location("token_example", EXAMPLE)
+example = importlib.util.module_from_spec(spec); spec.loader.exec_module(example)
+from fedprox_jax.core import algorithms, models, reference, server
+from fedprox_jax.data import federation
+from helpers import tree_max_abs_diff
+rng = np.random.default_rng(1)
+sizes = np.array([3, 17, 9, 30, 5, 12])
+x = rng.integers(0, 30, (int(sizes.sum()), 12))
+fed = federation.from_client_ids(x, rng.integers(0, 3, len(x)), np.repeat(np.arange(6), sizes),
+                                 x[:4], np.zeros(4, int), num_classes=3, vocab_size=30)
+assert fed.train.x.dtype == np.int32 and fed.input_spec == ((12,), "int32", 30), fed.input_spec
+data = jax.tree_util.tree_map(jax.numpy.asarray, fed.train)
+model = models.make_model("bag_of_tokens", num_classes=3, input_spec=fed.input_spec)
+x0 = models.init_params(model, jax.random.key(0), fed.input_spec)
+for name in ("fedprox", "scaffold"):
+  a = algorithms.get(name)
+  spec = server.RoundSpec(clients_per_round=4, local_epochs=2, batch_size=4, max_client_size=30,
+                          num_lanes=2, sampling="uniform", straggler_rule="exact",
+                          weighting="samples", **algorithms.round_statics(a, 0.0))
+  hp = server.HParams.create(0.1, 0.5, 0.5, False, 4, algorithm=a.hparams)
+  state = server.init_server_state(spec, x0, 6, hp)
+  v = l = state
+  for t in (1, 2):
+    v, _ = jax.jit(server.round_step, static_argnums=(0, 1))(model.apply, spec, v, fed.train, hp, jax.random.key(t))
+    l, _ = reference.looped_round_step(model.apply, spec, l, fed.train, hp, jax.random.key(t))
+  print(name, tree_max_abs_diff(v.params, l.params), tree_max_abs_diff(v.params, x0))
+"""
+
+
+def test_a_token_model_equals_its_looped_reference_on_token_ids():
+  example = os.path.join(ROOT, "docs", "examples", "token_model.py")
+  result = subprocess.run([sys.executable, "-c", f"ROOT, EXAMPLE = {ROOT!r}, {example!r}\n"
+                           + TOKEN_ORACLE], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = [line.split() for line in result.stdout.splitlines()]
+  assert [line[0] for line in lines] == ["fedprox", "scaffold"]
+  for _, to_looped, moved in lines:
+    assert float(to_looped) < 3e-5
+    assert float(moved) > 1e-3  # it trained: the embeddings and the dense layer moved
+
+
+def test_token_ids_are_kept_and_checked():
+  import numpy as np
+  import pytest
+  from fedprox_jax.data import federation
+  from fedprox_jax.errors import DataError
+  x = np.array([[0, 3, 4], [5, 1, 1], [2, 2, 0]], np.uint8)
+  y = np.array([0, 1, 0])
+  fed = federation.from_client_ids(x, y, [1, 1, 2], x, y, num_classes=2, vocab_size=6)
+  assert fed.train.x.dtype == np.int32 and np.asarray(fed.train.x).tolist() == x.tolist()
+  assert fed.vocab_size == 6 and fed.input_spec.tokens
+  # Without vocab_size, integers are features (pixel values), as before: float32.
+  features = federation.from_client_ids(x, y, [1, 1, 2], x, y, num_classes=2)
+  assert features.train.x.dtype == np.float32 and not features.input_spec.tokens
+  for bad_x, bad_test in ((np.where(x == 5, 6, x), x), (x, x.astype(np.float32))):
+    with pytest.raises(DataError, match=r"inputs must be token ids, integers from 0 to 5 "
+                                        r"\(vocab_size=6\)") as e:
+      federation.from_client_ids(bad_x, y, [1, 1, 2], bad_test, y, num_classes=2, vocab_size=6)
+    assert "\n" not in str(e.value)
+
+
+def test_a_token_model_runs_from_the_command_line_and_refuses_features(tmp_path):
+  arrays = _token_data(tmp_path / "tokens.npz")
+  _own_data(tmp_path / "blobs.npz")
+  example = os.path.join(ROOT, "docs", "examples", "token_model.py")
+  common = [f"--config={example}", "--config.num_clients=12", "--config.clients_per_round=4",
+            "--config.num_rounds=3", "--config.lr=0.5", "--config.mu=0.0"]
+  workdir = tmp_path / "run"
+  result = _launch(*common, f"--config.data_dir={tmp_path / 'tokens.npz'}", f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["model"] == "bag_of_tokens" and config["data"] == "own_npz"
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["round"] for r in rows] == [1, 2, 3] and rows[-1]["test_accuracy"] > 0.8
+  assert len(arrays["test_y"]) == 300
+  # A model of features on token ids, and the token model on features: one line each.
+  for data, model, says in (
+      ("tokens.npz", "mlr", "takes features, and the data set's inputs are token ids (vocab_size=30)"),
+      ("blobs.npz", "bag_of_tokens", "takes token ids, and the data set's inputs are float32 features")):
+    bad = _launch(*common, f"--config.data_dir={tmp_path / data}", f"--config.model={model}",
+                  f"--workdir={tmp_path / model}")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr[-3000:]
+    assert f"config.model={model!r}: {says} (data set 'own_npz'): choose another model" in bad.stderr
+    assert not (tmp_path / model).exists()

@@ -3,8 +3,9 @@
 
 Your arrays in one ``.npz`` file: ``x`` (training examples, any shape), ``y`` (integer labels),
 ``client_id`` (which client holds each training example), ``test_x``, ``test_y``, and
-``num_classes``. Each client keeps its examples in their order; clients are numbered by their
-ids' sorted order. Without ``client_id`` the examples are split over ``num_clients`` by
+``num_classes``; optionally ``vocab_size``, where ``x`` holds integer token ids below it
+(sequences for a model that takes tokens: docs/examples/token_model.py). Each client keeps
+its examples in their order; clients are numbered by their ids' sorted order. Without ``client_id`` the examples are split over ``num_clients`` by
 ``config.partition`` (iid, labeldir, ...), as MNIST is.
 
 From the command line (this file is the config; it registers the data set first):
@@ -43,14 +44,16 @@ def load(c, source=None, genuine=None):
 
 def build(c, source) -> federation.Federation:
   num_classes = int(source["num_classes"])
+  vocab_size = int(source.get("vocab_size", 0))  # 0: x holds features, not token ids
   if "client_id" in source:
     if c.partition != "power_law":  # the config's default: a split the data does not take
       raise DataError(f"{c.data_dir or 'the arrays'} name each example's client: "
                       f"config.partition={c.partition!r} does not apply; leave it unset")
     return federation.from_client_ids(source["x"], source["y"], source["client_id"],
-                                      source["test_x"], source["test_y"], num_classes)
+                                      source["test_x"], source["test_y"], num_classes,
+                                      vocab_size)
   return federation.from_arrays(c, source["x"], source["y"], source["test_x"],
-                                source["test_y"], num_classes)
+                                source["test_y"], num_classes, vocab_size)
 
 
 if "own_npz" not in datasets.REGISTRY:  # a second import of this file registers nothing

@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fedprox_jax.federated_data import InputSpec
 from fedprox_jax.registry import Registry
 
 MLR_INITS = ("torch", "glorot")  # PyTorch nn.Linear's default (the seed) | TF Glorot (the paper)
@@ -222,15 +223,18 @@ class LogisticRegression(nn.Module):
 class Model:
   """A model by name (``config.model``): how to build it and the rules that hinge on it.
 
-  ``build(num_classes, conv_impl=..., mlr_init=...)`` returns a Flax module (``init(key,
-  x)``, ``apply(params, x) -> logits``; x a batch of the data set's float32 inputs); it takes
-  the options it uses and ignores the others.
+  ``build(num_classes, input_spec=..., conv_impl=..., mlr_init=...)`` returns a Flax module
+  (``init(key, x)``, ``apply(params, x) -> logits``; x a batch of the data set's inputs, as
+  ``input_spec`` (``federated_data.InputSpec``) describes one: float32 features, or int32
+  token ids below ``input_spec.vocab_size``); it takes the options it uses and ignores the
+  others.
   """
   name: str
   build: Callable
   description: str = ""
   convolutional: bool = False  # conv_impl / eval_conv_impl apply (timed by the CPU autotuner)
   image_inputs: bool = False   # needs [H, W, C] inputs (not a vector data set's)
+  token_inputs: bool = False   # takes int32 token ids (a data set with vocab_size), not features
   # Evaluation batch when config.eval_batch_size is 0: (CPU, accelerators).
   eval_batch_size: tuple = (50, 1000)
   # A CPU sweep runs its experiments one per program, side by side (a wide vmapped step of it
@@ -271,12 +275,30 @@ register(Model("niid_cnn", _convolutional(LeNet), "NIID-Bench's MNIST CNN (LeNet
                convolutional=True, image_inputs=True))
 
 
+MNIST_INPUT = InputSpec((28, 28, 1))  # the default where no data set is named (tests, benchmarks)
+
+
 def make_model(name: str, conv_impl: str = "im2col", num_classes: int = 10,
-               mlr_init: str = "torch") -> nn.Module:
-  """Builds the registered model ``name``: ``cnn`` or ``niid_cnn`` (its convolution one of
-  CONV_IMPLS; the backend's default is ``run/defaults.conv_impl``), ``mlr`` (``mlr_init`` one
-  of MLR_INITS), or one of your own (``register``)."""
-  return get(name).build(num_classes, conv_impl=conv_impl, mlr_init=mlr_init)
+               mlr_init: str = "torch", input_spec: InputSpec = MNIST_INPUT) -> nn.Module:
+  """Builds the registered model ``name`` for ``input_spec``'s examples: ``cnn`` or
+  ``niid_cnn`` (its convolution one of CONV_IMPLS; the backend's default is
+  ``run/defaults.conv_impl``), ``mlr`` (``mlr_init`` one of MLR_INITS), or one of your own
+  (``register``)."""
+  return get(name).build(num_classes, input_spec=input_spec, conv_impl=conv_impl,
+                         mlr_init=mlr_init)
+
+
+def check_inputs(name: str, spec: InputSpec) -> str | None:
+  """Why model ``name`` cannot take ``spec``'s examples (None: it can)."""
+  entry = get(name)
+  if entry.token_inputs and not spec.tokens:
+    return f"takes token ids, and the data set's inputs are {spec.dtype} features"
+  if spec.tokens and not entry.token_inputs:
+    return f"takes features, and the data set's inputs are token ids (vocab_size={spec.vocab_size})"
+  if entry.image_inputs and len(spec.shape) != 3:
+    return (f"needs images [height, width, channels], and the data set's inputs have shape "
+            f"{tuple(spec.shape)}")
+  return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -286,7 +308,8 @@ def _jitted_init(model: nn.Module):
   return jax.jit(model.init)
 
 
-def init_params(model: nn.Module, key: jax.Array, input_shape=(28, 28, 1)):
-  """Initial parameters for one example of ``input_shape`` (no batch axis); one compiled
-  program, not one per parameter (the same values as flax's eager init)."""
-  return _jitted_init(model)(key, jnp.zeros((1,) + tuple(input_shape), jnp.float32))
+def init_params(model: nn.Module, key: jax.Array, input_spec: InputSpec = MNIST_INPUT):
+  """Initial parameters for examples as ``input_spec`` (``Federation.input_spec``) describes
+  one; one compiled program, not one per parameter (the same values as flax's eager init)."""
+  example = jnp.zeros((1,) + tuple(input_spec.shape), input_spec.dtype)
+  return _jitted_init(model)(key, example)

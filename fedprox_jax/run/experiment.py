@@ -198,9 +198,9 @@ def prepare(c: ml_collections.ConfigDict, source, lanes_over_devices: bool,
   config_lib.require(clients == c.num_clients, "num_clients", c.num_clients,
                      f"data set {c.data!r} has {clients} clients: set "
                      f"--config.num_clients={clients}")
-  config_lib.require(len(exp.input_shape) == 3 or not models.get(c.model).image_inputs,
-                     "model", c.model, f"needs images [height, width, channels], and data set "
-                     f"{c.data!r} has inputs of shape {exp.input_shape}: choose another model")
+  mismatch = models.check_inputs(c.model, exp.input_spec)
+  config_lib.require(mismatch is None, "model", c.model,
+                     f"{mismatch} (data set {c.data!r}): choose another model")
   # The paths resolve left to measure, timed for these inputs and classes (cached).
   c = config_lib.fill_measured(ml_collections.ConfigDict(c.to_dict()), exp.input_shape,
                                exp.num_classes)
@@ -211,12 +211,13 @@ def prepare(c: ml_collections.ConfigDict, source, lanes_over_devices: bool,
   logging.info("partition: %s", partition.format_stats(exp.stats))
   if "paper" in exp.stats:
     logging.info("the paper's table: %s", exp.stats["paper"])
-  model = models.make_model(c.model, c.conv_impl, exp.num_classes, mlr_init=c.mlr_init)
+  model = models.make_model(c.model, c.conv_impl, exp.num_classes, mlr_init=c.mlr_init,
+                            input_spec=exp.input_spec)
   spec = round_spec(c, exp.stats["max_train"], mesh if lanes_over_devices else None)
   eval_batch = min(c.eval_batch_size, len(exp.test_y))
   # The same parameters, another convolution (equal logits: tests/test_models.py).
   eval_model = models.make_model(c.model, c.eval_conv_impl, exp.num_classes,
-                                 mlr_init=c.mlr_init)
+                                 mlr_init=c.mlr_init, input_spec=exp.input_spec)
   resolved = ml_collections.ConfigDict(c.to_dict())
   resolved.update(genuine_mnist=genuine,  # None: the data set has no published original
                   num_lanes=spec.num_lanes, num_devices=mesh.size, eval_batch_size=eval_batch,

@@ -60,7 +60,7 @@ def run(c: ml_collections.ConfigDict, workdir: str, source=None,
   try:
     setup = experiment.prepare(c, source, lanes_over_devices=True)
     experiment.check_state_memory(c, setup.spec, models.init_params(
-        setup.model, jax.random.key(0), setup.data.train.x.shape[1:]))
+        setup.model, jax.random.key(0), setup.data.input_spec))
     wd.commit(setup.config.to_dict(), setup.data.stats)
     distributed.barrier("workdir ready")
     logging.info("model %s, %d lanes on %d device(s), backend %s; setup took %.1fs", c.model,
@@ -90,7 +90,7 @@ def _restore(setup: experiment.Setup, wd: Workdir, checkpoints: checkpoints_lib.
   state's arrays}, and where the server keeps more than the model {"server": its arrays}."""
   c = setup.config
   init_key, _ = jax.random.split(jax.random.key(c.seed))
-  state = {"params": models.init_params(setup.model, init_key, setup.data.train.x.shape[1:])}
+  state = {"params": models.init_params(setup.model, init_key, setup.data.input_spec)}
   if c.adaptive_mu:
     state["mu"] = dict(adaptive_mu.init(c.mu)._asdict())
   extra = experiment.server_state_leaves(server.init_server_state(

@@ -342,10 +342,9 @@ def run_program(setup: experiment.Setup, specs: list, schedule: loop.Schedule,
   spec = dataclasses.replace(setup.spec, **dict(statics(c, specs[0])))
   real = len(specs)
   names = [s.name for s in specs]
-  input_shape = setup.data.train.x.shape[1:]
   # The same seed gives the same initial model (common random numbers).
   initial = [models.init_params(setup.model, jax.random.split(jax.random.key(s.seed))[0],
-                                input_shape) for s in specs]
+                                setup.data.input_spec) for s in specs]
   experiment.check_state_memory(c, spec, initial[0], len(specs))
   stack = lambda trees: jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)
   stacked = _stack_hparams(c, specs)
@@ -564,7 +563,7 @@ def run(c: ml_collections.ConfigDict, workdir: str, source=None,
           [d["data_sha256"] for d in datasets.values()]))}
     # Every program's SCAFFOLD state must fit: checked before anything is written.
     params = models.init_params(first_setup.model, jax.random.key(0),
-                                first_setup.data.train.x.shape[1:])
+                                first_setup.data.input_spec)
     for _, chunk in programs:
       experiment.check_state_memory(c, dataclasses.replace(
           first_setup.spec, **dict(statics(c, chunk[0]))), params, len(chunk))
