@@ -94,7 +94,7 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.weight_decay = config_dict.placeholder(float)  # seed 0.001 (torch SGD) | paper 0
   c.stragglers_fraction = 0.9  # share of sampled clients that run fewer local epochs
   c.drop_stragglers = False  # True: FedAvg drops stragglers; False: FedProx keeps partial work
-  c.algorithm = ""           # '' = FedAvg/FedProx by mu, drop_stragglers, adaptive_mu | scaffold | fednova | fedavgm | fedadam | fedyogi | fedadagrad | feddyn | one you register (docs/extending.md) (the run's own mu and drop_stragglers still apply; a sweep names its algorithms in sweep.algorithms)
+  c.algorithm = ""           # '' = FedAvg/FedProx by mu, drop_stragglers, adaptive_mu | scaffold | fednova | fedavgm | fedadam | fedyogi | fedadagrad | feddyn | one you register (docs/extending.md) | fedavg | fedprox | fedprox_mu<value> | ...: as in sweep.algorithms, the name sets mu and the straggler rule (a sweep names its algorithms in sweep.algorithms)
   c.momentum = 0.0           # the clients' SGD momentum (torch's; NIID-Bench: 0.9), with every algorithm
   c.server_lr = config_dict.placeholder(float)  # the server's learning rate (FedOpt, SCAFFOLD); None: the algorithm's own (1; FedAdam/FedYogi 0.01, FedAdagrad 0.1)
   c.server_momentum = 0.9    # FedAvgM's server momentum; FedAdam/FedYogi/FedAdagrad's beta_1

@@ -134,3 +134,60 @@ def test_help_lists_every_variant_of_every_config_file():
     for variant in module.VARIANTS:
       assert variant in line, (name, variant, line)
   assert "--config.mode=sweep" in result.stdout
+
+
+def _registered_names():
+  from fedprox_jax.core import algorithms
+  return sorted(algorithms.REGISTRY) + ["fedprox_mu0.5"]
+
+
+@pytest.mark.parametrize("name", _registered_names())
+def test_a_runs_algorithm_is_the_sweeps_experiment_of_that_name(name):
+  """One name, one algorithm: a run with ``algorithm=NAME`` trains with exactly the traced
+  hyper-parameters (mu, straggler rule, server and own ones) of the sweep's NAME experiment at
+  the run's straggler level and seed, whatever the variant's mu and drop_stragglers were."""
+  import jax
+  import numpy as np
+  from fedprox_jax.core import algorithms
+  from fedprox_jax.run import experiment, sweep
+  for variant in ("fedprox", "fedavg"):  # mu 1 / partial work kept, mu 0 / dropped
+    c = mnist_config.get_config(variant)
+    c.update(dict(algorithm=name, mu=0.7 if algorithms.get(name).mu_rule in (
+        "config", "adaptive") else c.mu, stragglers_fraction=0.5))
+    run = config_lib.resolve(c)
+    s = mnist_config.get_config("figure1")
+    s.sweep.update(dict(algorithms=name, stragglers="0.5", seeds=1, mu=0.7,
+                        adaptive_mu_init=0.7))
+    s = config_lib.resolve(s)
+    (point,) = sweep.experiment_grid(s)
+    assert (run.mu, run.drop_stragglers, run.adaptive_mu) == (
+        point.mu, point.drop_stragglers, point.adaptive), (variant, name)
+    got = experiment.hparams(run)
+    want = experiment.hparams(s, algorithms.get(name), mu=point.mu,
+                              drop_stragglers=point.drop_stragglers,
+                              stragglers_fraction=point.stragglers_fraction)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+      np.testing.assert_array_equal(a, b, err_msg=f"{variant} {name}")
+    assert experiment.run_algorithm(run).hooks == algorithms.get(name).hooks
+
+
+def test_a_runs_field_its_named_algorithm_replaces_is_refused():
+  c = mnist_config.get_config("fedprox")
+  c.algorithm = "scaffold"
+  with pytest.raises(errors.ConfigError, match=r"config.mu=0.5 does not apply to "
+                     r"algorithm='scaffold', which runs with mu=0.0 as it does in a sweep"):
+    c.mu = 0.5
+    config_lib.check_mode_fields(c, given=("algorithm", "mu"))
+  c.mu = 0.0  # the guide's command: the value the algorithm runs with is accepted
+  config_lib.check_mode_fields(c, given=("algorithm", "mu"))
+  c.update(dict(algorithm="fedavg", drop_stragglers=False))
+  with pytest.raises(errors.ConfigError, match="config.drop_stragglers=False does not apply"):
+    config_lib.check_mode_fields(c, given=("algorithm", "drop_stragglers"))
+  c = mnist_config.get_config("fedavg")  # mu = 0: 'fedprox' is FedProx with mu > 0
+  c.algorithm = "fedprox"
+  with pytest.raises(errors.ConfigError, match=r"config.mu=0.0: algorithm='fedprox' is "
+                                               r"FedProx with mu > 0"):
+    config_lib.resolve(c)
+  line = _one_error_line(_launch("--config=configs/mnist.py:fedprox",
+                                 "--config.algorithm=feddyn", "--config.mu=1.0"))
+  assert "config.mu=1.0 does not apply to algorithm='feddyn'" in line

@@ -266,7 +266,7 @@ def test_scaffold_state_size():
 
 @pytest.mark.parametrize("field, value, match", [
     ("algorithm", "scafold", "config.algorithm: 'scafold' is not one of"),
-    ("algorithm", "fedavg", "leave algorithm empty"),
+    ("algorithm", "fedprox_mu0.010", "write it fedprox_mu0.01"),
     ("momentum", 1.0, "config.momentum=1.0: must be in"),
     ("server_lr", 0.0, "config.server_lr=0.0: must be a finite number > 0"),
     ("partition", "dirichlet", "use one of"),

@@ -41,9 +41,10 @@ class Algorithm:
     description: one line for tables and ``--help``.
     drop_stragglers: the server discards stragglers' partial work (FedAvg) instead of
       aggregating it (FedProx).
-    mu_rule: 'zero' (no proximal term), 'config' (the config's mu: ``sweep.mu`` in a sweep),
-      'fixed' (its own ``mu``: the fedprox_mu<value> names), or 'adaptive' (the paper's
-      heuristic, from ``sweep.adaptive_mu_init`` or its default).
+    mu_rule: 'zero' (no proximal term), 'config' (the config's mu: ``mu`` in a run,
+      ``sweep.mu`` in a sweep), 'fixed' (its own ``mu``: the fedprox_mu<value> names), or
+      'adaptive' (the paper's heuristic, from a run's ``mu``, a sweep's
+      ``sweep.adaptive_mu_init`` or its default).
     client_optimizer: traced ``LocalHParams`` -> the local solver's optax chain. It must keep
       no state across steps other than what ``init`` derives from the global model: the lanes
       share one optimizer state (``core/lanes.py``) unless ``round_statics`` gives it per-lane
@@ -71,6 +72,13 @@ class Algorithm:
   def hparams(self):
     """Its own traced hyper-parameters at their defaults (``config.hparams.<name>``)."""
     return self.hooks.hparams
+
+  def proximal_mu(self, configured: float, adaptive_first: float) -> float:
+    """Its (first) proximal weight, by ``mu_rule``, where the config's mu is ``configured``
+    and the adaptive rule starts from ``adaptive_first``: the one rule a run's ``algorithm``
+    and a sweep's ``sweep.algorithms`` follow."""
+    return {"zero": 0.0, "config": configured, "fixed": self.mu,
+            "adaptive": adaptive_first}[self.mu_rule]
 
 
 def round_statics(algorithm: Algorithm, momentum: float) -> dict:

@@ -12,7 +12,6 @@ import ml_collections
 import numpy as np
 
 from fedprox_jax.core import algorithms, hooks as hooks_lib, models, server
-from fedprox_jax.core import client as client_lib
 from fedprox_jax.data import mnist as data_lib
 from fedprox_jax.data import datasets, partition, synthetic
 from fedprox_jax.errors import ConfigError
@@ -77,6 +76,7 @@ def check_mode_fields(c: ml_collections.ConfigDict, given=()) -> None:
             "sweep.stragglers; set those instead")
     check_hparams(c, given)
     return
+  _check_run_algorithm(c, given)
   for field, default in SWEEP_DEFAULTS.items():  # a run
     if f"sweep.{field}" in given or (field in c.sweep and c.sweep[field] != default):
       raise ConfigError(
@@ -85,6 +85,32 @@ def check_mode_fields(c: ml_collections.ConfigDict, given=()) -> None:
           "or choose the run's algorithm with algorithm, mu, drop_stragglers and "
           "stragglers_fraction")
   check_hparams(c, given)
+
+
+def named_algorithm(c: ml_collections.ConfigDict) -> algorithms.Algorithm:
+  """The registered algorithm ``c.algorithm`` names, or one line naming the registered ones."""
+  try:
+    return algorithms.get(c.algorithm)
+  except ValueError as e:
+    raise ConfigError(f"config.algorithm: {e}") from e
+
+
+def _check_run_algorithm(c: ml_collections.ConfigDict, given) -> None:
+  """Refuses a run's ``mu``, ``drop_stragglers`` or ``adaptive_mu`` named on the command line
+  with a value the named ``algorithm``'s own rule replaces (as in a sweep, where the name
+  alone says what runs): it would be ignored."""
+  if not c.algorithm or not set(given) & {"mu", "drop_stragglers", "adaptive_mu"}:
+    return
+  a = named_algorithm(c)
+  own = {"mu": a.proximal_mu(c.mu, c.mu), "drop_stragglers": a.drop_stragglers,
+         "adaptive_mu": a.mu_rule == "adaptive"}
+  for field, value in own.items():
+    if field in given and c[field] != value:
+      raise ConfigError(
+          f"config.{field}={c[field]!r} does not apply to algorithm={c.algorithm!r}, which "
+          f"runs with {field}={value!r} as it does in a sweep ({a.description}): leave "
+          f"{field} unset, or set --config.algorithm='' to choose mu, drop_stragglers and "
+          "adaptive_mu freely")
 
 
 def algorithms_run(c: ml_collections.ConfigDict) -> list:
@@ -221,18 +247,21 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require_float32("mu", c.mu)
   _require_float32("weight_decay", c.weight_decay)
   if c.algorithm:
-    try:
-      chosen = algorithms.get(c.algorithm)
-    except ValueError as e:
-      raise ConfigError(f"config.algorithm: {e}") from e
-    require(chosen.hooks != hooks_lib.AVERAGE or chosen.client_optimizer
-            is not client_lib.local_optimizer, "algorithm", c.algorithm,
-            "FedAvg and FedProx are chosen by mu and drop_stragglers "
-            "(--config=configs/mnist.py:fedavg or :fedprox): leave algorithm empty")
-    require(not c.adaptive_mu, "adaptive_mu", c.adaptive_mu,
-            f"applies to FedProx (algorithm=''), not to algorithm={c.algorithm}")
-    if c.server_lr is None and c.mode == "single":  # config.json records the value used
-      c.server_lr = chosen.server_lr
+    chosen = named_algorithm(c)
+    require(not c.adaptive_mu or chosen.mu_rule == "adaptive", "adaptive_mu", c.adaptive_mu,
+            f"applies to FedProx (algorithm='' or 'fedprox_adaptive'), not to "
+            f"algorithm={c.algorithm}")
+    require(c.mode != "single" or chosen.mu_rule != "config" or c.mu > 0, "mu", c.mu,
+            f"algorithm={c.algorithm!r} is FedProx with mu > 0, as in a sweep: set "
+            "--config.mu, or use algorithm='fedprox_mu0' (FedProx without the proximal term)")
+    if c.mode == "single":
+      # The name means what it means in sweep.algorithms: its own mu and straggler rule
+      # (config.json records the values used, the server's learning rate too).
+      c.mu = chosen.proximal_mu(c.mu, c.mu)
+      c.drop_stragglers = chosen.drop_stragglers
+      c.adaptive_mu = chosen.mu_rule == "adaptive"
+      if c.server_lr is None:
+        c.server_lr = chosen.server_lr
   require(0 <= c.momentum < 1, "momentum", c.momentum, "must be in [0, 1) (NIID-Bench: 0.9)")
   if c.server_lr is not None:
     _require_float32("server_lr", c.server_lr, positive=True)

@@ -116,9 +116,8 @@ def experiment_grid(c: ml_collections.ConfigDict) -> list:
     for partition in partitions:
       for fraction in fractions:
         for a in chosen:
-          mu = {"zero": 0.0, "config": c.sweep.mu, "fixed": a.mu,
-                "adaptive": (adaptive_mu.initial_mu(iid) if c.sweep.adaptive_mu_init is None
-                             else c.sweep.adaptive_mu_init)}[a.mu_rule]
+          mu = a.proximal_mu(c.sweep.mu, adaptive_mu.initial_mu(iid)
+                             if c.sweep.adaptive_mu_init is None else c.sweep.adaptive_mu_init)
           for seed in seeds:
             if partition in partition_seeds(c, seed):
               grid.append(GridPoint(a.name, mu, a.drop_stragglers, fraction, seed,
