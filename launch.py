@@ -44,17 +44,13 @@ def _fail(message: str, code: int = 2, prefix: str = "error: "):
 
 
 def config_fields_help(path: str) -> dict:
-  """{field: help} from every ``c.FIELD = VALUE  # help`` line of a config file."""
-  fields = {}
-  with open(path) as f:
-    for line in f:
-      m = re.match(r"\s*c\.([\w.]+)\s*=\s*(.+?)\s*(?:#\s*(.*))?$", line)
-      if m and m.group(2).startswith("ml_collections.ConfigDict(algorithms.hparams_config()"):
-        # the algorithms' own hyper-parameters: their help is in their registrations
-        from fedprox_jax.core import algorithms
-        fields.update({f"{m.group(1)}.{k}": v for k, v in algorithms.hparams_help().items()})
-      elif m and not m.group(2).startswith("ml_collections.ConfigDict("):  # not a block
-        fields[m.group(1)] = m.group(3) or ""
+  """{field: help} of a config file: its ``HELP`` (a config built on configs/mnist.py adds to
+  that file's, which holds every field's) and each registered algorithm's own
+  hyper-parameters (``hparams.<name>.<field>``, from their registrations)."""
+  from fedprox_jax.core import algorithms
+  fields = dict(_load_module(os.path.join(ROOT, DEFAULT_CONFIG)).HELP)
+  fields.update(getattr(_load_module(path), "HELP", {}))
+  fields.update({f"hparams.{k}": v for k, v in algorithms.hparams_help().items()})
   return fields
 
 
@@ -99,9 +95,7 @@ def _print_help(config_arg: str) -> None:
   print("\n".join(_variants_help()) + "\n")
   print(f"Config fields of {path}:{variant or '(default)'} "
         "(set with --config.FIELD=VALUE):")
-  documented = config_fields_help(os.path.join(ROOT, DEFAULT_CONFIG))  # every config's base
-  documented.update({k: v for k, v in config_fields_help(path).items() if v or k not in documented})
-  for name, text in documented.items():
+  for name, text in config_fields_help(path).items():
     value = values
     for part in name.split("."):
       value = value[part]

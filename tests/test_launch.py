@@ -1,5 +1,6 @@
 """configs/mnist.py variants and overrides, config validation, and launch.py end to end."""
 
+import glob
 import json
 import os
 import re
@@ -267,6 +268,12 @@ def test_help_lists_every_config_field():
     for k, v in d.items():
       yield from names(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + k]
   assert set(names(mnist_config.get_config("fedprox").to_dict())) == set(documented)
+  # Every config file's fields have help (configs/mnist.py's HELP holds them all).
+  for path in glob.glob(os.path.join(ROOT, "configs", "*.py")):
+    module = launch._load_module(path)
+    for variant in module.VARIANTS:
+      fields = set(names(module.get_config(variant).to_dict()))
+      assert fields <= set(launch.config_fields_help(path)), (path, variant)
   result = _launch("--help")
   assert result.returncode == 0 and "sweep.experiments_per_program" in result.stdout
   assert "local_epochs" in result.stdout and "the protocol's value" in result.stdout
