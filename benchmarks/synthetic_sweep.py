@@ -23,6 +23,7 @@ from absl import app, flags
 import common  # puts the project on sys.path
 from configs import synthetic as synthetic_config
 from fedprox_jax.run import defaults, experiment, loop, sweep
+from fedprox_jax.run import grid as grid_lib, program as program_lib
 from fedprox_jax.run import config as config_lib
 from fedprox_jax.data import synthetic
 
@@ -41,17 +42,17 @@ def main(argv):
   c.sweep.federations = F.federation
   c = config_lib.resolve(c)
   federation = synthetic.parse_name(F.federation)
-  setup = experiment.prepare(sweep.data_config(c, federation, c.partition_seed), None,
+  setup = experiment.prepare(grid_lib.data_config(c, federation, c.partition_seed), None,
                              lanes_over_devices=False)
   setup.config.num_rounds = F.rounds
-  specs = sweep.experiment_grid(c)[:F.experiments]
+  specs = grid_lib.experiment_grid(c)[:F.experiments]
   every_round = loop.Schedule(F.rounds, eval_every=1, checkpoint_every=F.rounds)
   side_by_side = F.concurrent or defaults.concurrent_programs(1, "cpu")
   paths = {
-      "one program": lambda: sweep.run_program(setup, specs, every_round, setup.mesh),
-      "one by one": lambda: [sweep.run_program(setup, [s], every_round, setup.mesh) for s in specs],
+      "one program": lambda: program_lib.run_program(setup, specs, every_round, setup.mesh),
+      "one by one": lambda: [program_lib.run_program(setup, [s], every_round, setup.mesh) for s in specs],
       f"one by one, {side_by_side} side by side": lambda: sweep._run_side_by_side(
-          lambda i, stop: sweep.run_program(setup, [specs[i]], every_round, setup.mesh),
+          lambda i, stop: program_lib.run_program(setup, [specs[i]], every_round, setup.mesh),
           len(specs), side_by_side),
   }
   times = {name: [] for name in paths}

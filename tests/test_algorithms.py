@@ -10,7 +10,7 @@ import pytest
 from fedprox_jax.core import algorithms, hooks, models, reference, server
 from fedprox_jax.core.client import proximal
 from fedprox_jax.errors import ConfigError
-from fedprox_jax.run import sweep
+from fedprox_jax.run import grid as grid_lib
 from helpers import HETERO_SIZES, tree_max_abs_diff, tiny_sweep_config
 
 K = len(HETERO_SIZES)
@@ -85,11 +85,11 @@ def test_the_sweep_grid_takes_each_algorithms_values():
   c = tiny_sweep_config()
   c.sweep.algorithms, c.sweep.stragglers, c.sweep.seeds, c.sweep.mu = (
       "fedavg,fedprox_mu0,fedprox,fedprox_adaptive,fedprox_mu0.001", "0.5", 1, 0.25)
-  grid = {p.algorithm: p for p in sweep.experiment_grid(c)}
+  grid = {p.algorithm: p for p in grid_lib.experiment_grid(c)}
   assert [(p.mu, p.drop_stragglers, p.adaptive) for p in grid.values()] == [
       (0.0, True, False), (0.0, False, False), (0.25, False, False), (0.0, False, True),
       (0.001, False, False)]
   assert grid["fedprox_mu0.001"].name == "fedprox_mu0.001_s0.5_seed0"
   c.sweep.algorithms = "fedavg,scafold"
   with pytest.raises(ConfigError, match="config.sweep.algorithms: 'scafold' is not one of"):
-    sweep.experiment_grid(c)
+    grid_lib.experiment_grid(c)

@@ -149,7 +149,7 @@ def test_a_runs_algorithm_is_the_sweeps_experiment_of_that_name(name):
   import jax
   import numpy as np
   from fedprox_jax.core import algorithms
-  from fedprox_jax.run import experiment, sweep
+  from fedprox_jax.run import experiment, grid as grid_lib
   for variant in ("fedprox", "fedavg"):  # mu 1 / partial work kept, mu 0 / dropped
     c = mnist_config.get_config(variant)
     c.update(dict(algorithm=name, mu=0.7 if algorithms.get(name).mu_rule in (
@@ -159,7 +159,7 @@ def test_a_runs_algorithm_is_the_sweeps_experiment_of_that_name(name):
     s.sweep.update(dict(algorithms=name, stragglers="0.5", seeds=1, mu=0.7,
                         adaptive_mu_init=0.7))
     s = config_lib.resolve(s)
-    (point,) = sweep.experiment_grid(s)
+    (point,) = grid_lib.experiment_grid(s)
     assert (run.mu, run.drop_stragglers, run.adaptive_mu) == (
         point.mu, point.drop_stragglers, point.adaptive), (variant, name)
     got = experiment.hparams(run)

@@ -83,17 +83,18 @@ def test_sharded_round_equals_single_device_round():
 def test_sharded_sweep_equals_unsharded_sweep():
   _run_with_devices("""
     from fedprox_jax.run import distributed, experiment, loop, sweep
+    from fedprox_jax.run import grid as grid_lib, program as program_lib
     from helpers import assert_same_rows, tiny_mnist, tiny_sweep_config
     c = tiny_sweep_config()
     c.sweep.stragglers = "0.5"  # 2 algorithms x 1 level x 2 seeds = 4 experiments...
     c.sweep.algorithms = "fedavg,fedprox_mu0,fedprox"  # ... made 6: not a multiple of 4
     setup = experiment.prepare(c, tiny_mnist(), lanes_over_devices=False)
-    specs = sweep.experiment_grid(c)
+    specs = grid_lib.experiment_grid(c)
     assert len(specs) == 6
     schedule = loop.Schedule(3, eval_every=2, checkpoint_every=3)  # rows after rounds 2 and 3
-    base, _ = sweep.run_program(setup, specs, schedule, distributed.make_mesh(1))
+    base, _ = program_lib.run_program(setup, specs, schedule, distributed.make_mesh(1))
     for n in (2, 8):  # 6 experiments: 3 per device; padded to 8
-      sharded, _ = sweep.run_program(setup, specs, schedule, distributed.make_mesh(n))
+      sharded, _ = program_lib.run_program(setup, specs, schedule, distributed.make_mesh(n))
       assert sharded.keys() == base.keys() and len(base) == 6
       for name in base:
         assert_same_rows(base[name], sharded[name],

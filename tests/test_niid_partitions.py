@@ -127,16 +127,16 @@ def test_splits_are_a_sweep_axis_of_data_sets():
   bad splits one line each."""
   from configs import niid_bench
   from fedprox_jax.errors import ConfigError
-  from fedprox_jax.run import config as config_lib, sweep
+  from fedprox_jax.run import config as config_lib, grid as grid_lib
   c = config_lib.resolve(niid_bench.get_config("reduced"))
-  grid = sweep.experiment_grid(c)
+  grid = grid_lib.experiment_grid(c)
   assert len(grid) == 5 * 4 * 3
   assert {p.federation for p in grid} == {"iid", "labeldir0.5", "label1", "label2", "label3"}
   assert grid[0].name == "iid_fedavg_s0_seed0_p0"
-  label2 = sweep.data_config(c, config_lib.split_fields("label2"), 1)
+  label2 = grid_lib.data_config(c, config_lib.split_fields("label2"), 1)
   assert (label2.partition, label2.labels_per_client, label2.partition_seed) == (
       "label_count", 2, 1)
-  quantity = sweep.data_config(c, config_lib.split_fields("quantity0.3"), 0)
+  quantity = grid_lib.data_config(c, config_lib.split_fields("quantity0.3"), 0)
   assert (quantity.partition, quantity.dirichlet_beta) == ("quantity", 0.3)
   for bad, match in (("label11", "k must be from 1 to 10"), ("labeldir0", "beta must be"),
                      ("dirichlet", "is not a split"), ("labelx", "is not a split")):

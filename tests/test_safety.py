@@ -22,7 +22,7 @@ from fedprox_jax.report import bands, plots
 from fedprox_jax.data import mnist as data
 from fedprox_jax import errors, files, outputs
 from fedprox_jax.run import experiment
-from fedprox_jax.run import single, sweep
+from fedprox_jax.run import grid as grid_lib, single
 from fedprox_jax.run import workdir as workdir_lib
 from helpers import (SHARED_DATA, read_rows, start_launch, tiny_mnist, tiny_run_config,
                      wait_for_lines, write_idx_dir)
@@ -350,7 +350,7 @@ def test_a_plan_too_large_for_memory_is_refused_before_compiling(tmp_path):
 # --- the report commands on damaged workdirs -------------------------------------------------
 
 def _sweep_workdir(tmp_path):
-  specs = [sweep.GridPoint("fedavg", 0.0, True, 0.5, 0)]  # named fedavg_s0.5_seed0
+  specs = [grid_lib.GridPoint("fedavg", 0.0, True, 0.5, 0)]  # named fedavg_s0.5_seed0
   rows = {"fedavg_s0.5_seed0": [{"round": t, "test_accuracy": 0.1 * t, "test_loss": 1.0,
                                  "global_train_loss": 1.0, "local_train_loss": 1.0,
                                  "num_stragglers": 1, "wall_time": 1.0} for t in (1, 2)]}
@@ -451,8 +451,9 @@ def test_a_sweep_of_10_to_the_10_rounds_starts_at_once(tmp_path):
 
 def test_a_sweep_experiment_whose_evaluation_overflows_is_a_divergence(tmp_path, monkeypatch):
   from fedprox_jax.run import sweep
+  from fedprox_jax.run import program as program_lib
   from helpers import tiny_sweep_config
-  real = sweep.make_sweep_fns
+  real = program_lib.make_sweep_fns
 
   def make_sweep_fns(*args):
     round_fn, evaluate_fn = real(*args)
@@ -462,7 +463,7 @@ def test_a_sweep_experiment_whose_evaluation_overflows_is_a_divergence(tmp_path,
       out["test_loss"] = out["test_loss"].at[0].set(np.inf)  # experiment 0 of each program
       return out
     return round_fn, overflowing
-  monkeypatch.setattr(sweep, "make_sweep_fns", make_sweep_fns)
+  monkeypatch.setattr(program_lib, "make_sweep_fns", make_sweep_fns)
   c = tiny_sweep_config()
   c.sweep.update(dict(algorithms="fedavg", stragglers="0.5", seeds=2, experiments_per_program=2))
   with pytest.raises(errors.DivergenceError, match=r"1 of 2 experiments diverged \(fedavg.* at "

@@ -14,6 +14,7 @@ import pytest
 from fedprox_jax import errors
 from fedprox_jax import schema
 from fedprox_jax.run import experiment, loop, sweep
+from fedprox_jax.run import grid as grid_lib, program as program_lib
 from fedprox_jax.run import config as config_lib
 from fedprox_jax.core import metrics, models, server
 from fedprox_jax.report import plots
@@ -26,15 +27,15 @@ from helpers import tiny_sweep_config as _tiny_config
 def test_vmapped_sweep_equals_experiments_one_by_one():
   c = _tiny_config(inexactness=True)
   setup = experiment.prepare(c, _tiny_mnist(), lanes_over_devices=False)
-  specs = sweep.experiment_grid(c)
+  specs = grid_lib.experiment_grid(c)
   assert len(specs) == 8  # 2 algorithms x 2 straggler levels x 2 seeds
   schedule = loop.Schedule(3, eval_every=2, checkpoint_every=3)  # rows after rounds 2 and 3
-  together, diverged = sweep.run_program(setup, specs, schedule)
+  together, diverged = program_lib.run_program(setup, specs, schedule)
   assert diverged == {}
   # Every column is one of the schema's (one name, one meaning), the sweep's extras included.
   assert {k for r in together[specs[0].name] for k in r} == set(schema.ROW_FIELDS)
   for s in specs[::2]:  # one seed of each (algorithm, stragglers): 4 programs of one
-    alone = sweep.run_program(setup, [s], schedule)[0][s.name]
+    alone = program_lib.run_program(setup, [s], schedule)[0][s.name]
     assert_same_rows(together[s.name], alone, ("test_accuracy", "test_loss", "global_train_loss",
                                                "local_train_loss", "dissimilarity",
                                                "b_dissimilarity"),
@@ -125,7 +126,7 @@ def test_partition_axis_sweep_equals_its_experiments_run_one_by_one(tmp_path):
   c.sweep.update(dict(stragglers="0.5", partitions=2))  # 2 partitions x 2 algorithms x 2 seeds
   mnist = _tiny_mnist()
   results = sweep.run(c, str(tmp_path), source=mnist)
-  specs = sweep.experiment_grid(c)
+  specs = grid_lib.experiment_grid(c)
   assert [(s.partition, s.seed) for s in specs if s.algorithm == "fedprox"] == \
       [(5, 0), (5, 1), (6, 0), (6, 1)]
   assert set(results) == {s.name for s in specs} and specs[0].name.endswith("_seed0_p5")
@@ -141,9 +142,9 @@ def test_partition_axis_sweep_equals_its_experiments_run_one_by_one(tmp_path):
   assert {(e["runs"], e["final_accuracy"]["partitions"]) for e in table} == {(4, 2)}
   schedule = loop.Schedule(2, eval_every=1, checkpoint_every=2)
   for s in (specs[1], specs[-1]):  # a seed of each partition, each on its own data
-    setup = experiment.prepare(sweep.data_config(c, None, s.partition), mnist,
+    setup = experiment.prepare(grid_lib.data_config(c, None, s.partition), mnist,
                                lanes_over_devices=False)
-    alone = sweep.run_program(setup, [s], schedule)[0][s.name]
+    alone = program_lib.run_program(setup, [s], schedule)[0][s.name]
     assert_same_rows(results[s.name], alone, ("test_accuracy", "test_loss", "global_train_loss",
                                               "dissimilarity", "b_dissimilarity"),
                      rtol=2e-4, atol=2e-5, rounds=[1, 2])
@@ -155,7 +156,7 @@ def test_partition_axis_sweep_equals_its_experiments_run_one_by_one(tmp_path):
 def test_partition_per_seed_gives_each_seed_its_own_partition():
   c = _tiny_config(seed=3)
   c.sweep.partition_per_seed = True
-  specs = sweep.experiment_grid(c)
+  specs = grid_lib.experiment_grid(c)
   assert len(specs) == 8 and all(s.partition == s.seed for s in specs)
   assert {s.data_key for s in specs} == {("", 3), ("", 4)}
   assert specs[0].name == "fedavg_s0.5_seed3_p3"
@@ -188,7 +189,7 @@ def test_bad_sweep_grids(field, value, match):
   c = _tiny_config()
   c.sweep[field] = value
   with pytest.raises(errors.ConfigError, match=match):
-    sweep.experiment_grid(config_lib.resolve(c))
+    grid_lib.experiment_grid(config_lib.resolve(c))
 
 
 def test_programs_side_by_side_stop_together_and_raise_the_first_failure():

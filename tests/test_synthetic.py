@@ -13,6 +13,7 @@ import pytest
 from fedprox_jax.core import adaptive_mu
 from fedprox_jax import errors
 from fedprox_jax.run import experiment, signals, single, sweep
+from fedprox_jax.run import grid as grid_lib
 from fedprox_jax.run import config as config_lib
 from fedprox_jax.data import synthetic
 from fedprox_jax.errors import ConfigError
@@ -271,10 +272,10 @@ def test_bad_federation_lists_and_federations_with_mnist_are_refused():
   c = config_lib.resolve(_tiny("heterogeneity"))
   c.sweep.federations = "iid,2"
   with pytest.raises(ConfigError, match="config.sweep.federations: '2' is not a synthetic"):
-    sweep.experiment_grid(c)
+    grid_lib.experiment_grid(c)
   c.sweep.federations = "iid,iid"
   with pytest.raises(ConfigError, match="more than once"):
-    sweep.experiment_grid(c)
+    grid_lib.experiment_grid(c)
   from configs import mnist as mnist_config
   m = mnist_config.get_config("figure1_paper")
   m.sweep.federations = "iid"
