@@ -281,6 +281,12 @@ def test_bad_federation_lists_and_federations_with_mnist_are_refused():
   m.sweep.federations = "iid"
   with pytest.raises(ConfigError, match="applies to data='synthetic' only"):
     config_lib.resolve(m)
+  # A split of the partition axis on a federation that comes partitioned: refused, not ignored.
+  s = _tiny("heterogeneity")
+  s.sweep.splits = "labeldir0.5"
+  with pytest.raises(ConfigError, match="config.sweep.splits='labeldir0.5': data='synthetic' "
+                                        "comes partitioned into federations"):
+    config_lib.resolve(s)
 
 
 def test_synthetic_data_is_split_90_10_per_device_and_recorded():

@@ -275,11 +275,12 @@ register(Model("niid_cnn", _convolutional(LeNet), "NIID-Bench's MNIST CNN (LeNet
                convolutional=True, image_inputs=True))
 
 
-MNIST_INPUT = InputSpec((28, 28, 1))  # the default where no data set is named (tests, benchmarks)
+# 28 x 28 grey images: the default where no data set is given (tests, benchmarks)
+DEFAULT_INPUT = InputSpec((28, 28, 1))
 
 
 def make_model(name: str, conv_impl: str = "im2col", num_classes: int = 10,
-               mlr_init: str = "torch", input_spec: InputSpec = MNIST_INPUT) -> nn.Module:
+               mlr_init: str = "torch", input_spec: InputSpec = DEFAULT_INPUT) -> nn.Module:
   """Builds the registered model ``name`` for ``input_spec``'s examples: ``cnn`` or
   ``niid_cnn`` (its convolution one of CONV_IMPLS; the backend's default is
   ``run/defaults.conv_impl``), ``mlr`` (``mlr_init`` one of MLR_INITS), or one of your own
@@ -308,7 +309,7 @@ def _jitted_init(model: nn.Module):
   return jax.jit(model.init)
 
 
-def init_params(model: nn.Module, key: jax.Array, input_spec: InputSpec = MNIST_INPUT):
+def init_params(model: nn.Module, key: jax.Array, input_spec: InputSpec = DEFAULT_INPUT):
   """Initial parameters for examples as ``input_spec`` (``Federation.input_spec``) describes
   one; one compiled program, not one per parameter (the same values as flax's eager init)."""
   example = jnp.zeros((1,) + tuple(input_spec.shape), input_spec.dtype)

@@ -7,6 +7,15 @@
 * ``federation(c, source) -> Federation``: the clients' training data, the test set and the
   class count for config ``c`` (its partition, protocol, seeds), as host arrays.
 
+and optionally the rules that hinge on the data set (config validation and sweeps read them
+instead of naming a data set): ``check(c)``, its own fields' validation (raises ConfigError);
+``federations(c, item)``, a data set that comes partitioned into named federations (the
+paper's synthetic ones): a sweep's ``sweep.federations`` item -> (its name, the config fields
+that make it), ``item=None`` the config's own; without it the data set is split by
+``config.partition`` and a sweep takes ``sweep.splits``; ``identical_clients(c)``: every
+client draws from one distribution (the adaptive-mu rule starts at 1 there);
+``one_per_program_on_cpu``: a CPU sweep runs it one experiment per program.
+
 Adding a data set is its module, one ``register`` line and its test; the run layer and the
 round never name one.
 """
@@ -29,6 +38,10 @@ class Dataset:
   # Its classes where they are known before reading it (config checks labels_per_client and
   # the splits against them at once); None: known from the data (checked when partitioning).
   num_classes: int | None = None
+  check: Callable | None = None
+  federations: Callable | None = None
+  identical_clients: Callable = lambda c: False
+  one_per_program_on_cpu: bool = False
 
 
 REGISTRY = Registry("a data set")
@@ -44,7 +57,11 @@ def get(name: str) -> Dataset:
 
 register(Dataset("mnist", mnist.load, mnist.federation,
                  "MNIST (TFDS or the raw IDX files), split over clients by config.partition",
-                 num_classes=mnist.NUM_CLASSES))
+                 num_classes=mnist.NUM_CLASSES, check=mnist.check))
 register(Dataset("synthetic", synthetic.load, synthetic.federation,
                  "the paper's Synthetic(alpha, beta) and Synthetic-IID federations",
-                 num_classes=synthetic.NUM_CLASSES))
+                 num_classes=synthetic.NUM_CLASSES, check=synthetic.check,
+                 federations=synthetic.federations,
+                 identical_clients=lambda c: bool(c.synthetic.iid),
+                 # a program's round lasts as long as its largest device's work
+                 one_per_program_on_cpu=True))

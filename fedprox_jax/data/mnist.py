@@ -400,6 +400,12 @@ NUM_CLASSES = 10
 PAPER_STATS = {"clients": 1000, "examples": 69035, "mean": 69, "std": 106}
 
 
+def check(c) -> None:
+  """MNIST's own fields."""
+  if c.data_source not in SOURCES:
+    raise ConfigError(f"config.data_source={c.data_source!r}: use one of {SOURCES}")
+
+
 def load(c, source: Mnist | None = None, genuine: bool | None = None) -> tuple:
   """(MNIST, whether it is genuine) for config ``c``: loaded as ``c`` says (and refused
   unless genuine or allow_modified_mnist) when ``source`` is None; the caller's own arrays

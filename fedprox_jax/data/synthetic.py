@@ -18,13 +18,16 @@ train, the authors' rule; their shuffle used Python's unseeded ``random``, ours 
 
 from __future__ import annotations
 
+import math
 import re
 from typing import NamedTuple
 
 import numpy as np
 
 from fedprox_jax import files
+from fedprox_jax.core import models
 from fedprox_jax.data import partition
+from fedprox_jax.errors import ConfigError
 from fedprox_jax.data.federation import Federation, federated
 
 NUM_DEVICES = 30
@@ -107,6 +110,36 @@ def name(alpha: float, beta: float, iid: bool) -> str:
 
 
 # The data set entry (``data/datasets.py``).
+
+def check(c) -> None:
+  """The synthetic fields, and the fields of a split data set that do not apply here."""
+  def require(ok, field, value, what):
+    if not ok:
+      raise ConfigError(f"config.{field}={value!r}: {what}")
+  for field in ("alpha", "beta"):
+    require(c.synthetic[field] >= 0 and math.isfinite(c.synthetic[field]), f"synthetic.{field}",
+            c.synthetic[field], "must be a finite number >= 0 (a standard deviation)")
+  require(not models.get(c.model).image_inputs, "model", c.model, "data='synthetic' has "
+          f"{NUM_FEATURES} features, not images: use --config.model=mlr (the paper's model for it)")
+  require(c.protocol == "paper", "protocol", c.protocol, "data='synthetic' follows the "
+          "authors' code: use --config.protocol=paper (the seed's protocol is Flower's MNIST)")
+  require(c.train_subset == 0, "train_subset", c.train_subset, "applies to data='mnist' only")
+  require(not c.iid, "iid", c.iid, "applies to data='mnist' only: Synthetic-IID is "
+          "--config.synthetic.iid=True")
+  require(c.partition == "power_law", "partition", c.partition, "applies to data='mnist' "
+          "only (a synthetic federation comes partitioned)")
+
+
+def federations(c, item: str | None) -> tuple:
+  """(name, config fields) of the federation ``item`` of sweep.federations (iid, ALPHA_BETA),
+  or of the config's own (``item=None``)."""
+  if item is None:
+    s = c.synthetic
+    alpha, beta, iid = s.alpha, s.beta, s.iid
+  else:
+    alpha, beta, iid = parse_name(item)
+  return name(alpha, beta, iid), {"synthetic": {"alpha": alpha, "beta": beta, "iid": iid}}
+
 
 def load(c, source=None, genuine=None) -> tuple:
   """Nothing to read: each federation is generated from its seed (``federation``)."""

@@ -12,8 +12,7 @@ import ml_collections
 import numpy as np
 
 from fedprox_jax.core import algorithms, hooks as hooks_lib, models, server
-from fedprox_jax.data import mnist as data_lib
-from fedprox_jax.data import datasets, partition, synthetic
+from fedprox_jax.data import datasets, partition
 from fedprox_jax.errors import ConfigError
 from fedprox_jax.run import autotune, defaults, protocols
 
@@ -201,28 +200,20 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     allowed = ("auto",) + models.CONV_IMPLS + (("none",) if not model.convolutional else ())
     require(c[field] in allowed, field, c[field], f"use one of {allowed}")
   require(c.mode in ("single", "sweep"), "mode", c.mode, "use 'single' or 'sweep'")
-  require(c.data_source in data_lib.SOURCES, "data_source", c.data_source,
-           f"use one of {data_lib.SOURCES}")
   require(c.data in datasets.REGISTRY, "data", c.data,
           f"use one of {tuple(datasets.REGISTRY)} (or register your own: docs/extending.md)")
-  if c.data == "synthetic":
-    for field in ("alpha", "beta"):
-      require(c.synthetic[field] >= 0 and math.isfinite(c.synthetic[field]), f"synthetic.{field}",
-               c.synthetic[field], "must be a finite number >= 0 (a standard deviation)")
-    require(not model.image_inputs, "model", c.model, "data='synthetic' has 60 features, not "
-            "images: use --config.model=mlr (the paper's model for it)")
-    require(c.protocol == "paper", "protocol", c.protocol, "data='synthetic' follows the "
-             "authors' code: use --config.protocol=paper (the seed's protocol is Flower's MNIST)")
-    require(c.train_subset == 0, "train_subset", c.train_subset, "applies to data='mnist' only")
-    require(not c.iid, "iid", c.iid, "applies to data='mnist' only: Synthetic-IID is "
-             "--config.synthetic.iid=True")
-    require(c.partition == "power_law", "partition", c.partition, "applies to data='mnist' "
-            "only (a synthetic federation comes partitioned)")
-  else:
+  dataset = datasets.get(c.data)
+  if dataset.check is not None:
+    dataset.check(c)
+  if dataset.federations is None:
+    federated = [n for n, d in datasets.REGISTRY.items() if d.federations is not None]
     require(not c.sweep.federations, "sweep.federations", c.sweep.federations,
-             "applies to data='synthetic' only")
+            f"applies to data={' or '.join(map(repr, federated))} only")
     require(not c.sweep.splits or c.mode == "sweep", "sweep.splits", c.sweep.splits,
             "applies to mode='sweep' only: a run takes --config.partition")
+  else:
+    require(not c.sweep.splits, "sweep.splits", c.sweep.splits, f"data={c.data!r} comes "
+            "partitioned into federations: a sweep takes them from sweep.federations")
   for field in ("num_clients", "clients_per_round", "num_rounds", "local_epochs", "batch_size",
                 "eval_every", "labels_per_client", "min_per_client", "checkpoint_every"):
     require(_is_int(c[field]) and c[field] >= 1, field, c[field], "must be an integer >= 1")
@@ -404,7 +395,7 @@ def parse_list(field: str, value, cast):
   return items
 
 
-def split_fields(name: str) -> dict:
+def split_fields(name: str, num_classes: int | None = partition.NUM_CLASSES) -> dict:
   """The partition fields a split of ``sweep.splits`` names: iid, power_law, labeldir<beta>,
   label<k> (NIID-Bench's #C = k), quantity<beta>."""
   hint = ("use iid, power_law, labeldir<beta> (e.g. labeldir0.5), label<k> (e.g. label2) or "
@@ -420,37 +411,40 @@ def split_fields(name: str) -> dict:
         value = cast(name[len(prefix):])
       except ValueError:
         raise ConfigError(f"config.sweep.splits: {name!r} is not a split: {hint}") from None
-      ok = (1 <= value <= partition.NUM_CLASSES) if cast is int else (
+      ok = (1 <= value <= (num_classes or value)) if cast is int else (
           math.isfinite(value) and value > 0)
       if not ok:
         raise ConfigError(f"config.sweep.splits: {name!r}: "
-                          + (f"k must be from 1 to {partition.NUM_CLASSES}" if cast is int
+                          + ((f"k must be from 1 to {num_classes}" if num_classes else
+                              "k must be at least 1") if cast is int
                              else "beta must be a finite number > 0"))
       return {"partition": partition_name, field: value}
   raise ConfigError(f"config.sweep.splits: {name!r} is not a split: {hint}")
 
 
 def federations(c: ml_collections.ConfigDict) -> dict:
-  """{federation name: (alpha, beta, iid)} of a synthetic sweep (c.sweep.federations, else
-  c.synthetic's one); for MNIST {split name: its partition fields} of ``c.sweep.splits``
-  (NIID-Bench's partitions as a sweep axis), else {"": None}: each is a data set of its own."""
-  if c.data != "synthetic":
+  """{name: config fields} of the data sets a sweep runs on, each one of its own: a data set
+  that comes partitioned (its entry's ``federations``) gives them for ``c.sweep.federations``
+  (else the config's own one); one split by ``config.partition`` gives ``c.sweep.splits``'
+  partition fields (NIID-Bench's partitions as a sweep axis), else {"": None}."""
+  dataset = datasets.get(c.data)
+  if dataset.federations is None:
     if c.mode != "sweep" or not c.sweep.splits:
       return {"": None}
-    splits = {name: split_fields(name) for name in parse_list("splits", c.sweep.splits, str)}
+    splits = {name: split_fields(name, dataset.num_classes)
+              for name in parse_list("splits", c.sweep.splits, str)}
     _refuse_same("splits", {n: tuple(sorted(f.items())) for n, f in splits.items()})
     return splits
   if not c.sweep.federations:
-    s = c.synthetic
-    return {synthetic.name(s.alpha, s.beta, s.iid): (s.alpha, s.beta, s.iid)}
+    return dict([dataset.federations(c, None)])
   out, canonical = {}, {}
   for item in parse_list("federations", c.sweep.federations, str):
     try:
-      alpha, beta, iid = synthetic.parse_name(item)
+      name, fields = dataset.federations(c, item)
     except ValueError as e:
       raise ConfigError(f"config.sweep.federations: {e}") from e
-    canonical[item] = synthetic.name(alpha, beta, iid)
-    out[canonical[item]] = (alpha, beta, iid)
+    canonical[item] = name
+    out[name] = fields
   _refuse_same("federations", canonical)
   return out
 

@@ -68,10 +68,12 @@ def eval_batch_size(model, backend: str | None = None) -> int:
   return cpu if _backend(backend) == "cpu" else accelerator
 
 
-def experiments_per_program(model, num_experiments: int, data: str = "mnist",
+def experiments_per_program(model, num_experiments: int, dataset=None,
                             backend: str | None = None) -> int:
-  one_by_one = _backend(backend) == "cpu" and (model.one_per_program_on_cpu
-                                               or data == "synthetic")
+  """``model``'s (a ``models.Model``) experiments per program on ``dataset`` (a
+  ``datasets.Dataset``; None: one without rules of its own)."""
+  one_by_one = _backend(backend) == "cpu" and (
+      model.one_per_program_on_cpu or (dataset is not None and dataset.one_per_program_on_cpu))
   return 1 if one_by_one else num_experiments
 
 

@@ -1,5 +1,5 @@
 """A sweep's grid: its experiments (``GridPoint``: algorithm x stragglers x seed x partition,
-and the federation on synthetic data), each one's traced hyper-parameters, and which of them
+and the federation or split), each one's traced hyper-parameters, and which of them
 may share a compiled program (``statics``) and in what chunks (``programs``).
 
 A run's algorithm follows the same rule (``Algorithm.proximal_mu``, its straggler rule): one
@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from fedprox_jax.core import adaptive_mu, algorithms
+from fedprox_jax.data import datasets
 from fedprox_jax.errors import ConfigError
 from fedprox_jax.run import config as config_lib
 from fedprox_jax.run import experiment
@@ -23,15 +24,15 @@ from fedprox_jax.run import experiment
 @dataclasses.dataclass(frozen=True)
 class GridPoint:
   """One experiment of a sweep: an algorithm of ``core/algorithms`` at a straggler level, a
-  seed and a partition (and, on synthetic data, a federation)."""
+  seed and a partition (and the federation or split, where the sweep has that axis)."""
   algorithm: str
   mu: float  # adaptive: the first round's
   drop_stragglers: bool
   stragglers_fraction: float
   seed: int
   adaptive: bool = False
-  # data=synthetic: the federation's name (synthetic_A_B, synthetic_iid); MNIST: the split of
-  # sweep.splits (labeldir0.5, label2, ...), '' without
+  # The federation's name (sweep.federations: synthetic_A_B, synthetic_iid) or the split's
+  # (sweep.splits: labeldir0.5, label2, ...); '' without
   federation: str = ""
   # The partition's seed (data=synthetic: the generator's); ``partition_axis``: the sweep draws
   # several, and the name says which.
@@ -57,13 +58,11 @@ class GridPoint:
 
 def data_config(c: ml_collections.ConfigDict, federation, partition: int
                 ) -> ml_collections.ConfigDict:
-  """``c`` with c.synthetic set to ``federation`` = (alpha, beta, iid), or for MNIST the split's
-  partition fields (None: c's own), and the partition seed ``partition``."""
+  """``c`` with ``federation``'s config fields (``config.federations``: a split's partition
+  fields, a synthetic federation's; None: c's own) and the partition seed ``partition``."""
   out = ml_collections.ConfigDict(c.to_dict())
-  if isinstance(federation, dict):
+  if federation is not None:
     out.update(federation)
-  elif federation is not None:
-    out.synthetic.alpha, out.synthetic.beta, out.synthetic.iid = federation
   out.partition_seed = partition
   return out
 
@@ -90,7 +89,7 @@ def experiment_grid(c: ml_collections.ConfigDict) -> list:
   partitions = sorted({p for seed in seeds for p in partition_seeds(c, seed)})
   grid = []
   for name, federation in config_lib.federations(c).items():
-    iid = c.data == "synthetic" and federation[2]
+    iid = datasets.get(c.data).identical_clients(data_config(c, federation, c.partition_seed))
     for partition in partitions:
       for fraction in fractions:
         for a in chosen:

@@ -23,6 +23,7 @@ from absl import logging
 
 from fedprox_jax import files, outputs
 from fedprox_jax.core import models
+from fedprox_jax.data import datasets as datasets_lib
 from fedprox_jax.errors import ConfigError, DivergenceError, Interrupted
 from fedprox_jax.report import plots
 from fedprox_jax.run import config as config_lib
@@ -120,7 +121,7 @@ def _experiments_per_program(c, num_experiments: int, wd: Workdir) -> int:
                       "checkpoints; resume with that value (or 0), or pass a new --workdir")
   return (c.sweep.experiments_per_program or started
           or defaults.experiments_per_program(models.get(c.model), num_experiments,
-                                              data=c.data))
+                                              datasets_lib.get(c.data)))
 
 
 def run(c: ml_collections.ConfigDict, workdir: str, source=None,
@@ -166,7 +167,9 @@ def run(c: ml_collections.ConfigDict, workdir: str, source=None,
                       "time", c.sweep.concurrent_programs)
       side_by_side = 1
     resolved = ml_collections.ConfigDict(first_setup.config.to_dict())
-    resolved.synthetic = c.synthetic
+    if datasets_lib.get(c.data).federations is not None:  # its fields as given, not the first's
+      for fields in federations.values():
+        resolved.update({k: c[k] for k in fields})
     resolved.partition_seed = c.partition_seed
     resolved.sweep.experiments_per_program = per_program
     resolved.sweep.concurrent_programs = side_by_side
