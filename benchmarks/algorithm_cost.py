@@ -19,7 +19,7 @@ from absl import app, flags
 
 import common
 from configs import niid_bench
-from fedprox_jax.core import algorithms, models, server
+from fedprox_jax.core import algorithms, models, rounds
 from fedprox_jax.data import mnist as data_lib
 from fedprox_jax.run import config as config_lib
 from fedprox_jax.run import experiment
@@ -56,8 +56,8 @@ def main(_):
     hp = experiment.hparams(
         c, a, mu={"zero": 0.0, "config": c.mu, "fixed": a.mu, "adaptive": c.mu}[a.mu_rule],
         drop_stragglers=a.drop_stragglers)
-    fn = server.make_round_fn(setup.model.apply, spec, with_state=True)
-    state = server.init_server_state(spec, params, c.num_clients, hp)
+    fn = rounds.make_round_fn(setup.model.apply, spec, with_state=True)
+    state = rounds.init_server_state(spec, params, c.num_clients, hp)
     state, m = fn(state, data, hp, jax.random.key(0))  # compile
     jax.block_until_ready(state)
     runs[name] = [fn, state, hp, []]

@@ -21,7 +21,7 @@ import numpy as np
 from absl import app, flags
 
 import common
-from fedprox_jax.core import client, models, reference, server
+from fedprox_jax.core import client, models, reference, rounds
 from fedprox_jax.run import defaults, experiment
 
 flags.DEFINE_string("model", "cnn", "cnn | mlr")
@@ -70,7 +70,7 @@ def main(argv):
     keys = [jax.random.fold_in(jax.random.key(c.seed), t) for t in range(F.rounds + 1)]
     # Useful work of the timed rounds (identical for every path: same plans).
     spec = spec_with(1)
-    plans = [server.plan_round(key, exp.train, hp, spec) for key in keys[1:]]
+    plans = [rounds.plan_round(key, exp.train, hp, spec) for key in keys[1:]]
     useful_steps = np.mean([int(p.steps.sum()) for p in plans])
     examples = np.mean([int(jnp.sum(p.sizes * p.epochs)) for p in plans])
     print(f"\nmodel={F.model} clients_per_round={k} stragglers={F.stragglers} "
@@ -83,7 +83,7 @@ def main(argv):
         lanes = 1
       else:
         lanes = {"packed": defaults.num_lanes(k), "naive": k}.get(path) or int(path)
-        round_fn = server.make_round_fn(model.apply, spec_with(lanes))
+        round_fn = rounds.make_round_fn(model.apply, spec_with(lanes))
         run = lambda key, f=round_fn: f(params, exp.train, hp, key)
       start = time.perf_counter()
       jax.block_until_ready(run(keys[0]))

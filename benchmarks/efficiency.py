@@ -12,7 +12,7 @@ import numpy as np
 from absl import app, flags
 
 import common
-from fedprox_jax.core import server
+from fedprox_jax.core import rounds
 from fedprox_jax.run import experiment
 from fedprox_jax.core.lanes import pack_lanes
 
@@ -41,7 +41,7 @@ def main(argv):
 
       @jax.jit
       def one(t, spec=spec, hp=hp):
-        plan = server.plan_round(jax.random.fold_in(jax.random.key(c.seed), t), exp.train, hp, spec)
+        plan = rounds.plan_round(jax.random.fold_in(jax.random.key(c.seed), t), exp.train, hp, spec)
         steps = plan.steps
         _, load = pack_lanes(steps, spec.num_lanes)
         return jnp.sum(steps), jnp.max(load) * spec.num_lanes, jnp.max(steps), jnp.max(load)

@@ -105,7 +105,7 @@ def item_round(a, workdir):
   import jax
   from fedprox_jax.data import mnist as data_lib
   from fedprox_jax.run import experiment
-  from fedprox_jax.core import models, reference, server
+  from fedprox_jax.core import models, reference, rounds
   from fedprox_jax.run import defaults
   c = _resolved(_base_config(a))
   exp = experiment.prepare(c, data_lib.load_mnist(c.data_source, c.data_dir, False),
@@ -132,7 +132,7 @@ def item_round(a, workdir):
         run = lambda key, spec=spec, model=model, params=params: reference.looped_round(
             model.apply, spec, params, exp.train, hp, key)
       else:
-        fn = server.make_round_fn(model.apply, spec_with(lanes))
+        fn = rounds.make_round_fn(model.apply, spec_with(lanes))
         run = lambda key, fn=fn, params=params: fn(params, exp.train, hp, key)
       start = time.perf_counter()
       jax.block_until_ready(run(keys[0]))

@@ -123,17 +123,17 @@ def ours(c, exp):
   """(seconds, client steps, examples trained) of our rounds 2 .. R (round 1 compiles), on
   the run's own path."""
   import jax
-  from fedprox_jax.core import models, server
+  from fedprox_jax.core import models, rounds
   from fedprox_jax.run import experiment
   model = models.make_model(c.model, c.conv_impl)
   params = models.init_params(model, jax.random.key(0))
   hp = experiment.hparams(c)
   spec = experiment.round_spec(c, exp.stats["max_train"])
-  round_fn = server.make_round_fn(model.apply, spec)
+  round_fn = rounds.make_round_fn(model.apply, spec)
   params, _ = jax.block_until_ready(round_fn(params, exp.train, hp, jax.random.key(0)))
   keys = [jax.random.fold_in(jax.random.key(1), t) for t in range(1, F.rounds)]
   examples = sum(int((p.sizes * p.epochs).sum()) for p in
-                 (server.plan_round(key, exp.train, hp, spec) for key in keys))
+                 (rounds.plan_round(key, exp.train, hp, spec) for key in keys))
   steps, start = 0, time.perf_counter()
   for key in keys:
     params, metrics = round_fn(params, exp.train, hp, key)

@@ -16,7 +16,7 @@ import numpy as np
 from absl import app, flags
 
 import common  # noqa: F401  (puts the project on sys.path)
-from fedprox_jax.core import models, reference, server
+from fedprox_jax.core import models, reference, rounds
 from fedprox_jax.federated_data import FederatedData
 from fedprox_jax.run import defaults, protocols
 
@@ -55,7 +55,7 @@ def main(argv):
       sizes=jax.numpy.full(k, n, np.int32))
   model = models.make_model(F.model, defaults.conv_impl() if F.conv_impl == "auto" else F.conv_impl)
   params = models.init_params(model, jax.random.key(0))
-  hp = server.HParams.create(lr=0.03, mu=1.0, stragglers_fraction=0.0, drop_stragglers=False,
+  hp = rounds.HParams.create(lr=0.03, mu=1.0, stragglers_fraction=0.0, drop_stragglers=False,
                              clients_per_round=F.clients)
   key = jax.random.key(1)
   steps = k * F.local_epochs * -(-n // F.batch_size)
@@ -68,7 +68,7 @@ def main(argv):
   def spec_with(lanes):
     # The seed protocol's rules (no stragglers here, so only the weighting matters).
     rules = protocols.protocol_values("seed")
-    return server.RoundSpec(clients_per_round=k, local_epochs=F.local_epochs,
+    return rounds.RoundSpec(clients_per_round=k, local_epochs=F.local_epochs,
                             batch_size=F.batch_size, max_client_size=n, num_lanes=lanes,
                             sampling=rules["sampling"], straggler_rule=rules["straggler_rule"],
                             weighting=rules["weighting"])
@@ -76,7 +76,7 @@ def main(argv):
   fns = {"looped": lambda r: reference.looped_round(model.apply, spec_with(1), params, data, hp,
                                                  jax.random.fold_in(key, r))}
   for lanes in dict.fromkeys(int(v) or defaults.num_lanes(k) for v in F.lanes):
-    round_fn = server.make_round_fn(model.apply, spec_with(lanes))
+    round_fn = rounds.make_round_fn(model.apply, spec_with(lanes))
     fns[lanes] = (lambda f: lambda r: f(params, data, hp, jax.random.fold_in(key, r)))(round_fn)
   medians = interleaved_medians(fns, F.repeats)
   looped = medians.pop("looped")

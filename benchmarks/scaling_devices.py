@@ -24,7 +24,7 @@ from absl import app, flags  # noqa: E402
 import common  # noqa: E402
 import ml_collections  # noqa: E402
 from fedprox_jax.run import defaults, distributed, experiment  # noqa: E402
-from fedprox_jax.core import models, server  # noqa: E402
+from fedprox_jax.core import models, rounds  # noqa: E402
 
 flags.DEFINE_string("model", "mlr", "cnn | mlr")
 flags.DEFINE_list("devices", ["1", "2", "4", "8"], "device counts")
@@ -40,7 +40,7 @@ def time_rounds(model, params, exp, c, k, lanes, n):
   c.update(clients_per_round=k, stragglers_fraction=0.9, drop_stragglers=False)
   spec = experiment.round_spec(c, exp.stats["max_train"], mesh=mesh, num_lanes=lanes)
   hp = experiment.hparams(c)
-  round_fn = server.make_round_fn(model.apply, spec)
+  round_fn = rounds.make_round_fn(model.apply, spec)
   jax.block_until_ready(round_fn(params, exp.train, hp, jax.random.key(0)))
   times = []
   for t in range(1, F.rounds + 1):

@@ -7,20 +7,20 @@ import jax
 import optax
 import pytest
 
-from fedprox_jax.core import algorithms, hooks, models, reference, server
+from fedprox_jax.core import algorithms, hooks, models, reference, rounds
 from fedprox_jax.core.client import proximal
 from fedprox_jax.errors import ConfigError
 from fedprox_jax.run import grid as grid_lib
 from helpers import HETERO_SIZES, tree_max_abs_diff, tiny_sweep_config
 
 K = len(HETERO_SIZES)
-SPEC = server.RoundSpec(clients_per_round=K, local_epochs=3, batch_size=4,
+SPEC = rounds.RoundSpec(clients_per_round=K, local_epochs=3, batch_size=4,
                         max_client_size=max(HETERO_SIZES), num_lanes=2, sampling="uniform",
                         straggler_rule="exact", weighting="samples")
 
 
 def _hparams(a: algorithms.Algorithm, mu=0.5):
-  return server.HParams.create(lr=0.05, mu=0.0 if a.mu_rule == "zero" else mu,
+  return rounds.HParams.create(lr=0.05, mu=0.0 if a.mu_rule == "zero" else mu,
                                stragglers_fraction=0.5, drop_stragglers=a.drop_stragglers,
                                clients_per_round=K)
 
@@ -35,7 +35,7 @@ def test_each_registered_algorithm_vmapped_equals_looped_and_a_plugged_in_optimi
   averaging = {name: a for name, a in algorithms.REGISTRY.items() if a.hooks == hooks.AVERAGE}
   assert list(averaging) == ["fedavg", "fedprox_mu0", "fedprox", "fedprox_adaptive"]
   assert {a.client_optimizer for a in averaging.values()} == {SPEC.client_optimizer}
-  round_fn = server.make_round_fn(model.apply, SPEC)
+  round_fn = rounds.make_round_fn(model.apply, SPEC)
   results = {}
   for name, a in averaging.items():  # the successors: tests/test_successors.py
     vmapped, m = round_fn(params, hetero_data, _hparams(a), key)
@@ -52,7 +52,7 @@ def test_each_registered_algorithm_vmapped_equals_looped_and_a_plugged_in_optimi
     return optax.chain(proximal(hp.mu), optax.clip_by_global_norm(0.05), optax.sgd(hp.lr))
   a = dataclasses.replace(algorithms.FEDPROX, name="fedprox_clipped", client_optimizer=clipped)
   spec = dataclasses.replace(SPEC, client_optimizer=a.client_optimizer)
-  vmapped, _ = server.make_round_fn(model.apply, spec)(params, hetero_data, _hparams(a), key)
+  vmapped, _ = rounds.make_round_fn(model.apply, spec)(params, hetero_data, _hparams(a), key)
   looped, _ = reference.looped_round(model.apply, spec, params, hetero_data, _hparams(a), key)
   assert tree_max_abs_diff(vmapped, results["fedprox"]) > 1e-4  # the clipping changed it
   assert tree_max_abs_diff(vmapped, looped) < 2e-5

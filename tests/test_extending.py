@@ -22,20 +22,20 @@ import jax, numpy as np
 sys.path[:0] = [ROOT, ROOT + "/tests"]
 spec = importlib.util.spec_from_file_location("fedexp_example", EXAMPLE)
 example = importlib.util.module_from_spec(spec); spec.loader.exec_module(example)
-from fedprox_jax.core import algorithms, models, reference, server
+from fedprox_jax.core import algorithms, models, reference, rounds
 from helpers import HETERO_SIZES, make_federated_data, tree_max_abs_diff
 a = algorithms.get("fedexp")
-spec = server.RoundSpec(clients_per_round=4, local_epochs=3, batch_size=4,
+spec = rounds.RoundSpec(clients_per_round=4, local_epochs=3, batch_size=4,
                         max_client_size=max(HETERO_SIZES), num_lanes=2, sampling="uniform",
                         straggler_rule="exact", weighting="samples",
                         **algorithms.round_statics(a, 0.0))
-hp = server.HParams.create(0.05, 0.0, 0.5, False, 4, algorithm=a.hparams)
+hp = rounds.HParams.create(0.05, 0.0, 0.5, False, 4, algorithm=a.hparams)
 data = make_federated_data(HETERO_SIZES, seed=3)
 model = models.LogisticRegression()
 x0 = models.init_params(model, jax.random.key(0))
-avg_spec = server.RoundSpec(**{**spec.__dict__, "hooks": algorithms.FEDAVG.hooks})
-step = jax.jit(server.round_step, static_argnums=(0, 1))
-v, l, avg = (server.ServerState(x0),) * 3
+avg_spec = rounds.RoundSpec(**{**spec.__dict__, "hooks": algorithms.FEDAVG.hooks})
+step = jax.jit(rounds.round_step, static_argnums=(0, 1))
+v, l, avg = (rounds.ServerState(x0),) * 3
 for t in (1, 2):
   v, _ = step(model.apply, spec, v, data, hp, jax.random.key(t))
   l, _ = reference.looped_round_step(model.apply, spec, l, data, hp, jax.random.key(t))
@@ -231,7 +231,7 @@ import jax, numpy as np
 sys.path[:0] = [ROOT, ROOT + "/tests"]
 spec = importlib.util.spec_from_file_location("token_example", EXAMPLE)
 example = importlib.util.module_from_spec(spec); spec.loader.exec_module(example)
-from fedprox_jax.core import algorithms, models, reference, server
+from fedprox_jax.core import algorithms, models, reference, rounds
 from fedprox_jax.data import federation
 from helpers import tree_max_abs_diff
 rng = np.random.default_rng(1)
@@ -245,14 +245,14 @@ model = models.make_model("bag_of_tokens", num_classes=3, input_spec=fed.input_s
 x0 = models.init_params(model, jax.random.key(0), fed.input_spec)
 for name in ("fedprox", "scaffold"):
   a = algorithms.get(name)
-  spec = server.RoundSpec(clients_per_round=4, local_epochs=2, batch_size=4, max_client_size=30,
+  spec = rounds.RoundSpec(clients_per_round=4, local_epochs=2, batch_size=4, max_client_size=30,
                           num_lanes=2, sampling="uniform", straggler_rule="exact",
                           weighting="samples", **algorithms.round_statics(a, 0.0))
-  hp = server.HParams.create(0.1, 0.5, 0.5, False, 4, algorithm=a.hparams)
-  state = server.init_server_state(spec, x0, 6, hp)
+  hp = rounds.HParams.create(0.1, 0.5, 0.5, False, 4, algorithm=a.hparams)
+  state = rounds.init_server_state(spec, x0, 6, hp)
   v = l = state
   for t in (1, 2):
-    v, _ = jax.jit(server.round_step, static_argnums=(0, 1))(model.apply, spec, v, fed.train, hp, jax.random.key(t))
+    v, _ = jax.jit(rounds.round_step, static_argnums=(0, 1))(model.apply, spec, v, fed.train, hp, jax.random.key(t))
     l, _ = reference.looped_round_step(model.apply, spec, l, fed.train, hp, jax.random.key(t))
   print(name, tree_max_abs_diff(v.params, l.params), tree_max_abs_diff(v.params, x0))
 """

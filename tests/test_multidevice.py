@@ -25,21 +25,21 @@ def test_sharded_round_equals_single_device_round():
     import jax
     from helpers import make_federated_data, tree_max_abs_diff
     from fedprox_jax.run import distributed
-    from fedprox_jax.core import models, reference, server
+    from fedprox_jax.core import models, reference, rounds
     assert jax.device_count() == 8
     data = make_federated_data([1, 7, 10, 23, 95, 12, 40, 5, 66, 3])
     for name in ("mlr", "cnn"):
       model = models.make_model(name)
       params = models.init_params(model, jax.random.key(0))
-      hp = server.HParams.create(0.05, 1.0, 0.5, False, 5)
+      hp = rounds.HParams.create(0.05, 1.0, 0.5, False, 5)
       # 5 clients per round: not a multiple of 2, 4 or 8 devices; 8 lanes, the spare ones empty.
       outs = {}
       for n in (1, 2, 8):
         mesh = distributed.make_mesh(n)
-        spec = server.RoundSpec(clients_per_round=5, local_epochs=2, batch_size=4,
+        spec = rounds.RoundSpec(clients_per_round=5, local_epochs=2, batch_size=4,
                                 max_client_size=95, num_lanes=8, mesh=mesh,
                                 sampling="uniform", straggler_rule="exact", weighting="samples")
-        round_fn = server.make_round_fn(model.apply, spec)
+        round_fn = rounds.make_round_fn(model.apply, spec)
         out, metrics = round_fn(params, data, hp, jax.random.key(3))
         outs[n] = (out, float(metrics.train_loss))
         if n > 1:  # really spread: each device holds 8 / n lanes of parameters
@@ -55,19 +55,19 @@ def test_sharded_round_equals_single_device_round():
     from fedprox_jax.core import algorithms
     model = models.make_model("mlr")
     params = models.init_params(model, jax.random.key(0))
-    hp = server.HParams.create(0.05, 0.0, 0.5, False, 5, momentum=0.5)
+    hp = rounds.HParams.create(0.05, 0.0, 0.5, False, 5, momentum=0.5)
     states = {}
     for n in (1, 8):
-      spec = server.RoundSpec(clients_per_round=5, local_epochs=2, batch_size=4,
+      spec = rounds.RoundSpec(clients_per_round=5, local_epochs=2, batch_size=4,
                               max_client_size=95, num_lanes=8, mesh=distributed.make_mesh(n),
                               sampling="uniform", straggler_rule="exact", weighting="samples",
                               **algorithms.round_statics(algorithms.SCAFFOLD, 0.5))
-      state = server.init_server_state(spec, params, 10, hp)
+      state = rounds.init_server_state(spec, params, 10, hp)
       for t in (1, 2):
-        state, _ = server.make_round_fn(model.apply, spec, with_state=True)(
+        state, _ = rounds.make_round_fn(model.apply, spec, with_state=True)(
             state, data, hp, jax.random.key(t))
       states[n] = state
-    looped = server.init_server_state(spec, params, 10, hp)
+    looped = rounds.init_server_state(spec, params, 10, hp)
     for t in (1, 2):
       looped, _ = reference.looped_round_step(model.apply, spec, looped, data, hp,
                                               jax.random.key(t))

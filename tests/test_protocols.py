@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import mnist as mnist_config
-from fedprox_jax.core import client, models, server
+from fedprox_jax.core import client, models, rounds
 from fedprox_jax import errors
 from fedprox_jax.run import experiment, protocols
 from fedprox_jax.run import config as config_lib
@@ -120,8 +120,8 @@ def test_seed_protocol_trains_on_90_percent_and_weighs_by_batches():
   np.testing.assert_array_equal(np.asarray(exp.train.sizes), expected_train)
   assert exp.stats["held_out_examples"] == int(full.sizes.sum() - expected_train.sum()) > 0
   spec = experiment.round_spec(c, exp.stats["max_train"])
-  hp = server.HParams.create(c.lr, c.mu, 0.0, False, c.clients_per_round, c.weight_decay)
-  plan = server.plan_round(jax.random.key(3), exp.train, hp, spec)
+  hp = rounds.HParams.create(c.lr, c.mu, 0.0, False, c.clients_per_round, c.weight_decay)
+  plan = rounds.plan_round(jax.random.key(3), exp.train, hp, spec)
   batches = np.ceil(np.asarray(plan.sizes) / c.batch_size)
   np.testing.assert_allclose(plan.weights, batches / batches.sum(), rtol=1e-6)
 
@@ -138,9 +138,9 @@ def test_glorot_init_of_the_authors_mlr():
 
 def test_weighted_sampling_with_replacement_can_repeat_a_client():
   sizes = jnp.array([1000, 1, 1, 1])
-  picks = [np.asarray(server.sample_clients(jax.random.key(s), sizes, 3, "weighted_replacement"))
+  picks = [np.asarray(rounds.sample_clients(jax.random.key(s), sizes, 3, "weighted_replacement"))
            for s in range(5)]
   assert any(len(set(p.tolist())) < 3 for p in picks)
-  assert all(len(set(np.asarray(server.sample_clients(jax.random.key(s), sizes, 3,
+  assert all(len(set(np.asarray(rounds.sample_clients(jax.random.key(s), sizes, 3,
                                                       "weighted")).tolist())) == 3
              for s in range(5))

@@ -22,7 +22,7 @@ from fedprox_jax.run import checkpoints, experiment, single, sweep
 from fedprox_jax.run import config as config_lib
 from fedprox_jax import errors, outputs
 from fedprox_jax.report import plots
-from fedprox_jax.core import server
+from fedprox_jax.core import rounds
 from fedprox_jax.run import workdir as workdir_lib
 from helpers import ROOT, assert_same_rows, read_rows, tiny_mnist, tiny_run_config
 
@@ -343,7 +343,7 @@ def test_unwritable_checkpoints_directory_is_a_clear_error(tmp_path):
 
 def _poison_round(monkeypatch, round_index):
   """NaN injection: round ``round_index`` starts from a global model with one NaN in it."""
-  real = server.make_round_fn
+  real = rounds.make_round_fn
 
   def poisoned_make_round_fn(apply_fn, spec, with_state=False):
     round_fn, calls = real(apply_fn, spec, with_state), []
@@ -358,7 +358,7 @@ def _poison_round(monkeypatch, round_index):
     poisoned.compilations = 1
     return poisoned
 
-  monkeypatch.setattr(server, "make_round_fn", poisoned_make_round_fn)
+  monkeypatch.setattr(rounds, "make_round_fn", poisoned_make_round_fn)
 
 
 def test_nan_injection_stops_with_round_and_keeps_last_checkpoint(tmp_path, monkeypatch):

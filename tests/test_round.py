@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedprox_jax.core import models, reference, server
+from fedprox_jax.core import models, reference, rounds
 from fedprox_jax.core.lanes import pack_lanes
 from helpers import HETERO_SIZES, tree_max_abs_diff
 
@@ -16,7 +16,7 @@ def _spec(num_lanes=2, **overrides):
   fields = dict(clients_per_round=K, local_epochs=3, batch_size=4,
                 max_client_size=max(HETERO_SIZES), num_lanes=num_lanes,
                 sampling="uniform", straggler_rule="exact", weighting="samples")
-  return server.RoundSpec(**{**fields, **overrides})
+  return rounds.RoundSpec(**{**fields, **overrides})
 
 
 @pytest.mark.parametrize("model_name,num_lanes,drop,work", [
@@ -27,10 +27,10 @@ def test_vmapped_round_equals_looped_round(hetero_data, model_name, num_lanes, d
   model = models.make_model(model_name)
   params = models.init_params(model, jax.random.key(0))
   spec = _spec(num_lanes, straggler_work=work)
-  hp = server.HParams.create(lr=0.05, mu=1.0, stragglers_fraction=0.5, drop_stragglers=drop,
+  hp = rounds.HParams.create(lr=0.05, mu=1.0, stragglers_fraction=0.5, drop_stragglers=drop,
                              clients_per_round=K)
   key = jax.random.key(3)
-  vmapped, m_vec = server.make_round_fn(model.apply, spec)(params, hetero_data, hp, key)
+  vmapped, m_vec = rounds.make_round_fn(model.apply, spec)(params, hetero_data, hp, key)
   looped, m_loop = reference.looped_round(model.apply, spec, params, hetero_data, hp, key)
   assert int(m_vec.num_stragglers) == 3  # 5 - round(2.5) = 5 - 2 (round half to even)
   assert m_vec.inexactness is None  # off by default: the round computes none of it
@@ -42,13 +42,13 @@ def test_vmapped_round_equals_looped_round(hetero_data, model_name, num_lanes, d
 
 def test_fedavg_drop_equals_aggregating_only_non_stragglers(hetero_data):
   spec = _spec(2)
-  hp = server.HParams.create(lr=0.05, mu=0.0, stragglers_fraction=0.5, drop_stragglers=True,
+  hp = rounds.HParams.create(lr=0.05, mu=0.0, stragglers_fraction=0.5, drop_stragglers=True,
                              clients_per_round=K)
   model = models.LogisticRegression()
   params = models.init_params(model, jax.random.key(0))
   key = jax.random.key(11)
-  new_params, metrics = server.make_round_fn(model.apply, spec)(params, hetero_data, hp, key)
-  plan = server.plan_round(key, hetero_data, hp, spec)
+  new_params, metrics = rounds.make_round_fn(model.apply, spec)(params, hetero_data, hp, key)
+  plan = rounds.plan_round(key, hetero_data, hp, spec)
   keep = ~np.asarray(plan.is_straggler)
   assert keep.sum() == 2 and int(metrics.num_aggregated) == 2
   trained, sizes = [], []
@@ -69,19 +69,19 @@ def test_fedavg_is_fedprox_with_mu_zero_and_stragglers_dropped(hetero_data):
   """With no stragglers, FedProx(mu=0) and FedAvg are the same program and the same numbers."""
   model = models.LogisticRegression()
   params = models.init_params(model, jax.random.key(0))
-  round_fn = server.make_round_fn(model.apply, _spec(2))
+  round_fn = rounds.make_round_fn(model.apply, _spec(2))
   key = jax.random.key(4)
-  fedavg, _ = round_fn(params, hetero_data, server.HParams.create(0.05, 0.0, 0.0, True, K), key)
-  prox0, _ = round_fn(params, hetero_data, server.HParams.create(0.05, 0.0, 0.0, False, K), key)
+  fedavg, _ = round_fn(params, hetero_data, rounds.HParams.create(0.05, 0.0, 0.0, True, K), key)
+  prox0, _ = round_fn(params, hetero_data, rounds.HParams.create(0.05, 0.0, 0.0, False, K), key)
   for a, b in zip(jax.tree_util.tree_leaves(fedavg), jax.tree_util.tree_leaves(prox0)):
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("weighting", server.WEIGHTINGS)
+@pytest.mark.parametrize("weighting", rounds.WEIGHTINGS)
 def test_aggregation_weights(weighting):
   sizes = jnp.array([1, 7, 10, 23, 95])
   kept = jnp.array([True, False, True, True, False])
-  w, all_dropped = server.aggregation_weights(sizes, kept, weighting, batch_size=4)
+  w, all_dropped = rounds.aggregation_weights(sizes, kept, weighting, batch_size=4)
   assert not bool(all_dropped)
   np.testing.assert_allclose(float(w.sum()), 1.0, rtol=1e-6)
   assert np.all(np.asarray(w)[~np.asarray(kept)] == 0)
@@ -90,16 +90,16 @@ def test_aggregation_weights(weighting):
                 "uniform": np.ones(5)}[weighting]
   raw = np.where(kept, per_client, 0)
   np.testing.assert_allclose(w, raw / raw.sum(), rtol=1e-6)
-  w, all_dropped = server.aggregation_weights(sizes, jnp.zeros(5, bool), weighting, 4)
+  w, all_dropped = rounds.aggregation_weights(sizes, jnp.zeros(5, bool), weighting, 4)
   assert bool(all_dropped) and float(w.sum()) == 0.0
 
 
 def test_all_stragglers_dropped_keeps_global_model_and_says_so(hetero_data):
   model = models.LogisticRegression()
   params = models.init_params(model, jax.random.key(0))
-  hp = server.HParams.create(lr=0.05, mu=0.0, stragglers_fraction=1.0, drop_stragglers=True,
+  hp = rounds.HParams.create(lr=0.05, mu=0.0, stragglers_fraction=1.0, drop_stragglers=True,
                              clients_per_round=K)
-  new_params, metrics = server.make_round_fn(model.apply, _spec(2))(
+  new_params, metrics = rounds.make_round_fn(model.apply, _spec(2))(
       params, hetero_data, hp, jax.random.key(0))
   assert bool(metrics.all_dropped) and int(metrics.num_aggregated) == 0
   assert int(metrics.lanes.useful_steps) == 0
@@ -114,13 +114,13 @@ def test_round_compiles_once_across_rounds(hetero_data):
 
   def counting_round(params, data, hp, key):
     traces.append(1)  # runs only while tracing
-    return server.run_round(model.apply, spec, params, data, hp, key)
+    return rounds.run_round(model.apply, spec, params, data, hp, key)
 
   round_fn = jax.jit(counting_round)
   params = models.init_params(model, jax.random.key(0))
   seen = set()
   for t in range(4):
-    hp = server.HParams.create(0.05, 0.1 * t, 0.5, t % 2 == 0, 3)  # hyper-parameters change too
+    hp = rounds.HParams.create(0.05, 0.1 * t, 0.5, t % 2 == 0, 3)  # hyper-parameters change too
     params, metrics = round_fn(params, hetero_data, hp, jax.random.fold_in(jax.random.key(1), t))
     seen.add(tuple(np.asarray(metrics.client_ids)))
   assert len(seen) > 1, "rounds sampled the same clients; the test would prove nothing"
@@ -130,21 +130,21 @@ def test_round_compiles_once_across_rounds(hetero_data):
 def test_uniform_sampling_is_without_replacement():
   sizes = jnp.arange(1, 51)
   for seed in range(20):
-    ids = np.asarray(server.sample_clients(jax.random.key(seed), sizes, 10, "uniform"))
+    ids = np.asarray(rounds.sample_clients(jax.random.key(seed), sizes, 10, "uniform"))
     assert len(set(ids)) == 10 and ids.min() >= 0 and ids.max() < 50
-    ids = np.asarray(server.sample_clients(jax.random.key(seed), sizes, 10, "weighted"))
+    ids = np.asarray(rounds.sample_clients(jax.random.key(seed), sizes, 10, "weighted"))
     assert len(set(ids)) == 10
 
 
 def test_weighted_sampling_prefers_large_clients():
   sizes = jnp.array([1] * 90 + [1000] * 10)
-  picks = np.concatenate([np.asarray(server.sample_clients(jax.random.key(s), sizes, 5, "weighted"))
+  picks = np.concatenate([np.asarray(rounds.sample_clients(jax.random.key(s), sizes, 5, "weighted"))
                           for s in range(40)])
   assert np.mean(picks >= 90) > 0.8
 
 
 def _hp(fraction, k):
-  return server.HParams.create(0.05, 1.0, fraction, False, k)
+  return rounds.HParams.create(0.05, 1.0, fraction, False, k)
 
 
 @pytest.mark.parametrize("fraction,k,expected", [(0.9, 10, 9), (0.5, 10, 5), (0.0, 10, 0),
@@ -153,17 +153,17 @@ def _hp(fraction, k):
 def test_exact_straggler_count_is_the_authors_rule(fraction, k, expected):
   # The authors' code: round(K * (1 - drop)) clients stay active, in Python floats; 0.85 gives
   # 10 * 0.15000000000000002 = 1.5000000000000002 -> 2 active, 8 stragglers (float32: 9).
-  assert expected == k - round(k * (1 - fraction)) == server.exact_straggler_count(k, fraction)
+  assert expected == k - round(k * (1 - fraction)) == rounds.exact_straggler_count(k, fraction)
   ids = jnp.arange(k)
   for seed in range(5):
-    s = server.draw_stragglers(jax.random.key(seed), ids, 50, _hp(fraction, k), "exact", 10)
+    s = rounds.draw_stragglers(jax.random.key(seed), ids, 50, _hp(fraction, k), "exact", 10)
     assert int(s.sum()) == expected
 
 
 def test_seed_straggler_schedule_is_binomial_per_round_and_per_client():
   k, fraction, num_clients = 10, 0.3, 40
   ids = jnp.arange(k) * 3
-  counts = np.array([int(server.draw_stragglers(jax.random.key(t), ids, num_clients,
+  counts = np.array([int(rounds.draw_stragglers(jax.random.key(t), ids, num_clients,
                                                 _hp(fraction, k), "bernoulli", 10).sum())
                      for t in range(2000)])
   # Binomial(10, 0.3): mean 3, variance 2.1 (the exact rule would give 3 every round).
@@ -171,26 +171,26 @@ def test_seed_straggler_schedule_is_binomial_per_round_and_per_client():
   assert abs(counts.var() - k * fraction * (1 - fraction)) < 0.25
   # A schedule over (round, client): a client's coin does not depend on who else is sampled.
   key = jax.random.key(11)
-  a = server.draw_stragglers(key, jnp.array([1, 2, 3]), num_clients, _hp(0.5, 3), "bernoulli", 5)
-  b = server.draw_stragglers(key, jnp.array([7, 2, 30]), num_clients, _hp(0.5, 3), "bernoulli", 5)
+  a = rounds.draw_stragglers(key, jnp.array([1, 2, 3]), num_clients, _hp(0.5, 3), "bernoulli", 5)
+  b = rounds.draw_stragglers(key, jnp.array([7, 2, 30]), num_clients, _hp(0.5, 3), "bernoulli", 5)
   assert bool(a[1]) == bool(b[1])
 
 
 def test_seed_schedule_has_no_stragglers_with_one_epoch():
   ids = jnp.arange(10)
   for t in range(20):
-    assert not bool(server.draw_stragglers(jax.random.key(t), ids, 10, _hp(0.9, 10),
+    assert not bool(rounds.draw_stragglers(jax.random.key(t), ids, 10, _hp(0.9, 10),
                                            "bernoulli", 1).any())
 
 
 @pytest.mark.parametrize("local_epochs", [1, 2, 10])
-@pytest.mark.parametrize("rule", server.STRAGGLER_RULES)
+@pytest.mark.parametrize("rule", rounds.STRAGGLER_RULES)
 def test_straggler_epochs_are_one_to_e_minus_one(hetero_data, local_epochs, rule):
   spec = _spec(2, local_epochs=local_epochs, straggler_rule=rule)
-  hp = server.HParams.create(0.05, 1.0, 0.9, False, K)
+  hp = rounds.HParams.create(0.05, 1.0, 0.9, False, K)
   epochs_seen = set()
   for seed in range(30):
-    plan = server.plan_round(jax.random.key(seed), hetero_data, hp, spec)
+    plan = rounds.plan_round(jax.random.key(seed), hetero_data, hp, spec)
     straggler = np.asarray(plan.is_straggler)
     epochs = np.asarray(plan.epochs)
     assert np.all(epochs[~straggler] == local_epochs)
@@ -208,11 +208,11 @@ def test_stragglers_by_iterations_run_one_to_int_en_over_b_plus_one_steps(hetero
   """The authors' solve_iters draw, randint(1, int(E n / B) + 2), capped at the full work
   E ceil(n / B); the others run their full work; at E = 1 stragglers do run less."""
   spec = _spec(2, local_epochs=local_epochs, straggler_work="iterations")
-  hp = server.HParams.create(0.05, 1.0, 0.6, False, K)
+  hp = rounds.HParams.create(0.05, 1.0, 0.6, False, K)
   b, sizes = spec.batch_size, np.asarray(hetero_data.sizes)
   fewer = 0
   for seed in range(30):
-    plan = server.plan_round(jax.random.key(seed), hetero_data, hp, spec)
+    plan = rounds.plan_round(jax.random.key(seed), hetero_data, hp, spec)
     straggler, steps = np.asarray(plan.is_straggler), np.asarray(plan.steps)
     n = sizes[np.asarray(plan.ids)]
     full = local_epochs * -(-n // b)
@@ -265,11 +265,11 @@ def test_oversized_batch_and_lanes_are_capped_without_changing_the_round(hetero_
   assert "num_lanes=50" in caplog.text and "batch_size=1000" in caplog.text
   model = models.make_model("mlr")
   params = models.init_params(model, jax.random.key(0))
-  hp = server.HParams.create(0.05, 1.0, 0.5, False, K)
+  hp = rounds.HParams.create(0.05, 1.0, 0.5, False, K)
   key = jax.random.key(3)
-  capped, _ = server.make_round_fn(model.apply, spec)(params, hetero_data, hp, key)
+  capped, _ = rounds.make_round_fn(model.apply, spec)(params, hetero_data, hp, key)
   uncapped_spec = _spec(num_lanes=K, batch_size=1000, max_client_size=max(HETERO_SIZES))
-  uncapped, _ = server.make_round_fn(model.apply, uncapped_spec)(params, hetero_data, hp, key)
+  uncapped, _ = rounds.make_round_fn(model.apply, uncapped_spec)(params, hetero_data, hp, key)
   assert tree_max_abs_diff(capped, params) > 1e-3
   assert tree_max_abs_diff(capped, uncapped) < 1e-6
 
@@ -304,11 +304,11 @@ def test_each_clients_gamma_inexactness_against_a_float64_reference(hetero_data)
   num_lanes = 2
   spec = _spec(num_lanes, inexactness=True)
   mu, wd = 0.5, 0.01
-  hp = server.HParams.create(lr=0.05, mu=mu, stragglers_fraction=0.2, drop_stragglers=True,
+  hp = rounds.HParams.create(lr=0.05, mu=mu, stragglers_fraction=0.2, drop_stragglers=True,
                              clients_per_round=K, weight_decay=wd)
   key = jax.random.key(3)
-  _, m = server.make_round_fn(model.apply, spec)(params, hetero_data, hp, key)
-  plan = jax.jit(server.plan_round, static_argnums=3)(key, hetero_data, hp, spec)
+  _, m = rounds.make_round_fn(model.apply, spec)(params, hetero_data, hp, key)
+  plan = jax.jit(rounds.plan_round, static_argnums=3)(key, hetero_data, hp, spec)
   x = np.asarray(hetero_data.x, np.float64).reshape(len(hetero_data.y), -1)
   y = np.asarray(hetero_data.y)
   w_t = {k: np.asarray(v, np.float64) for k, v in params["params"]["Dense_0"].items()}

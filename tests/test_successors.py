@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from fedprox_jax.core import (algorithms, feddyn, fednova, fedopt, hooks, models, reference,
-                              scaffold, server)
+                              rounds, scaffold)
 from helpers import HETERO_SIZES, make_federated_data, tree_max_abs_diff
 
 SIZES = HETERO_SIZES + (4, 31)  # 7 clients, 4 sampled a round: some c_i stay untouched
-SPEC = server.RoundSpec(clients_per_round=4, local_epochs=3, batch_size=4,
+SPEC = rounds.RoundSpec(clients_per_round=4, local_epochs=3, batch_size=4,
                         max_client_size=max(SIZES), num_lanes=2, sampling="uniform",
                         straggler_rule="exact", weighting="samples")
 MODEL = models.LogisticRegression()
@@ -33,7 +33,7 @@ OWN = {"feddyn": feddyn.HParams(alpha=0.1)}
 def _setup(name, momentum=0.0, stragglers=0.5, mu=0.0, server_lr=None):
   a = algorithms.get(name)
   spec = dataclasses.replace(SPEC, **algorithms.round_statics(a, momentum))
-  hp = server.HParams.create(
+  hp = rounds.HParams.create(
       lr=0.05, mu=mu, stragglers_fraction=stragglers, drop_stragglers=a.drop_stragglers,
       clients_per_round=spec.clients_per_round, momentum=momentum,
       server=fedopt.ServerHParams(lr=a.server_lr if server_lr is None else server_lr),
@@ -43,7 +43,7 @@ def _setup(name, momentum=0.0, stragglers=0.5, mu=0.0, server_lr=None):
 
 def _two_rounds(spec, hp, data, step):
   params = models.init_params(MODEL, jax.random.key(0))
-  state = server.init_server_state(spec, params, len(SIZES), hp)
+  state = rounds.init_server_state(spec, params, len(SIZES), hp)
   states = []
   for t in (1, 2):
     state, m = step(MODEL.apply, spec, state, data, hp, jax.random.key(t))
@@ -51,7 +51,7 @@ def _two_rounds(spec, hp, data, step):
   return params, states
 
 
-_round_step = jax.jit(server.round_step, static_argnums=(0, 1))
+_round_step = jax.jit(rounds.round_step, static_argnums=(0, 1))
 
 
 # The oracle's cases for the algorithms with hooks of their own: every such registered
@@ -98,7 +98,7 @@ def test_scaffold_variates_after_two_rounds_by_hand(data):
   x0, [(s1, m1), (s2, m2)] = _two_rounds(spec, hp, data, _round_step)
   n = len(SIZES)
   lr = 0.05
-  plan1 = server.plan_round(jax.random.key(1), data, hp, spec)
+  plan1 = rounds.plan_round(jax.random.key(1), data, hp, spec)
   expected_ci = jax.tree_util.tree_map(lambda p: np.zeros((n,) + p.shape, np.float32), x0)
   for i in range(spec.clients_per_round):
     k = int(plan1.steps[i])
@@ -118,7 +118,7 @@ def test_scaffold_variates_after_two_rounds_by_hand(data):
     assert np.all(np.asarray(got)[untouched] == 0)
     np.testing.assert_allclose(c, e.sum(axis=0) / n, atol=5e-5)
   # Round 2: the clients not sampled in either round keep c_i = 0; c moved by the mean change.
-  plan2 = server.plan_round(jax.random.key(2), data, hp, spec)
+  plan2 = rounds.plan_round(jax.random.key(2), data, hp, spec)
   never = sorted(set(untouched) - set(np.asarray(plan2.ids).tolist()))
   change = jax.tree_util.tree_map(jnp.subtract, s2.state.clients, s1.state.clients)
   for d, c1, c2 in zip(jax.tree_util.tree_leaves(change),
@@ -161,7 +161,7 @@ def test_feddyn_first_round_by_hand(data):
   spec, hp = _setup("feddyn")
   alpha = float(OWN["feddyn"].alpha)
   x0, [(s1, m1), _] = _two_rounds(spec, hp, data, _round_step)
-  plan = server.plan_round(jax.random.key(1), data, hp, spec)
+  plan = rounds.plan_round(jax.random.key(1), data, hp, spec)
   prox = hp.local._replace(mu=jnp.float32(alpha))
   ys = [reference.client_update(MODEL.apply, x0, data, plan.offsets[i], plan.sizes[i],
                                 plan.epochs[i], plan.keys[i], prox, batch_size=spec.batch_size,
@@ -191,15 +191,15 @@ def test_fednova_equals_fedavg_with_equal_work_and_not_otherwise():
   nova_spec, hp = _setup("fednova", stragglers=0.0)
   nova_spec = dataclasses.replace(nova_spec, clients_per_round=4, max_client_size=12)
   x0 = models.init_params(MODEL, jax.random.key(0))
-  avg, _ = server.run_round(MODEL.apply, spec, x0, data, hp, jax.random.key(3))
-  nova, m = server.run_round(MODEL.apply, nova_spec, x0, data, hp, jax.random.key(3))
+  avg, _ = rounds.run_round(MODEL.apply, spec, x0, data, hp, jax.random.key(3))
+  nova, m = rounds.run_round(MODEL.apply, nova_spec, x0, data, hp, jax.random.key(3))
   assert tree_max_abs_diff(avg, x0) > 1e-3
   assert tree_max_abs_diff(nova, avg) < 1e-6
   # Stragglers run fewer steps: FedNova weighs client i by p_i tau_eff / a_i, FedAvg by p_i.
   _, hp = _setup("fednova", stragglers=0.5)
-  avg, _ = server.run_round(MODEL.apply, spec, x0, data, hp, jax.random.key(3))
-  nova, _ = server.run_round(MODEL.apply, nova_spec, x0, data, hp, jax.random.key(3))
-  plan = server.plan_round(jax.random.key(3), data, hp, spec)
+  avg, _ = rounds.run_round(MODEL.apply, spec, x0, data, hp, jax.random.key(3))
+  nova, _ = rounds.run_round(MODEL.apply, nova_spec, x0, data, hp, jax.random.key(3))
+  plan = rounds.plan_round(jax.random.key(3), data, hp, spec)
   steps = np.asarray(plan.steps)
   assert len(set(steps.tolist())) > 1
   a = steps.astype(np.float64)  # plain SGD: a_i = tau_i
@@ -229,15 +229,15 @@ def test_fednova_effective_steps_closed_forms():
 def test_fedopt_with_server_sgd_at_lr_1_is_fedavg(data):
   spec, hp = _setup("fedprox_mu0")
   x0 = models.init_params(MODEL, jax.random.key(0))
-  avg, _ = server.run_round(MODEL.apply, spec, x0, data, hp, jax.random.key(4))
+  avg, _ = rounds.run_round(MODEL.apply, spec, x0, data, hp, jax.random.key(4))
   sgd_spec = dataclasses.replace(spec, hooks=fedopt.HOOKS["sgd"])
-  state, _ = server.round_step(MODEL.apply, sgd_spec, server.init_server_state(
+  state, _ = rounds.round_step(MODEL.apply, sgd_spec, rounds.init_server_state(
       sgd_spec, x0, len(SIZES), hp), data, hp, jax.random.key(4))
   assert tree_max_abs_diff(avg, x0) > 1e-3
   assert tree_max_abs_diff(state.params, avg) < 1e-6
   # Server lr 0.5: halfway between the old model and the average.
   hp = hp._replace(server=hp.server._replace(lr=jnp.float32(0.5)))
-  state, _ = server.round_step(MODEL.apply, sgd_spec, server.init_server_state(
+  state, _ = rounds.round_step(MODEL.apply, sgd_spec, rounds.init_server_state(
       sgd_spec, x0, len(SIZES), hp), data, hp, jax.random.key(4))
   half = jax.tree_util.tree_map(lambda a, b: (a + b) / 2, x0, avg)
   assert tree_max_abs_diff(state.params, half) < 1e-6

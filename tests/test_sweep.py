@@ -16,7 +16,7 @@ from fedprox_jax import schema
 from fedprox_jax.run import experiment, loop, sweep
 from fedprox_jax.run import grid as grid_lib, program as program_lib
 from fedprox_jax.run import config as config_lib
-from fedprox_jax.core import metrics, models, server
+from fedprox_jax.core import metrics, models, rounds
 from fedprox_jax.report import plots
 from helpers import ROOT, assert_same_rows, make_federated_data
 from helpers import tiny_mnist as _tiny_mnist
@@ -49,11 +49,11 @@ def test_vmapped_sweep_equals_experiments_one_by_one():
 
 def test_common_random_numbers_across_algorithms():
   data = make_federated_data([5, 9, 14, 30, 8, 11, 40, 3])
-  spec = server.RoundSpec(clients_per_round=5, local_epochs=4, batch_size=4,
+  spec = rounds.RoundSpec(clients_per_round=5, local_epochs=4, batch_size=4,
                           max_client_size=40, num_lanes=1, sampling="uniform", straggler_rule="exact", weighting="samples")
   for seed in range(5):
     key = jax.random.fold_in(jax.random.key(seed), 7)
-    plans = [server.plan_round(key, data, server.HParams.create(0.03, mu, 0.6, drop, 5), spec)
+    plans = [rounds.plan_round(key, data, rounds.HParams.create(0.03, mu, 0.6, drop, 5), spec)
              for mu, drop in ((0.0, True), (0.0, False), (1.0, False))]
     for p in plans[1:]:
       np.testing.assert_array_equal(p.ids, plans[0].ids)

@@ -31,7 +31,7 @@ class ClientPlan(NamedTuple):
   sizes: jax.Array
   epochs: jax.Array        # local epochs begun (the data orders drawn); 0 = no work
   steps: jax.Array         # local SGD steps: epochs * ceil(n / B), or fewer (a straggler by
-                           # iterations: server.STRAGGLER_WORK); 0 = a dropped straggler
+                           # iterations: rounds.STRAGGLER_WORK); 0 = a dropped straggler
   weights: jax.Array       # aggregation weights: sum to 1, or all 0 when nothing is kept
   is_straggler: jax.Array  # bool
   keys: jax.Array          # per-client PRNG keys (data order)

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedprox_jax.core import server
+from fedprox_jax.core import rounds
 from fedprox_jax.core.client import (ApplyFn, FederatedData, LocalHParams, epoch_permutations,
                                 local_optimizer, local_step, num_local_steps)
 from fedprox_jax.core.hooks import AVERAGE
@@ -63,32 +63,32 @@ def weighted_average(client_params: list, weights):
   return jax.tree_util.tree_map(lambda s: jnp.tensordot(weights, s, axes=1), stacked)
 
 
-_plan_round_jit = jax.jit(server.plan_round, static_argnums=3)
+_plan_round_jit = jax.jit(rounds.plan_round, static_argnums=3)
 _client_update_jit = jax.jit(client_update, static_argnums=0,
                              static_argnames=("batch_size", "max_size", "max_epochs",
                                               "client_optimizer", "step_correction"))
 
 
-def looped_round(apply_fn: ApplyFn, spec: server.RoundSpec, global_params, data: FederatedData,
-                 hp: server.HParams, round_key):
-  """``server.run_round``'s plan, each client trained alone in a Python loop, then averaged.
+def looped_round(apply_fn: ApplyFn, spec: rounds.RoundSpec, global_params, data: FederatedData,
+                 hp: rounds.HParams, round_key):
+  """``rounds.run_round``'s plan, each client trained alone in a Python loop, then averaged.
 
   The oracle for ``run_round`` (and the baseline it is benchmarked against).
   """
-  state, m = looped_round_step(apply_fn, spec, server.ServerState(global_params), data, hp,
+  state, m = looped_round_step(apply_fn, spec, rounds.ServerState(global_params), data, hp,
                                round_key)
   return state.params, m
 
 
-def looped_round_step(apply_fn: ApplyFn, spec: server.RoundSpec, state: server.ServerState,
-                      data: FederatedData, hp: server.HParams, round_key):
-  """``server.round_step`` with the algorithm's parts written from its paper's pseudo-code
+def looped_round_step(apply_fn: ApplyFn, spec: rounds.RoundSpec, state: rounds.ServerState,
+                      data: FederatedData, hp: rounds.HParams, round_key):
+  """``rounds.round_step`` with the algorithm's parts written from its paper's pseudo-code
   (``spec.hooks.looped``): the same plan, each client alone, then the plain weighted average
   or the algorithm's aggregate, and its server step in Python loops over the clients.
   """
   x = state.params
   looped = spec.hooks.looped
-  local = server.local_hparams(hp, spec)
+  local = rounds.local_hparams(hp, spec)
   # The plan's sampling, stragglers and data orders; the algorithm's weights come below.
   plan = _plan_round_jit(round_key, data, hp, dataclasses.replace(spec, hooks=AVERAGE))
   results = []
@@ -117,9 +117,9 @@ def looped_round_step(apply_fn: ApplyFn, spec: server.RoundSpec, state: server.S
   steps_array = jnp.array(steps)
   stats = LaneStats(useful_steps=jnp.sum(steps_array), executed_steps=jnp.sum(steps_array),
                     critical_path=jnp.max(steps_array), loop_steps=jnp.sum(steps_array))
-  params, m = server.finish_round(x, aggregate, plan, client_loss, stats)
+  params, m = rounds.finish_round(x, aggregate, plan, client_loss, stats)
   new_state = state.state
   if looped.server is not None:
     params, new_state = looped.server(state.state, x, params, client_params, steps, plan, hp,
                                       data.sizes.shape[0], bool(m.all_dropped))
-  return server.ServerState(params, new_state), m
+  return rounds.ServerState(params, new_state), m

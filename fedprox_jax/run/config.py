@@ -11,7 +11,7 @@ import math
 import ml_collections
 import numpy as np
 
-from fedprox_jax.core import algorithms, hooks as hooks_lib, models, server
+from fedprox_jax.core import algorithms, hooks as hooks_lib, models, rounds
 from fedprox_jax.data import datasets, partition
 from fedprox_jax.errors import ConfigError
 from fedprox_jax.run import autotune, defaults, protocols
@@ -275,17 +275,17 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                       ("num_devices", "all devices"), ("train_subset", "all")):
     require(_is_int(c[field]) and c[field] >= 0, field, c[field],
              f"must be an integer >= 0 (0 = {what})")
-  require(c.straggler_rule in server.STRAGGLER_RULES, "straggler_rule", c.straggler_rule,
-           f"use one of {server.STRAGGLER_RULES}")
-  require(c.straggler_work in server.STRAGGLER_WORK, "straggler_work", c.straggler_work,
-           f"use one of {server.STRAGGLER_WORK}")
+  require(c.straggler_rule in rounds.STRAGGLER_RULES, "straggler_rule", c.straggler_rule,
+           f"use one of {rounds.STRAGGLER_RULES}")
+  require(c.straggler_work in rounds.STRAGGLER_WORK, "straggler_work", c.straggler_work,
+           f"use one of {rounds.STRAGGLER_WORK}")
   require(c.straggler_work == "epochs" or c.straggler_rule == "exact", "straggler_work",
            c.straggler_work, "'iterations' is the authors' alternative: use it with "
            "straggler_rule='exact' (the seed's Bernoulli rule has no stragglers at E = 1)")
-  require(c.sampling in server.SAMPLINGS, "sampling", c.sampling,
-           f"use one of {server.SAMPLINGS}")
-  require(c.weighting in server.WEIGHTINGS, "weighting", c.weighting,
-           f"use one of {server.WEIGHTINGS}")
+  require(c.sampling in rounds.SAMPLINGS, "sampling", c.sampling,
+           f"use one of {rounds.SAMPLINGS}")
+  require(c.weighting in rounds.WEIGHTINGS, "weighting", c.weighting,
+           f"use one of {rounds.WEIGHTINGS}")
   s = c.sweep
   require(s.adaptive_mu_init is None or (s.adaptive_mu_init >= 0
                                            and math.isfinite(s.adaptive_mu_init)),

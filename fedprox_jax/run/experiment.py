@@ -19,7 +19,7 @@ from absl import logging
 
 from fedprox_jax.run import config as config_lib
 from fedprox_jax.run import distributed
-from fedprox_jax.core import algorithms, fedopt, metrics, models, server
+from fedprox_jax.core import algorithms, fedopt, metrics, models, rounds
 from fedprox_jax.data import datasets, partition
 from fedprox_jax.data.federation import Federation
 from fedprox_jax.errors import ConfigError
@@ -65,19 +65,19 @@ def algorithm_hparams(c: ml_collections.ConfigDict, algorithm: algorithms.Algori
 
 
 def hparams(c: ml_collections.ConfigDict, algorithm: algorithms.Algorithm | None = None,
-            **point) -> server.HParams:
+            **point) -> rounds.HParams:
   """The traced round hyper-parameters of resolved config ``c``: a run's, or (the one builder:
   a sweep stacks one per experiment, benchmarks use it too) ``algorithm``'s with a grid
   point's ``mu``, ``drop_stragglers`` and ``stragglers_fraction``."""
   algorithm = algorithm or run_algorithm(c)
   v = {"mu": c.mu, "stragglers_fraction": c.stragglers_fraction,
        "drop_stragglers": c.drop_stragglers, **point}
-  return server.HParams.create(c.lr, v["mu"], v["stragglers_fraction"], v["drop_stragglers"],
+  return rounds.HParams.create(c.lr, v["mu"], v["stragglers_fraction"], v["drop_stragglers"],
                                c.clients_per_round, c.weight_decay, c.momentum,
                                server_hparams(c, algorithm), algorithm_hparams(c, algorithm))
 
 
-def server_state_leaves(state: server.ServerState) -> dict:
+def server_state_leaves(state: rounds.ServerState) -> dict:
   """What a checkpoint holds of the server's state besides the model: the algorithm's state's
   arrays by position (a plain dict, whatever its classes are); {} for the averaging
   algorithms."""
@@ -85,10 +85,10 @@ def server_state_leaves(state: server.ServerState) -> dict:
   return {str(i): leaf for i, leaf in enumerate(leaves)}
 
 
-def server_state_from(template: server.ServerState, params, leaves: dict) -> server.ServerState:
+def server_state_from(template: rounds.ServerState, params, leaves: dict) -> rounds.ServerState:
   """``template``'s structure with the model ``params`` and the checkpointed ``leaves``."""
   treedef = jax.tree_util.tree_structure(template.state)
-  return server.ServerState(params, jax.tree_util.tree_unflatten(
+  return rounds.ServerState(params, jax.tree_util.tree_unflatten(
       treedef, [leaves[str(i)] for i in range(treedef.num_leaves)]))
 
 
@@ -98,7 +98,7 @@ def per_client_state_bytes(num_clients: int, num_params: int, experiments: int =
   return 2 * 4 * num_clients * num_params * experiments
 
 
-def check_state_memory(c: ml_collections.ConfigDict, spec: server.RoundSpec, params,
+def check_state_memory(c: ml_collections.ConfigDict, spec: rounds.RoundSpec, params,
                        experiments: int = 1) -> None:
   """An algorithm that keeps a parameter-sized state per client (SCAFFOLD's variates) holds it
   on the device: refused with one line, before any work, when the states and their round's
@@ -121,7 +121,7 @@ def check_state_memory(c: ml_collections.ConfigDict, spec: server.RoundSpec, par
 def round_spec(c: ml_collections.ConfigDict, max_client_size: int,
                mesh: jax.sharding.Mesh | None = None,
                num_lanes: int | None = None,
-               algorithm: algorithms.Algorithm | None = None) -> server.RoundSpec:
+               algorithm: algorithms.Algorithm | None = None) -> rounds.RoundSpec:
   """The static round settings of resolved config ``c`` (the one builder: benchmarks use it
   too, so nothing runs another protocol's rules) for ``algorithm`` (else the run's); lanes
   (``num_lanes``, else the config's or the backend's default) rounded up to fill the mesh's
@@ -145,7 +145,7 @@ def round_spec(c: ml_collections.ConfigDict, max_client_size: int,
   if mesh is not None:
     lanes = distributed.round_up(lanes, mesh)
   _check_plan_size(c, max_client_size)
-  return server.RoundSpec(
+  return rounds.RoundSpec(
       clients_per_round=c.clients_per_round, local_epochs=c.local_epochs,
       batch_size=batch_size, max_client_size=max_client_size, num_lanes=lanes,
       sampling=c.sampling, straggler_rule=c.straggler_rule, weighting=c.weighting, mesh=mesh,
@@ -172,7 +172,7 @@ class Setup(NamedTuple):
   data: Federation                  # on the device(s)
   model: object
   mesh: jax.sharding.Mesh
-  spec: server.RoundSpec
+  spec: rounds.RoundSpec
   eval_model: object                   # the model evaluation runs (another conv, same params)
   evaluate: object                     # jitted (params, x, y) -> (accuracy, loss)
 
@@ -228,7 +228,7 @@ def prepare(c: ml_collections.ConfigDict, source, lanes_over_devices: bool,
                make_evaluate_fn(eval_model.apply, eval_batch))
 
 
-def metrics_row(t: int, m: server.RoundMetrics, evaluation: dict, wall_time: float,
+def metrics_row(t: int, m: rounds.RoundMetrics, evaluation: dict, wall_time: float,
                 mu: float) -> dict:
   """The row of round ``t`` from its (host) round metrics and evaluation results."""
   executed = int(m.lanes.executed_steps)

@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 
 from fedprox_jax import outputs
-from fedprox_jax.core import adaptive_mu, metrics, models, server
+from fedprox_jax.core import adaptive_mu, metrics, models, rounds
 from fedprox_jax.run import checkpoints as checkpoints_lib
 from fedprox_jax.run import distributed, experiment, grid, loop, signals
 from fedprox_jax.run.workdir import Workdir
@@ -45,7 +45,7 @@ def _over_experiments(fn, in_axes, size: int):
 
 
 @functools.lru_cache(maxsize=8)
-def make_sweep_fns(apply_fn, eval_apply_fn, spec: server.RoundSpec, size: int,
+def make_sweep_fns(apply_fn, eval_apply_fn, spec: rounds.RoundSpec, size: int,
                    eval_batch_size: int, with_dissimilarity: bool, with_adaptive: bool,
                    with_train_loss: bool = True):
   """Jitted round and evaluation over an experiment axis of ``size``; the same arguments give
@@ -58,7 +58,7 @@ def make_sweep_fns(apply_fn, eval_apply_fn, spec: server.RoundSpec, size: int,
 
   def round_one(state, mu_state, data, hp, key, adaptive):
     hp = hp._replace(mu=jnp.where(adaptive, mu_state.mu, hp.mu))
-    state, m = server.round_step(apply_fn, spec, state, data, hp, key)
+    state, m = rounds.round_step(apply_fn, spec, state, data, hp, key)
     if with_adaptive:
       _, loss = metrics.evaluate(eval_apply_fn, state.params, data.x, data.y, eval_batch_size)
       mu_state = adaptive_mu.update(mu_state, loss)
@@ -240,7 +240,7 @@ def run_program(setup: experiment.Setup, specs: list, schedule: loop.Schedule,
   stack = lambda trees: jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)
   stacked = grid.stacked_hparams(c, specs)
   hps = [jax.tree_util.tree_map(lambda a, i=i: a[i], stacked) for i in range(real)]
-  servers = [server.init_server_state(spec, p, c.num_clients, hp)
+  servers = [rounds.init_server_state(spec, p, c.num_clients, hp)
              for p, hp in zip(initial, hps)]
   server_template = servers[0]
   state = {"params": stack(initial),

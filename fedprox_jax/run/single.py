@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from fedprox_jax import outputs
-from fedprox_jax.core import adaptive_mu, metrics, models, server
+from fedprox_jax.core import adaptive_mu, metrics, models, rounds
 from fedprox_jax.errors import DivergenceError
 from fedprox_jax.report import plots
 from fedprox_jax.run import checkpoints as checkpoints_lib
@@ -93,7 +93,7 @@ def _restore(setup: experiment.Setup, wd: Workdir, checkpoints: checkpoints_lib.
   state = {"params": models.init_params(setup.model, init_key, setup.data.input_spec)}
   if c.adaptive_mu:
     state["mu"] = dict(adaptive_mu.init(c.mu)._asdict())
-  extra = experiment.server_state_leaves(server.init_server_state(
+  extra = experiment.server_state_leaves(rounds.init_server_state(
       setup.spec, state["params"], c.num_clients, experiment.hparams(c)))
   if extra:
     state["server"] = extra
@@ -156,9 +156,9 @@ class _RunProgram(loop.Program):
     _, self.rounds_key = jax.random.split(jax.random.key(c.seed))
     self.replicate = replicate
     self.hp = replicate(experiment.hparams(c))
-    self.round_fn = server.make_round_fn(setup.model.apply, setup.spec, with_state=True)
+    self.round_fn = rounds.make_round_fn(setup.model.apply, setup.spec, with_state=True)
     self.adapt = make_adapt_fn(setup) if c.adaptive_mu else None
-    template = server.init_server_state(setup.spec, state["params"], c.num_clients,
+    template = rounds.init_server_state(setup.spec, state["params"], c.num_clients,
                                         experiment.hparams(c))
     self.server = experiment.server_state_from(template, state["params"],
                                                state.get("server", {}))
