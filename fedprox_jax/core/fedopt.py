@@ -19,17 +19,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedprox_jax.core.hooks import Hooks, Looped
+from fedprox_jax.core.hooks import Hooks, Looped, ServerHParams
 
 SERVER_OPTIMIZERS = ("sgd", "avgm", "adam", "yogi", "adagrad")
-
-
-class ServerHParams(NamedTuple):
-  """Traced server hyper-parameters (a sweep may vmap over them)."""
-  lr: jax.Array | float = 1.0        # eta, the server learning rate
-  momentum: jax.Array | float = 0.9  # beta_1: FedAvgM's momentum, the adaptive ones' first moment
-  beta2: jax.Array | float = 0.99    # beta_2 of FedAdam / FedYogi
-  tau: jax.Array | float = 1e-3      # the adaptivity tau (the paper's epsilon)
 
 
 class AdaptiveState(NamedTuple):

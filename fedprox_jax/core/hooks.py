@@ -35,6 +35,15 @@ import math
 from typing import Callable, NamedTuple
 
 
+class ServerHParams(NamedTuple):
+  """The server's traced hyper-parameters, which any algorithm's ``server_step`` may read
+  (``HParams.server``; a sweep may vmap over them)."""
+  lr: float = 1.0        # eta, the server learning rate
+  momentum: float = 0.9  # beta_1: FedAvgM's momentum, the adaptive ones' first moment
+  beta2: float = 0.99    # beta_2 of FedAdam / FedYogi
+  tau: float = 1e-3      # the adaptivity tau (the paper's epsilon)
+
+
 class NoHParams(NamedTuple):
   """An algorithm without hyper-parameters of its own."""
 

@@ -13,9 +13,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedprox_jax.core import fedopt
 from fedprox_jax.core.client import ApplyFn, FederatedData, LocalHParams, cdiv, local_optimizer
-from fedprox_jax.core.hooks import AVERAGE, Hooks, NoHParams
+from fedprox_jax.core.hooks import AVERAGE, Hooks, NoHParams, ServerHParams
 from fedprox_jax.core.lanes import ClientPlan, LaneStats, run_lanes
 
 # uniform w/o replacement (both sources' code) | ∝ n_k w/o replacement | ∝ n_k with
@@ -94,19 +93,19 @@ class HParams(NamedTuple):
   exact_stragglers: jax.Array  # int: the 'exact' rule's count (exact_straggler_count)
   weight_decay: jax.Array
   momentum: jax.Array | float = 0.0  # the clients' (used where spec.per_lane_state)
-  server: fedopt.ServerHParams = fedopt.ServerHParams()
+  server: ServerHParams = ServerHParams()
   algorithm: tuple = NoHParams()  # the algorithm's own (``Hooks.hparams``)
 
   @classmethod
   def create(cls, lr, mu, stragglers_fraction, drop_stragglers, clients_per_round: int,
-             weight_decay=0.0, momentum=0.0, server: fedopt.ServerHParams | None = None,
+             weight_decay=0.0, momentum=0.0, server: ServerHParams | None = None,
              algorithm: tuple = NoHParams()):
-    server = server or fedopt.ServerHParams()
+    server = server or ServerHParams()
     return cls(jnp.float32(lr), jnp.float32(mu), jnp.float32(stragglers_fraction),
                jnp.bool_(drop_stragglers),
                jnp.int32(exact_straggler_count(clients_per_round, stragglers_fraction)),
                jnp.float32(weight_decay), jnp.float32(momentum),
-               fedopt.ServerHParams(*(jnp.float32(v) for v in server)),
+               ServerHParams(*(jnp.float32(v) for v in server)),
                type(algorithm)(*(jnp.float32(v) for v in algorithm)))
 
   @property
