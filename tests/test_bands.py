@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from fedprox_jax.report import bands, plots, statistics
+from fedprox_jax.report import bands, statistics
+from fedprox_jax.report import results as results_lib
 
 # A fixed table: final accuracy of 2 partitions x 3 seeds.
 TABLE = {(0, 0): 0.80, (0, 1): 0.82, (0, 2): 0.84, (1, 0): 0.70, (1, 1): 0.74, (1, 2): 0.72}
@@ -56,7 +57,7 @@ def _rows(table, algorithm="fedprox"):
 def test_summary_table_reports_every_statistic_over_partitions_and_seeds():
   rows = _rows(TABLE) + [dict(r, algorithm="fedavg", partition=9, seed=9, diverged_at_round=4,
                               experiment="fedavg_p9") for r in _rows({(9, 9): 0.5})][:3]
-  table = plots.summary_table(rows)
+  table = results_lib.summary_table(rows)
   (fedavg,) = [e for e in table if e["algorithm"] == "fedavg"]
   assert fedavg["runs"] == 0 and fedavg["runs_diverged"] == 1
   (e,) = [e for e in table if e["algorithm"] == "fedprox"]
@@ -73,18 +74,18 @@ def test_summary_table_reports_every_statistic_over_partitions_and_seeds():
   # The gain over FedAvg is paired run by run: FedAvg at 0.9 x the final accuracy of each run.
   fedavg_rows = [dict(r, algorithm="fedavg", experiment=r["experiment"].replace("fedprox", "fedavg"),
                       test_accuracy=0.9 * r["test_accuracy"]) for r in _rows(TABLE)]
-  (paired,) = [e for e in plots.summary_table(_rows(TABLE) + fedavg_rows)
+  (paired,) = [e for e in results_lib.summary_table(_rows(TABLE) + fedavg_rows)
                if e["algorithm"] == "fedprox"]
   gains = 0.1 * 0.55 * values  # the last-10 means' differences, run by run
   np.testing.assert_allclose(paired["last10_gain_over_fedavg"]["mean"], gains.mean())
   np.testing.assert_allclose(paired["last10_gain_over_fedavg"]["std"], np.std(gains, ddof=1))
   assert "last10_gain_over_fedavg" not in e  # no FedAvg runs to pair with
-  md = plots.format_markdown(table)
+  md = results_lib.format_markdown(table)
   assert "6 runs (2 partitions x 3 seeds)" in md and "ddof 1" in md
   assert f"{values.mean():.4f} ± {np.std(values, ddof=1):.4f}" in md
   assert "10 (3/6 runs)" in md and "| 0 (1 diverged) | diverged" in md
   assert "+" + statistics.format_band(paired["last10_gain_over_fedavg"]) + " |" in \
-      plots.format_markdown(plots.summary_table(_rows(TABLE) + fedavg_rows))
+      results_lib.format_markdown(results_lib.summary_table(_rows(TABLE) + fedavg_rows))
 
 
 def _run(tmp_path, seed, accuracies, partition_seed=42, **config):

@@ -176,15 +176,15 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
 
 def test_two_process_sweep_matches_one_process(tmp_path):
   """A sweep over 2 processes x 2 devices (experiments spread over all 4) == 1 process."""
-  from fedprox_jax.report import plots
+  from fedprox_jax.report import results as results_lib
   _two_processes(tmp_path, """
     from fedprox_jax.run import sweep
     c = tiny_sweep_config(num_devices=num_devices)
     c.sweep.seeds = 1  # 4 experiments: one per device
     sweep.run(c, workdir, source=tiny_mnist())
   """)
-  single = plots.read_results_csv(str(tmp_path / "single" / "results.csv"))
-  multi = plots.read_results_csv(str(tmp_path / "multi" / "results.csv"))
+  single = results_lib.read_results_csv(str(tmp_path / "single" / "results.csv"))
+  multi = results_lib.read_results_csv(str(tmp_path / "multi" / "results.csv"))
   assert len(single) == len(multi) == 4 * 3  # 4 experiments x 3 rounds; no duplicates
   for a, b in zip(single, multi):
     assert (a["experiment"], a["round"]) == (b["experiment"], b["round"])

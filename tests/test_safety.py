@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from fedprox_jax.report import bands, plots
+from fedprox_jax.report import results as results_lib
 from fedprox_jax.data import mnist as data
 from fedprox_jax import errors, files, outputs
 from fedprox_jax.run import experiment
@@ -354,7 +355,7 @@ def _sweep_workdir(tmp_path):
   rows = {"fedavg_s0.5_seed0": [{"round": t, "test_accuracy": 0.1 * t, "test_loss": 1.0,
                                  "global_train_loss": 1.0, "local_train_loss": 1.0,
                                  "num_stragglers": 1, "wall_time": 1.0} for t in (1, 2)]}
-  plots.write_results_csv(str(tmp_path / "results.csv"), specs, rows, {})
+  results_lib.write_results_csv(str(tmp_path / "results.csv"), specs, rows, {})
 
 
 @pytest.mark.parametrize("damage, expected", [

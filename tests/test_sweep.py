@@ -17,7 +17,7 @@ from fedprox_jax.run import experiment, loop, sweep
 from fedprox_jax.run import grid as grid_lib, program as program_lib
 from fedprox_jax.run import config as config_lib
 from fedprox_jax.core import metrics, models, rounds
-from fedprox_jax.report import plots
+from fedprox_jax.report import results as results_lib
 from helpers import ROOT, assert_same_rows, make_federated_data
 from helpers import tiny_mnist as _tiny_mnist
 from helpers import tiny_sweep_config as _tiny_config
@@ -107,7 +107,7 @@ def test_sweep_writes_results_table_and_figure(tmp_path):
   for name in ("results.csv", "summary.md", "figure1.png", "summary.json", "config.json",
                "partition_stats.json"):
     assert (tmp_path / name).exists(), name
-  rows = plots.read_results_csv(str(tmp_path / "results.csv"))
+  rows = results_lib.read_results_csv(str(tmp_path / "results.csv"))
   assert len(rows) == 8 * 2 and {r["round"] for r in rows} == {2, 3}
   table = (tmp_path / "summary.md").read_text()
   assert table.count("\n| ") == 4 and "FedProx (mu>0)" in table and "±" in table
@@ -136,9 +136,9 @@ def test_partition_axis_sweep_equals_its_experiments_run_one_by_one(tmp_path):
       stats["datasets"]["partition6"]["data_sha256"]
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["partition_seed"] == 5 and saved["sweep"]["partitions"] == 2
-  rows = plots.read_results_csv(str(tmp_path / "results.csv"))
+  rows = results_lib.read_results_csv(str(tmp_path / "results.csv"))
   assert {r["partition"] for r in rows} == {5, 6}
-  table = plots.summary_table(rows)
+  table = results_lib.summary_table(rows)
   assert {(e["runs"], e["final_accuracy"]["partitions"]) for e in table} == {(4, 2)}
   schedule = loop.Schedule(2, eval_every=1, checkpoint_every=2)
   for s in (specs[1], specs[-1]):  # a seed of each partition, each on its own data
@@ -237,7 +237,7 @@ def test_paper_protocol_splits_each_client_90_10():
 
 def _results(workdir):
   """results.csv rows without the wall time (which differs between identical sweeps)."""
-  rows = plots.read_results_csv(os.path.join(workdir, "results.csv"))
+  rows = results_lib.read_results_csv(os.path.join(workdir, "results.csv"))
   for r in rows:
     r.pop("wall_time")
     for k, v in r.items():
@@ -330,7 +330,7 @@ def test_sweep_names_each_diverged_experiment_and_writes_no_nan(tmp_path):
     sweep.run(c, str(tmp_path), source=_tiny_mnist())
   assert "2 of 4 experiments diverged (fedprox_s0.5_seed0 at round" in str(e.value)
   assert "lower --config.mu" in str(e.value)
-  rows = plots.read_results_csv(str(tmp_path / "results.csv"))
+  rows = results_lib.read_results_csv(str(tmp_path / "results.csv"))
   fedavg = [r for r in rows if r["algorithm"] == "fedavg"]
   fedprox = [r for r in rows if r["algorithm"] == "fedprox"]
   assert len(fedavg) == 2 * 3 and all(r["diverged_at_round"] is None for r in fedavg)
@@ -353,7 +353,7 @@ def test_sweep_with_everything_diverging_fails_clearly(tmp_path):
                                       dissimilarity=False, experiments_per_program=0))
   with pytest.raises(errors.DivergenceError, match="1 of 1 experiments diverged"):
     sweep.run(c, str(tmp_path), source=_tiny_mnist())
-  rows = plots.read_results_csv(str(tmp_path / "results.csv"))
+  rows = results_lib.read_results_csv(str(tmp_path / "results.csv"))
   assert len(rows) == 1 and rows[0]["diverged_at_round"] == rows[0]["round"]
 
 

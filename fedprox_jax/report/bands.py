@@ -20,7 +20,8 @@ import numpy as np
 
 from fedprox_jax import outputs
 from fedprox_jax.errors import UserError
-from fedprox_jax.report import plots, statistics
+from fedprox_jax.report import results as results_lib
+from fedprox_jax.report import statistics
 from fedprox_jax.schema import LAYOUT_FIELDS, NO_EFFECT_FIELDS
 
 VARYING = ("seed", "partition_seed")  # what the runs of a band may differ in
@@ -32,10 +33,10 @@ def _load_sweep(workdir: str) -> tuple:
     raise ValueError(f"{workdir} is not a finished sweep (no summary.json)")
   try:
     config = outputs.read_json(os.path.join(workdir, "config.json"))
-    rows = plots.read_results_csv(os.path.join(workdir, "results.csv"))
+    rows = results_lib.read_results_csv(os.path.join(workdir, "results.csv"))
   except (OSError, ValueError, UserError) as e:
     raise ValueError(f"{workdir} is damaged ({e}): restore its files") from e
-  curves = plots.run_curves(rows)
+  curves = results_lib.run_curves(rows)
   if len(curves) != 1:
     cells = ", ".join(f"{a} at {s:g}" for _, a, s in sorted(curves))
     raise ValueError(f"{workdir} holds {len(curves)} (algorithm, stragglers) cells ({cells}): a "
