@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fedprox_jax.core import stacked_lstm
 from fedprox_jax.federated_data import InputSpec
 from fedprox_jax.registry import Registry
 
@@ -273,6 +274,12 @@ register(Model("mlr", _logistic_regression, "multinomial logistic regression (th
                eval_batch_size=(10_000, 10_000)))
 register(Model("niid_cnn", _convolutional(LeNet), "NIID-Bench's MNIST CNN (LeNet)",
                convolutional=True, image_inputs=True))
+
+
+register(Model("stacked_lstm", lambda num_classes, input_spec, **_: stacked_lstm.StackedLSTM(
+                   vocab_size=input_spec.vocab_size, num_classes=num_classes),
+               "the paper's Shakespeare model: embedding 8, two LSTM layers of 256",
+               token_inputs=True, eval_batch_size=(500, 2000)))
 
 
 # 28 x 28 grey images: the default where no data set is given (tests, benchmarks)

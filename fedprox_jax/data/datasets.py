@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from fedprox_jax.data import mnist, synthetic
+from fedprox_jax.data import femnist, mnist, shakespeare, synthetic
 from fedprox_jax.registry import Registry
 
 
@@ -65,3 +65,9 @@ register(Dataset("synthetic", synthetic.load, synthetic.federation,
                  identical_clients=lambda c: bool(c.synthetic.iid),
                  # a program's round lasts as long as its largest device's work
                  one_per_program_on_cpu=True))
+register(Dataset("femnist", femnist.load, femnist.federation,
+                 "FEMNIST as the paper uses it, from a LEAF folder (config.data_dir)",
+                 num_classes=femnist.NUM_CLASSES, check=femnist.check))
+register(Dataset("shakespeare", shakespeare.load, shakespeare.federation,
+                 "LEAF's Shakespeare (next character, 80-letter alphabet), from a LEAF folder",
+                 num_classes=shakespeare.NUM_LETTERS, check=shakespeare.check))
