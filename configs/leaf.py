@@ -7,10 +7,12 @@ the authors' plot_final_e20.py): 10 clients per round, batch 10, E = 20, and
   femnist      200 writers, multinomial logistic regression (26 outputs), lr 0.003, mu 1,
                200 rounds
   shakespeare  143 roles, the stacked LSTM (embedding 8, 2 x 256), lr 0.8, mu 0.001, 40 rounds
+  sent140      772 users, frozen GloVe 300-d vectors of the first 25 words (--config.embeddings=
+               PATH), 2 x LSTM 100, dense 30, one logit, lr 0.3, mu 0.01, 800 rounds
 Runs are FedProx at 90 % stragglers (--config.algorithm=fedavg, fedprox_mu0, scaffold, ...:
 the others); the sweeps are the paper's Figure 1 column of each: FedAvg, FedProx (mu = 0) and
 FedProx (mu > 0) x stragglers 0, 0.5, 0.9:
-  figure1_femnist, figure1_shakespeare
+  figure1_femnist, figure1_shakespeare, figure1_sent140
 """
 
 import ml_collections
@@ -22,6 +24,8 @@ DATASETS = {
                     num_rounds=200),
     "shakespeare": dict(data="shakespeare", model="stacked_lstm", num_clients=143, lr=0.8,
                         mu=0.001, num_rounds=40),
+    "sent140": dict(data="sent140", model="sent140_lstm", num_clients=772, lr=0.3, mu=0.01,
+                    num_rounds=800),
 }
 VARIANTS = {**{name: dict(mode="single") for name in DATASETS},
             **{f"figure1_{name}": dict(mode="sweep") for name in DATASETS}}

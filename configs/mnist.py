@@ -47,6 +47,7 @@ HELP = {  # each field's help: what --help prints beside it (its value is the va
     'protocol': "seed (the Flower baseline) | paper (the authors' code)",
     'data_source': 'tfds | idx (a directory of the four raw IDX files)',
     'data_dir': "tfds: a TFDS data dir ('' = $TFDS_DATA_DIR or TFDS's default)",
+    'embeddings': "data=sent140: the word vectors, LEAF's embs.json or GloVe's glove.6B.300d.txt",
     'download': 'tfds: download MNIST when it is not in the data dir',
     'allow_modified_mnist': 'train on MNIST whose examples differ from the published files (refused otherwise; config.json records genuine_mnist)',
     'train_subset': 'use only the first N training examples (0 = all), for quick runs',
@@ -128,6 +129,7 @@ def get_config(variant: str = "fedprox") -> ml_collections.ConfigDict:
   c.protocol = "seed"
   c.data_source = "tfds"
   c.data_dir = ""
+  c.embeddings = ""
   c.download = True
   c.allow_modified_mnist = False
   c.train_subset = 0

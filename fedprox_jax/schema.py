@@ -33,7 +33,7 @@ ROW_FIELDS = {
 }
 
 # Fields that cannot change a run's results (the data itself is compared by its digest).
-NO_EFFECT_FIELDS = ("variant", "data_source", "data_dir", "download", "allow_modified_mnist",
+NO_EFFECT_FIELDS = ("variant", "data_source", "data_dir", "embeddings", "download", "allow_modified_mnist",
                     "genuine_mnist", "tensorboard", "checkpoint_every", "autotune", "autotuned",
                     "sweep.concurrent_programs")
 # Fields that change how the work is laid out, at most the last float bits of the results.

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from fedprox_jax.core import algorithms, reference, rounds, stacked_lstm
-from fedprox_jax.data import femnist, leaf, shakespeare
+from fedprox_jax.data import femnist, leaf, sent140, shakespeare
 from fedprox_jax.errors import DataError
 from helpers import ROOT, read_rows, start_launch, tree_max_abs_diff, wait_for_lines
 
@@ -185,18 +185,22 @@ def _looped_lstm(params, tokens, hidden, layers, forget_bias):
   of one kernel on [x, h]) over the time steps, layer after layer, then the dense layer on the
   last output."""
   p = params["params"]
-  x = p["Embed_0"]["embedding"][tokens]
+  x = _looped_layers(p, p["Embed_0"]["embedding"][tokens], hidden, layers, forget_bias)
+  return x[:, -1] @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]
+
+
+def _looped_layers(p, x, hidden, layers, forget_bias):
   for layer in range(layers):
     kernel, bias = p[f"lstm_{layer}"]["gates"]["kernel"], p[f"lstm_{layer}"]["gates"]["bias"]
-    c = h = jnp.zeros((tokens.shape[0], hidden))
+    c = h = jnp.zeros((x.shape[0], hidden))
     outputs = []
-    for t in range(tokens.shape[1]):
+    for t in range(x.shape[1]):
       i, j, f, o = jnp.split(jnp.concatenate([x[:, t], h], -1) @ kernel + bias, 4, -1)
       c = c * jax.nn.sigmoid(f + forget_bias) + jax.nn.sigmoid(i) * jnp.tanh(j)
       h = jnp.tanh(c) * jax.nn.sigmoid(o)
       outputs.append(h)
     x = jnp.stack(outputs, 1)
-  return x[:, -1] @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]
+  return x
 
 
 def test_the_stacked_lstm_equals_a_step_by_step_loop_and_flax_lstm_cell():
@@ -316,3 +320,103 @@ def test_a_shakespeare_run_stopped_and_resumed_equals_an_uninterrupted_one(tmp_p
   assert again.returncode == 0, again.stderr[-3000:]
   assert read_rows(stopped / "metrics.jsonl") == read_rows(whole / "metrics.jsonl")
   assert len(read_rows(whole / "metrics.jsonl")) == 12
+
+
+# --- Sent140 ------------------------------------------------------------------------------------
+
+WORDS = ["good", "great", "love", "bad", "awful", "hate", "the", "day", "is", "was", ".", "!"]
+
+
+def _sent140_folder(root, users=6, seed=0):
+  """Tweets in LEAF's record layout (the text at index 4), '4' for the positive ones (which use
+  the positive words), some longer than 25 words, some with words no embedding holds; and a
+  GloVe-style .txt of 300-d vectors (without 'zzunknown') plus the same as LEAF's embs.json."""
+  rng = np.random.default_rng(seed)
+  train, test = {}, {}
+  for u in range(users):
+    records, labels = [], []
+    for _ in range(int(rng.integers(8, 20))):
+      positive = bool(rng.integers(0, 2))
+      words = list(rng.choice(WORDS[:3] if positive else WORDS[3:6], 3)) + list(
+          rng.choice(WORDS[6:], int(rng.integers(1, 30)))) + ["zzunknown"]
+      records.append(["1467810369", "Mon Apr 06 22:19:45 PDT 2009", "NO_QUERY", f"user{u}",
+                      " ".join(rng.permutation(words))])
+      labels.append("4" if positive else "0")
+    name = f"user{u:03d}"
+    train[name], test[name] = {"x": records[3:], "y": labels[3:]}, {"x": records[:3], "y": labels[:3]}
+  _write(root / "train" / "all_data_niid_03_keep_30_train_8.json", sorted(train), train)
+  _write(root / "test" / "all_data_niid_03_keep_30_test_8.json", sorted(test), test)
+  vectors = {w: rng.normal(size=300).round(5) for w in WORDS + ["unused"]}
+  with open(root / "glove.txt", "w") as f:
+    for w, v in vectors.items():
+      f.write(w + " " + " ".join(f"{x:.5f}" for x in v) + "\n")
+  with open(root / "embs.json", "w") as f:
+    json.dump({"vocab": list(vectors), "emba": [v.tolist() for v in vectors.values()]
+               + [[0.0] * 300]}, f)
+  return train, vectors
+
+
+def test_sent140_tweets_are_their_first_25_words_frozen_vectors(tmp_path):
+  train, vectors = _sent140_folder(tmp_path)
+  users = leaf.read_users(str(tmp_path))
+  fed = leaf.federation_of(users, sent140.encoder(users, str(tmp_path / "glove.txt")), 2)
+  first = sorted(train)[0]
+  record, label = train[first]["x"][0], train[first]["y"][0]
+  words = sent140.split_line(record[4])
+  want = np.zeros((25, 300), np.float32)
+  for j, w in enumerate(words[:25]):
+    want[j] = vectors.get(w, np.zeros(300))
+  np.testing.assert_allclose(fed.train.x[0], want, rtol=1e-6)
+  assert fed.train.y[0] == (1 if label == "4" else 0) and fed.input_spec.shape == (25, 300)
+  assert any(len(sent140.split_line(r[4])) > 25 for u in train.values() for r in u["x"])
+  from_json = leaf.federation_of(users, sent140.encoder(users, str(tmp_path / "embs.json")), 2)
+  assert from_json.stats["data_sha256"] == fed.stats["data_sha256"]
+  # Bad inputs: one line each.
+  for path, says in ((tmp_path / "none.txt", "cannot read the embeddings"),
+                     (tmp_path / "train" / "all_data_niid_03_keep_30_train_8.json",
+                      "not LEAF's embs.json nor a GloVe .txt")):
+    with pytest.raises(DataError, match=says) as e:
+      sent140.encoder(users, str(path))
+    assert "\n" not in str(e.value)
+  users.train[first][1][0] = "2"
+  with pytest.raises(DataError, match=r"the sentiment '2' is neither '4' \(positive\) nor '0'"):
+    leaf.federation_of(users, sent140.encoder(users, str(tmp_path / "glove.txt")), 2)
+
+
+def test_the_sentiment_lstm_is_the_authors_one_logit_model():
+  model = stacked_lstm.SentimentLSTM(hidden=8)
+  x = jax.random.normal(jax.random.key(1), (4, 6, 300))
+  params = model.init(jax.random.key(0), x)
+  logits = model.apply(params, x)
+  p = params["params"]
+  h = _looped_layers(p, x, 8, 2, 1.0)[:, -1]
+  z = (h @ p["hidden"]["kernel"] + p["hidden"]["bias"]) @ p["logit"]["kernel"] + p["logit"]["bias"]
+  np.testing.assert_allclose(logits, jnp.concatenate([jnp.zeros_like(z), z], -1), rtol=1e-5, atol=1e-6)
+  assert p["hidden"]["kernel"].shape == (8, 30) and p["logit"]["kernel"].shape == (30, 1)
+  # Softmax cross-entropy on (0, z) is the sigmoid cross-entropy on z; argmax is z > 0.
+  import optax
+  y = jnp.array([0, 1, 1, 0])
+  np.testing.assert_allclose(optax.softmax_cross_entropy_with_integer_labels(logits, y),
+                             optax.sigmoid_binary_cross_entropy(z[:, 0], y), rtol=1e-5, atol=1e-6)
+  assert (jnp.argmax(logits, -1) == (z[:, 0] > 0)).all()
+
+
+def test_sent140_runs_from_its_config_and_needs_its_embeddings(tmp_path):
+  _sent140_folder(tmp_path / "leaf")
+  common = ["--config=configs/leaf.py:sent140", f"--config.data_dir={tmp_path / 'leaf'}",
+            "--config.num_clients=6", "--config.clients_per_round=3", "--config.num_rounds=2",
+            "--config.local_epochs=1"]
+  workdir = tmp_path / "run"
+  result = _launch(*common, f"--config.embeddings={tmp_path / 'leaf' / 'glove.txt'}",
+                   f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  config = json.loads((workdir / "config.json").read_text())
+  assert (config["model"], config["mu"], config["lr"]) == ("sent140_lstm", 0.01, 0.3)
+  assert [r["round"] for r in read_rows(workdir / "metrics.jsonl")] == [1, 2]
+  missing = _launch(*common, f"--workdir={tmp_path / 'bad'}")
+  assert missing.returncode == 2 and "config.embeddings='': data='sent140' looks" in missing.stderr
+  other = _launch("--config=configs/mnist.py:fedprox", "--config.embeddings=glove.txt",
+                  f"--workdir={tmp_path / 'bad'}")
+  assert other.returncode == 2 and ("config.embeddings='glove.txt': applies to data='sent140' "
+                                    "only") in other.stderr
+  assert not (tmp_path / "bad").exists()

@@ -282,6 +282,17 @@ register(Model("stacked_lstm", lambda num_classes, input_spec, **_: stacked_lstm
                token_inputs=True, eval_batch_size=(500, 2000)))
 
 
+def _sentiment_lstm(num_classes, **_):
+  if num_classes != 2:
+    raise ValueError(f"sent140_lstm has one logit: it needs 2 classes, not {num_classes}")
+  return stacked_lstm.SentimentLSTM()
+
+
+register(Model("sent140_lstm", _sentiment_lstm,
+               "the paper's Sent140 model: frozen 300-d word vectors, two LSTM layers of 100",
+               eval_batch_size=(500, 2000)))
+
+
 # 28 x 28 grey images: the default where no data set is given (tests, benchmarks)
 DEFAULT_INPUT = InputSpec((28, 28, 1))
 

@@ -1,6 +1,8 @@
-"""The paper's Shakespeare model (the authors' ``flearn/models/shakespeare/stacked_lstm.py``):
-each character id embedded in 8 dimensions, two LSTM layers of 256 units, a dense layer from
-the last step's output to the next-character logits.
+"""The paper's LSTM models: Shakespeare's (the authors' ``flearn/models/shakespeare/
+stacked_lstm.py``: each character id embedded in 8 dimensions, two LSTM layers of 256 units, a
+dense layer from the last step's output to the next-character logits) and Sent140's
+(``flearn/models/sent140/stacked_lstm.py``: the words' frozen 300-d vectors, two LSTM layers of
+100, a linear dense layer of 30, one logit).
 
 Written as TensorFlow 1's ``BasicLSTMCell``, which the authors' code runs: one kernel on
 [x, h] giving the i, j, f, o gates (Glorot-uniform, zero bias, as ``tf.get_variable`` and
@@ -39,6 +41,14 @@ _OverTime = nn.scan(LSTMCell, variable_broadcast="params", split_rngs={"params":
                     in_axes=1, out_axes=1)
 
 
+def lstm_layers(x, hidden: int, layers: int, forget_bias: float):
+  """``layers`` LSTM layers over [batch, time, features] -> the last layer's outputs."""
+  for layer in range(layers):
+    zeros = jnp.zeros((x.shape[0], hidden), x.dtype)
+    _, x = _OverTime(hidden, forget_bias, name=f"lstm_{layer}")((zeros, zeros), x)
+  return x
+
+
 class StackedLSTM(nn.Module):
   """Token ids [batch, time] -> logits [batch, num_classes] of the token after the last."""
   vocab_size: int
@@ -51,8 +61,24 @@ class StackedLSTM(nn.Module):
   @nn.compact
   def __call__(self, tokens):
     x = nn.Embed(self.vocab_size, self.embedding, embedding_init=_GLOROT)(tokens)
-    for layer in range(self.layers):
-      zeros = jnp.zeros((x.shape[0], self.hidden), x.dtype)
-      _, x = _OverTime(self.hidden, self.forget_bias, name=f"lstm_{layer}")((zeros, zeros), x)
+    x = lstm_layers(x, self.hidden, self.layers, self.forget_bias)
     return nn.Dense(self.num_classes, kernel_init=_GLOROT, bias_init=nn.initializers.zeros)(
         x[:, -1])
+
+
+class SentimentLSTM(nn.Module):
+  """Word vectors [batch, time, 300] -> two logits (0, z): softmax cross-entropy on them is the
+  authors' sigmoid cross-entropy on their one logit z, and argmax is their z > 0."""
+  hidden: int = 100
+  layers: int = 2
+  dense: int = 30
+  forget_bias: float = 1.0
+
+  @nn.compact
+  def __call__(self, vectors):
+    x = lstm_layers(vectors, self.hidden, self.layers, self.forget_bias)
+    dense = lambda n, name: nn.Dense(n, kernel_init=_GLOROT, bias_init=nn.initializers.zeros,
+                                     name=name)
+    hidden = dense(self.dense, "hidden")(x[:, -1])  # no activation after it, as theirs
+    z = dense(1, "logit")(hidden)
+    return jnp.concatenate([jnp.zeros_like(z), z], axis=-1)

@@ -14,7 +14,8 @@ paper's synthetic ones): a sweep's ``sweep.federations`` item -> (its name, the 
 that make it), ``item=None`` the config's own; without it the data set is split by
 ``config.partition`` and a sweep takes ``sweep.splits``; ``identical_clients(c)``: every
 client draws from one distribution (the adaptive-mu rule starts at 1 there);
-``one_per_program_on_cpu``: a CPU sweep runs it one experiment per program.
+``one_per_program_on_cpu``: a CPU sweep runs it one experiment per program; ``own_fields``:
+the config fields only it reads (set for another data set, they are refused, not ignored).
 
 Adding a data set is its module, one ``register`` line and its test; the run layer and the
 round never name one.
@@ -25,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from fedprox_jax.data import femnist, mnist, shakespeare, synthetic
+from fedprox_jax.data import femnist, mnist, sent140, shakespeare, synthetic
 from fedprox_jax.registry import Registry
 
 
@@ -42,6 +43,7 @@ class Dataset:
   federations: Callable | None = None
   identical_clients: Callable = lambda c: False
   one_per_program_on_cpu: bool = False
+  own_fields: tuple = ()  # config fields only it reads: refused set for another data set
 
 
 REGISTRY = Registry("a data set")
@@ -71,3 +73,8 @@ register(Dataset("femnist", femnist.load, femnist.federation,
 register(Dataset("shakespeare", shakespeare.load, shakespeare.federation,
                  "LEAF's Shakespeare (next character, 80-letter alphabet), from a LEAF folder",
                  num_classes=shakespeare.NUM_LETTERS, check=shakespeare.check))
+register(Dataset("sent140", sent140.load, sent140.federation,
+                 "Sent140 as the paper uses it (first 25 words, frozen GloVe vectors: "
+                 "config.embeddings), from a LEAF folder",
+                 num_classes=sent140.NUM_CLASSES, check=sent140.check,
+                 own_fields=("embeddings",)))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from typing import NamedTuple
 
 import numpy as np
 
@@ -123,12 +124,35 @@ def labels_of(y: list, where: str, num_classes: int) -> np.ndarray:
   return values.astype(np.int32)
 
 
+class Users(NamedTuple):
+  """A LEAF folder's raw users: {user: (x list, y list)} of each split, and what was read."""
+  directory: str
+  train: dict
+  test: dict
+  counts: dict
+
+
+def read_users(directory: str) -> Users:
+  train, train_counts = _read_split(directory, "train")
+  test, test_counts = _read_split(directory, "test")
+  counts = {"files": train_counts["files"] + test_counts["files"],
+            "test_only_users": len(set(test) - set(train)),
+            **{k: train_counts[k] + test_counts[k] for k in (
+                "unlisted_users_dropped", "unlisted_users_kept", "hierarchies_mismatched")}}
+  return Users(directory, train, test, counts)
+
+
 def read(directory: str, encode, num_classes: int, vocab_size: int = 0) -> Federation:
   """The federation of LEAF folder ``directory``: ``encode(x, y, where) -> (x, y)`` turns one
   user's raw lists into arrays (x float32 features or int32 token ids below ``vocab_size``, y
   int32 classes below ``num_classes``)."""
-  train, train_counts = _read_split(directory, "train")
-  test, test_counts = _read_split(directory, "test")
+  return federation_of(read_users(directory), encode, num_classes, vocab_size)
+
+
+def federation_of(users: Users, encode, num_classes: int, vocab_size: int = 0) -> Federation:
+  """``read``'s federation of users already read (a data set whose encoding depends on what
+  the users hold reads them first: ``data/sent140.py``)."""
+  directory, train, test = users.directory, users.train, users.test
   clients = sorted(u for u, (x, _) in train.items() if x)
   empty = sorted(u for u in train if u not in clients)
   if empty:
@@ -157,11 +181,7 @@ def read(directory: str, encode, num_classes: int, vocab_size: int = 0) -> Feder
   stats = {**partition.partition_stats(split, y, num_classes),
            "test_examples": int(len(test_y)), "train_examples": int(len(y)),
            "max_train": int(max(sizes)),
-           "leaf": {"files": train_counts["files"] + test_counts["files"],
-                    "test_only_users": len(set(test) - set(train)),
-                    **{k: train_counts[k] + test_counts[k] for k in (
-                        "unlisted_users_dropped", "unlisted_users_kept",
-                        "hierarchies_mismatched")}},
+           "leaf": users.counts,
            "data_sha256": files.ordered_digest(data.x, data.y, data.sizes, test_x, test_y)}
   return Federation(data, test_x, test_y, num_classes, stats, vocab_size)
 

@@ -205,6 +205,9 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   dataset = datasets.get(c.data)
   if dataset.check is not None:
     dataset.check(c)
+  for name, other in datasets.REGISTRY.items():
+    for field in other.own_fields if name != c.data else ():
+      require(not c[field], field, c[field], f"applies to data={name!r} only: leave it unset")
   if dataset.federations is None:
     federated = [n for n, d in datasets.REGISTRY.items() if d.federations is not None]
     require(not c.sweep.federations, "sweep.federations", c.sweep.federations,
