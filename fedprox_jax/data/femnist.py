@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedprox_jax.data import leaf
-from fedprox_jax.data.federation import Federation
-from fedprox_jax.errors import ConfigError, DataError
+from fedprox_jax.errors import DataError
 
 NUM_CLASSES = 26
 PIXELS = 28 * 28
@@ -39,16 +38,5 @@ def check(c) -> None:
   leaf.check_partitioned(c)
 
 
-def load(c, source=None, genuine=None) -> tuple:
-  """The federation of ``c.data_dir`` (read once), or the caller's own ``Federation``."""
-  del genuine  # a LEAF folder has no published digest to compare with
-  if source is None:
-    source = leaf.read(c.data_dir, encode, NUM_CLASSES)
-  elif not isinstance(source, Federation):
-    raise ConfigError("source= for data='femnist' must be a Federation (leaf.read's)")
-  return source, None
-
-
-def federation(c, source) -> Federation:
-  del c  # its clients and splits are the folder's
-  return source
+load = leaf.loader("femnist", lambda c: leaf.read(c.data_dir, encode, NUM_CLASSES))
+federation = leaf.as_read

@@ -200,3 +200,22 @@ def check_partitioned(c) -> None:
   for field, default in (("partition", "power_law"), ("iid", False), ("train_subset", 0)):
     require(c[field] == default, field, c[field], f"does not apply to data={c.data!r}: a LEAF "
             "folder comes partitioned into its users; leave it unset")
+
+
+def loader(name: str, read_folder):
+  """A LEAF data set's ``load``: ``read_folder(c)``'s federation (read once), or the caller's
+  own ``Federation`` (``source=``)."""
+  def load(c, source=None, genuine=None) -> tuple:
+    del genuine  # a LEAF folder has no published digest to compare with
+    if source is None:
+      source = read_folder(c)
+    elif not isinstance(source, Federation):
+      raise ConfigError(f"source= for data={name!r} must be a Federation (leaf.read's)")
+    return source, None
+  return load
+
+
+def as_read(c, source) -> Federation:
+  """A LEAF data set's ``federation``: its clients and splits are the folder's."""
+  del c
+  return source

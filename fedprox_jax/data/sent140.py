@@ -111,18 +111,10 @@ def check(c) -> None:
                       "glove.6B.300d.txt (docs/guide.md#leaf)")
 
 
-def load(c, source=None, genuine=None) -> tuple:
-  """The federation of ``c.data_dir`` with ``c.embeddings`` (read once), or the caller's own
-  ``Federation``."""
-  del genuine
-  if source is None:
-    users = leaf.read_users(c.data_dir)
-    source = leaf.federation_of(users, encoder(users, c.embeddings), NUM_CLASSES)
-  elif not isinstance(source, Federation):
-    raise ConfigError("source= for data='sent140' must be a Federation (leaf.read's)")
-  return source, None
+def _read(c) -> Federation:
+  users = leaf.read_users(c.data_dir)
+  return leaf.federation_of(users, encoder(users, c.embeddings), NUM_CLASSES)
 
 
-def federation(c, source) -> Federation:
-  del c
-  return source
+load = leaf.loader("sent140", _read)
+federation = leaf.as_read

@@ -11,8 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedprox_jax.data import leaf
-from fedprox_jax.data.federation import Federation
-from fedprox_jax.errors import ConfigError, DataError
+from fedprox_jax.errors import DataError
 
 ALL_LETTERS = ("\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}")
 NUM_LETTERS = len(ALL_LETTERS)  # 80: the vocabulary and the classes
@@ -48,16 +47,6 @@ def check(c) -> None:
   leaf.check_partitioned(c)
 
 
-def load(c, source=None, genuine=None) -> tuple:
-  """The federation of ``c.data_dir`` (read once), or the caller's own ``Federation``."""
-  del genuine
-  if source is None:
-    source = leaf.read(c.data_dir, encode, NUM_LETTERS, vocab_size=NUM_LETTERS)
-  elif not isinstance(source, Federation):
-    raise ConfigError("source= for data='shakespeare' must be a Federation (leaf.read's)")
-  return source, None
-
-
-def federation(c, source) -> Federation:
-  del c
-  return source
+load = leaf.loader("shakespeare", lambda c: leaf.read(c.data_dir, encode, NUM_LETTERS,
+                                                        vocab_size=NUM_LETTERS))
+federation = leaf.as_read
