@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import pytest
 
 from fedprox_jax.run import checkpoints, experiment, single, sweep
+from fedprox_jax.run import rows as rows_lib
 from fedprox_jax.run import config as config_lib
 from fedprox_jax import errors, outputs
 from fedprox_jax.report import plots
@@ -387,7 +388,7 @@ def test_real_divergence_from_a_huge_learning_rate(tmp_path):
 def test_divergence_from_lr_times_mu_above_2_says_lower_mu(tmp_path):
   with pytest.raises(errors.DivergenceError, match=r"lr \* mu = 30 > 2.*lower --config.mu"):
     single.run(_config(lr=0.3, mu=100.0), str(tmp_path), source=MNIST)
-  assert "raise" not in experiment.divergence_advice(0.3, 100.0)
+  assert "raise" not in rows_lib.divergence_advice(0.3, 100.0)
 
 
 def test_all_dropped_rounds_record_no_local_loss(tmp_path):

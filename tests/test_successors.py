@@ -259,8 +259,8 @@ def test_every_successor_is_registered_with_its_statics():
 
 
 def test_scaffold_state_size():
-  from fedprox_jax.run import distributed, experiment
-  assert experiment.per_client_state_bytes(1000, 1_663_370) == 2 * 4 * 1000 * 1_663_370
+  from fedprox_jax.run import distributed, server_state as server_state_lib
+  assert server_state_lib.per_client_bytes(1000, 1_663_370) == 2 * 4 * 1000 * 1_663_370
   assert distributed.device_memory_bytes() > 2**28
 
 
@@ -287,7 +287,8 @@ def test_bad_inputs_are_one_line(field, value, match):
 def test_scaffold_state_too_large_is_refused_before_any_work(monkeypatch):
   from configs import mnist as mnist_config
   from fedprox_jax.errors import ConfigError
-  from fedprox_jax.run import config as config_lib, distributed, experiment
+  from fedprox_jax.run import config as config_lib, distributed
+  from fedprox_jax.run import server_state as server_state_lib
   c = config_lib.resolve(mnist_config.get_config("fedprox"))
   c.algorithm = "scaffold"
   params = models.init_params(models.make_model("cnn", "xla"), jax.random.key(0))
@@ -295,10 +296,10 @@ def test_scaffold_state_too_large_is_refused_before_any_work(monkeypatch):
   monkeypatch.setattr(distributed, "device_memory_bytes", lambda: 8 * 2**30)  # an 8 GiB device
   with pytest.raises(ConfigError, match=r"1000 clients x 1663370 parameters .* = 12\.4 GiB, "
                      r"more than half of the device's 8\.0 GiB: use fewer clients"):
-    experiment.check_state_memory(c, spec, params)
-  experiment.check_state_memory(c, dataclasses.replace(spec, hooks=hooks.AVERAGE), params)
+    server_state_lib.check_memory(c, spec, params)
+  server_state_lib.check_memory(c, dataclasses.replace(spec, hooks=hooks.AVERAGE), params)
   c.num_clients = 100
-  experiment.check_state_memory(c, spec, params)  # 1.2 GiB fits
+  server_state_lib.check_memory(c, spec, params)  # 1.2 GiB fits
 
 
 def test_a_sweeps_successor_equals_its_single_run(tmp_path):

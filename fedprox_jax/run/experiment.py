@@ -1,20 +1,17 @@
 """The set-up of one experiment, shared by a run (``single``) and a sweep (``sweep``): the
 data and its partition (``prepare_data``: the data set ``config.data`` names), the devices,
-the model, the round spec and hyper-parameters (the one builder of each), evaluation, and a
-metrics row.
+the model, the round spec and hyper-parameters (the one builder of each), evaluation.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import os
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 
 from fedprox_jax.run import config as config_lib
@@ -75,47 +72,6 @@ def hparams(c: ml_collections.ConfigDict, algorithm: algorithms.Algorithm | None
   return rounds.HParams.create(c.lr, v["mu"], v["stragglers_fraction"], v["drop_stragglers"],
                                c.clients_per_round, c.weight_decay, c.momentum,
                                server_hparams(c, algorithm), algorithm_hparams(c, algorithm))
-
-
-def server_state_leaves(state: rounds.ServerState) -> dict:
-  """What a checkpoint holds of the server's state besides the model: the algorithm's state's
-  arrays by position (a plain dict, whatever its classes are); {} for the averaging
-  algorithms."""
-  leaves = jax.tree_util.tree_leaves(state.state)
-  return {str(i): leaf for i, leaf in enumerate(leaves)}
-
-
-def server_state_from(template: rounds.ServerState, params, leaves: dict) -> rounds.ServerState:
-  """``template``'s structure with the model ``params`` and the checkpointed ``leaves``."""
-  treedef = jax.tree_util.tree_structure(template.state)
-  return rounds.ServerState(params, jax.tree_util.tree_unflatten(
-      treedef, [leaves[str(i)] for i in range(treedef.num_leaves)]))
-
-
-def per_client_state_bytes(num_clients: int, num_params: int, experiments: int = 1) -> int:
-  """Bytes of a parameter-sized state per client that a round holds: the states and their new
-  values (2 x clients x parameters, 4 bytes each), per experiment."""
-  return 2 * 4 * num_clients * num_params * experiments
-
-
-def check_state_memory(c: ml_collections.ConfigDict, spec: rounds.RoundSpec, params,
-                       experiments: int = 1) -> None:
-  """An algorithm that keeps a parameter-sized state per client (SCAFFOLD's variates) holds it
-  on the device: refused with one line, before any work, when the states and their round's
-  changes need more than half a device's memory."""
-  hooks = spec.hooks
-  if not hooks.per_client_state:
-    return
-  num_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
-  need = per_client_state_bytes(c.num_clients, num_params, experiments)
-  have = distributed.device_memory_bytes()
-  config_lib.require(
-      need <= have // 2, "num_clients", c.num_clients,
-      f"{hooks.name} keeps {hooks.per_client_state} per client: {experiments} experiment(s) x "
-      f"{c.num_clients} clients x {num_params} parameters x 2 (the states and their update) x 4 "
-      f"bytes = {need / 2**30:.1f} GiB, more than half of the device's {have / 2**30:.1f} GiB: "
-      "use fewer clients, a smaller model (--config.model=mlr or niid_cnn), "
-      "--config.sweep.experiments_per_program=1, or a device with more memory")
 
 
 def round_spec(c: ml_collections.ConfigDict, max_client_size: int,
@@ -226,40 +182,3 @@ def prepare(c: ml_collections.ConfigDict, source, lanes_over_devices: bool,
                   eval_conv_impl=getattr(eval_model, "conv_impl", "none"))
   return Setup(resolved, exp, model, mesh, spec, eval_model,
                make_evaluate_fn(eval_model.apply, eval_batch))
-
-
-def metrics_row(t: int, m: rounds.RoundMetrics, evaluation: dict, wall_time: float,
-                mu: float) -> dict:
-  """The row of round ``t`` from its (host) round metrics and evaluation results."""
-  executed = int(m.lanes.executed_steps)
-  evaluation = {k: float(v) for k, v in evaluation.items()}
-  if m.inexactness is not None:  # over the clients that trained (the others' gamma is NaN)
-    gamma = np.asarray(m.inexactness, np.float64)
-    gamma = gamma[~np.isnan(gamma)]
-    evaluation.update(gamma_mean=float(gamma.mean()) if len(gamma) else None,
-                      gamma_max=float(gamma.max()) if len(gamma) else None)
-  if not math.isfinite(evaluation.get("b_dissimilarity", 0.0)):  # grad f = 0: B undefined
-    evaluation["b_dissimilarity"] = None
-  return {"round": t, **evaluation,
-          "local_train_loss": None if bool(m.all_dropped) else float(m.train_loss),
-          "mu": float(mu),
-          "num_stragglers": int(m.num_stragglers), "num_aggregated": int(m.num_aggregated),
-          "all_dropped": bool(m.all_dropped), "useful_steps": int(m.lanes.useful_steps),
-          "executed_steps": executed,
-          "step_efficiency": float(m.lanes.useful_steps) / max(executed, 1),
-          "wall_time": wall_time}
-
-
-def divergence_advice(lr: float, mu: float) -> str:
-  """What to change after a divergence: with lr * mu > 2 the proximal step alone overshoots
-  (w - w_t is multiplied by 1 - lr * mu each step), so mu must come down, not up."""
-  if lr * mu > 2:
-    return (f"lr * mu = {lr * mu:g} > 2 makes the proximal step itself diverge: lower "
-            "--config.mu or --config.lr so that lr * mu < 2")
-  return "Lower --config.lr (or raise --config.mu)"
-
-
-def format_duration(seconds: float) -> str:
-  seconds = int(round(seconds))
-  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 \
-      else f"{seconds // 60}m{seconds % 60:02d}s"

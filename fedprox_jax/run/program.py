@@ -25,6 +25,7 @@ from fedprox_jax import outputs
 from fedprox_jax.core import adaptive_mu, metrics, models, rounds
 from fedprox_jax.run import checkpoints as checkpoints_lib
 from fedprox_jax.run import distributed, experiment, grid, loop, signals
+from fedprox_jax.run import rows as rows_lib, server_state as server_state_lib
 from fedprox_jax.run.workdir import Workdir
 
 ROWS_FILE = "rows.jsonl"  # every experiment's rows, with its name
@@ -130,7 +131,7 @@ class Progress:
       rounds, start = self._first
       rate = (self.done - rounds) / max(now - start, 1e-9)
       eta = ("ETA estimating" if self.done == rounds else
-             f"ETA {experiment.format_duration((self.total - self.done) / rate)}")
+             f"ETA {rows_lib.format_duration((self.total - self.done) / rate)}")
       return f"sweep {self.done}/{self.total} program rounds, {eta}"
 
 
@@ -159,7 +160,7 @@ class _SweepProgram(loop.Program):
 
   def dispatch(self, t, evaluate):
     state, (train, test_x, test_y) = self.state, self.data
-    server_state = experiment.server_state_from(self.server_template, state["params"],
+    server_state = server_state_lib.restore(self.server_template, state["params"],
                                                 state.get("server", {}))
     server_state, m, mu_state, mu = self.round_fn(
         server_state, adaptive_mu.MuState(**state["mu"]), train, self.hp,
@@ -176,7 +177,7 @@ class _SweepProgram(loop.Program):
                                   if k != "b_dissimilarity"]), axis=0)
       diverged_at = jnp.where((diverged_at == 0) & ~finite, t, diverged_at)
     self.state = {"params": params, "diverged_at": diverged_at, "mu": dict(mu_state._asdict())}
-    extra = experiment.server_state_leaves(server_state)
+    extra = server_state_lib.leaves(server_state)
     if extra:
       self.state["server"] = extra
     return _Round(t, self.state, m, mu, evaluation)
@@ -191,12 +192,12 @@ class _SweepProgram(loop.Program):
       if d and name not in self.reported:
         self.reported[name] = int(d)
         logging.error("experiment %s diverged at round %d (lr=%g, mu=%g): its rows stop "
-                      "there. %s", name, d, c.lr, s.mu, experiment.divergence_advice(c.lr, s.mu))
+                      "there. %s", name, d, c.lr, s.mu, rows_lib.divergence_advice(c.lr, s.mu))
     outputs.say("round %d/%d (%s): accuracy %s%s", t, c.num_rounds, self.label,
                 " ".join("diverged" if diverged[i] else f"{ev['test_accuracy'][i]:.3f}"
                          for i in range(self.real)), f"  ({done})" if done else "",
                 echo=bool(self.progress and self.progress.echo))
-    return [{"experiment": name, **experiment.metrics_row(
+    return [{"experiment": name, **rows_lib.metrics_row(
                 t, jax.tree_util.tree_map(lambda a: a[i], m), {k: v[i] for k, v in ev.items()},
                 wall_time, mu=mu[i])}
             for i, name in enumerate(self.names) if not diverged[i]]
@@ -236,7 +237,7 @@ def run_program(setup: experiment.Setup, specs: list, schedule: loop.Schedule,
   # The same seed gives the same initial model (common random numbers).
   initial = [models.init_params(setup.model, jax.random.split(jax.random.key(s.seed))[0],
                                 setup.data.input_spec) for s in specs]
-  experiment.check_state_memory(c, spec, initial[0], len(specs))
+  server_state_lib.check_memory(c, spec, initial[0], len(specs))
   stack = lambda trees: jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)
   stacked = grid.stacked_hparams(c, specs)
   hps = [jax.tree_util.tree_map(lambda a, i=i: a[i], stacked) for i in range(real)]
@@ -248,8 +249,8 @@ def run_program(setup: experiment.Setup, specs: list, schedule: loop.Schedule,
            "diverged_at": jnp.zeros(real, jnp.int32),
            # adaptive mu (the fixed-mu experiments carry it unused)
            "mu": dict(adaptive_mu.init(jnp.array([s.mu for s in specs], jnp.float32))._asdict())}
-  if experiment.server_state_leaves(server_template):  # FedOpt's or SCAFFOLD's state
-    state["server"] = stack([experiment.server_state_leaves(s) for s in servers])
+  if server_state_lib.leaves(server_template):  # FedOpt's or SCAFFOLD's state
+    state["server"] = stack([server_state_lib.leaves(s) for s in servers])
   checkpoints = (checkpoints_lib.Checkpoints(checkpoint_dir,
                                              config_digest=wd and wd.config_digest)
                  if checkpoint_dir else None)

@@ -25,6 +25,7 @@ from fedprox_jax.report import plots
 from fedprox_jax.run import checkpoints as checkpoints_lib
 from fedprox_jax.run import config as config_lib
 from fedprox_jax.run import distributed, experiment, loop, signals
+from fedprox_jax.run import rows as rows_lib, server_state as server_state_lib
 from fedprox_jax.run.workdir import Workdir, open_workdir
 
 ROWS_FILE = "metrics.jsonl"  # a run's rows, one per evaluated round
@@ -59,7 +60,7 @@ def run(c: ml_collections.ConfigDict, workdir: str, source=None,
   wd = open_workdir(workdir, "run")
   try:
     setup = experiment.prepare(c, source, lanes_over_devices=True)
-    experiment.check_state_memory(c, setup.spec, models.init_params(
+    server_state_lib.check_memory(c, setup.spec, models.init_params(
         setup.model, jax.random.key(0), setup.data.input_spec))
     wd.commit(setup.config.to_dict(), setup.data.stats)
     distributed.barrier("workdir ready")
@@ -93,7 +94,7 @@ def _restore(setup: experiment.Setup, wd: Workdir, checkpoints: checkpoints_lib.
   state = {"params": models.init_params(setup.model, init_key, setup.data.input_spec)}
   if c.adaptive_mu:
     state["mu"] = dict(adaptive_mu.init(c.mu)._asdict())
-  extra = experiment.server_state_leaves(rounds.init_server_state(
+  extra = server_state_lib.leaves(rounds.init_server_state(
       setup.spec, state["params"], c.num_clients, experiment.hparams(c)))
   if extra:
     state["server"] = extra
@@ -115,7 +116,7 @@ def _divergence(c, t: int, checkpoints,
       f"training diverged at round {t}: {what} (lr={c.lr}, mu={c.mu}). "
       + (f"The last good checkpoint is round {last[-1]} in {checkpoints.directory}. "
          if last else "No checkpoint was saved yet. ")
-      + experiment.divergence_advice(c.lr, c.mu) + ", and start a new --workdir.")
+      + rows_lib.divergence_advice(c.lr, c.mu) + ", and start a new --workdir.")
 
 
 def make_adapt_fn(setup: experiment.Setup):
@@ -160,7 +161,7 @@ class _RunProgram(loop.Program):
     self.adapt = make_adapt_fn(setup) if c.adaptive_mu else None
     template = rounds.init_server_state(setup.spec, state["params"], c.num_clients,
                                         experiment.hparams(c))
-    self.server = experiment.server_state_from(template, state["params"],
+    self.server = server_state_lib.restore(template, state["params"],
                                                state.get("server", {}))
     self.mu_state = adaptive_mu.MuState(**state["mu"]) if self.adapt else None
     # The first non-finite round, tracked on the device: no round waits for the host to read it.
@@ -191,11 +192,11 @@ class _RunProgram(loop.Program):
     if not np.isfinite([accuracy, test_loss]).all():
       raise _divergence(c, t, self.checkpoints, f"the test loss is {float(test_loss)} although "
                         "the parameters are finite (the model's outputs overflow)")
-    return [experiment.metrics_row(
+    return [rows_lib.metrics_row(
         t, m, {"test_accuracy": accuracy, "test_loss": test_loss}, wall_time, mu)]
 
   def checkpoint_state(self, r):
-    extra = experiment.server_state_leaves(r.server)
+    extra = server_state_lib.leaves(r.server)
     return {"params": r.server.params,
             **({"mu": dict(r.mu_state._asdict())} if self.adapt else {}),
             **({"server": extra} if extra else {})}
@@ -263,7 +264,7 @@ def _log_round(c, row: dict, rate: float | None, echo: bool = False) -> None:
                + (f"  mu {row['mu']:.2f}" if c.adaptive_mu else ""),
                "ETA estimating (from round 2 on)" if rate is None else
                f"{rate:.2f} rounds/s  ETA "
-               + experiment.format_duration((c.num_rounds - row["round"]) / rate), echo=echo)
+               + rows_lib.format_duration((c.num_rounds - row["round"]) / rate), echo=echo)
 
 
 def _finish(setup: experiment.Setup, wd: Workdir, rows: list, first_round: int,

@@ -28,6 +28,7 @@ from fedprox_jax.errors import ConfigError, DivergenceError, Interrupted
 from fedprox_jax.report import plots
 from fedprox_jax.run import config as config_lib
 from fedprox_jax.run import defaults, distributed, experiment, grid, loop, program, signals
+from fedprox_jax.run import rows as rows_lib, server_state as server_state_lib
 from fedprox_jax.run.workdir import Workdir, open_workdir
 
 
@@ -187,7 +188,7 @@ def run(c: ml_collections.ConfigDict, workdir: str, source=None,
     params = models.init_params(first_setup.model, jax.random.key(0),
                                 first_setup.data.input_spec)
     for _, chunk in programs:
-      experiment.check_state_memory(c, dataclasses.replace(
+      server_state_lib.check_memory(c, dataclasses.replace(
           first_setup.spec, **dict(grid.statics(c, chunk[0]))), params, len(chunk))
     wd.commit(resolved.to_dict(), stats)
     distributed.barrier("workdir ready")
@@ -237,5 +238,5 @@ def run(c: ml_collections.ConfigDict, workdir: str, source=None,
         f"{len(diverged)} of {len(specs)} experiments diverged ("
         + ", ".join(f"{n} at round {t}" for n, t in diverged.items())
         + f"); results.csv in {workdir} holds their rows before that and all the others'. "
-        + experiment.divergence_advice(c.lr, max(s.mu for s in specs)) + ".")
+        + rows_lib.divergence_advice(c.lr, max(s.mu for s in specs)) + ".")
   return results
