@@ -191,6 +191,22 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   require(c.protocol in protocols.PROTOCOLS, "protocol", c.protocol,
            f"use one of {protocols.PROTOCOLS}")
   c = protocols.resolve(c)
+  _check_model(c)
+  require(c.mode in ("single", "sweep"), "mode", c.mode, "use 'single' or 'sweep'")
+  _check_data(c)
+  _check_counts(c)
+  _check_partition(c)
+  _check_algorithm(c)
+  _check_round_rules(c)
+  _check_sweep_fields(c)
+  _check_grid(c)
+  check_mode_fields(c)  # after the values' own checks: a bad value is named as such first
+  _keep_hparams_run(c)
+  return _fill_defaults(c)
+
+
+def _check_model(c: ml_collections.ConfigDict) -> None:
+  """The model by name and its options."""
   require(c.model in models.REGISTRY, "model", c.model,
           f"use one of {tuple(models.REGISTRY)} (or register your own: docs/extending.md)")
   model = models.get(c.model)
@@ -199,7 +215,11 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for field in ("conv_impl", "eval_conv_impl"):  # "none": a model without a convolution's
     allowed = ("auto",) + models.CONV_IMPLS + (("none",) if not model.convolutional else ())
     require(c[field] in allowed, field, c[field], f"use one of {allowed}")
-  require(c.mode in ("single", "sweep"), "mode", c.mode, "use 'single' or 'sweep'")
+
+
+def _check_data(c: ml_collections.ConfigDict) -> None:
+  """The data set by name, its own rules (its entry's ``check``), and the fields of
+  other data sets or of another kind of data set (federations, splits), refused."""
   require(c.data in datasets.REGISTRY, "data", c.data,
           f"use one of {tuple(datasets.REGISTRY)} (or register your own: docs/extending.md)")
   dataset = datasets.get(c.data)
@@ -217,12 +237,20 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   else:
     require(not c.sweep.splits, "sweep.splits", c.sweep.splits, f"data={c.data!r} comes "
             "partitioned into federations: a sweep takes them from sweep.federations")
+
+
+def _check_counts(c: ml_collections.ConfigDict) -> None:
+  """The counts and seeds."""
   for field in ("num_clients", "clients_per_round", "num_rounds", "local_epochs", "batch_size",
                 "eval_every", "labels_per_client", "min_per_client", "checkpoint_every"):
     require(_is_int(c[field]) and c[field] >= 1, field, c[field], "must be an integer >= 1")
   for field in ("seed", "partition_seed"):
     require(_is_int(c[field]) and 0 <= c[field] <= MAX_SEED, field, c[field],
              f"must be an integer from 0 to {MAX_SEED}")
+
+
+def _check_partition(c: ml_collections.ConfigDict) -> None:
+  """How the training set is split over the clients."""
   require(c.partition in PARTITIONS, "partition", c.partition, f"use one of {PARTITIONS}")
   if c.iid:
     require(c.partition in ("power_law", "iid"), "iid", c.iid,
@@ -237,6 +265,15 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
           c.labels_per_client, f"must be between 1 and {classes}")
   require(c.clients_per_round <= c.num_clients, "clients_per_round", c.clients_per_round,
            f"cannot exceed num_clients={c.num_clients}")
+  require(isinstance(c.lognormal_sigma, (int, float)) and math.isfinite(c.lognormal_sigma)
+          and 0 < c.lognormal_sigma <= MAX_LOGNORMAL_SIGMA, "lognormal_sigma",
+          c.lognormal_sigma, f"must be > 0, finite and at most {MAX_LOGNORMAL_SIGMA:g} (the "
+          "seed's 2; above ~10 one client already holds nearly all of a digit)")
+
+
+def _check_algorithm(c: ml_collections.ConfigDict) -> None:
+  """The local solver's numbers, the algorithm by name (a run's name sets mu and the
+  straggler rule as in a sweep: config.json records the values used) and the server's."""
   _require_float32("lr", c.lr, positive=True)
   _require_float32("mu", c.mu)
   _require_float32("weight_decay", c.weight_decay)
@@ -262,6 +299,10 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   require(0 <= c.server_momentum < 1, "server_momentum", c.server_momentum, "must be in [0, 1)")
   require(0 <= c.server_beta2 < 1, "server_beta2", c.server_beta2, "must be in [0, 1)")
   _require_float32("server_tau", c.server_tau, positive=True)
+
+
+def _check_round_rules(c: ml_collections.ConfigDict) -> None:
+  """The round's rules: hold-out, stragglers, lanes, sampling and weighting."""
   require(0 <= c.client_val_fraction < 1, "client_val_fraction", c.client_val_fraction,
            "must be in [0, 1)")
   require(c.protocol == "seed" or c.client_val_fraction == 0, "client_val_fraction",
@@ -269,10 +310,6 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            "10 % of each client as its test set already): leave it unset")
   require(0 <= c.stragglers_fraction <= 1, "stragglers_fraction", c.stragglers_fraction,
            "must be between 0 and 1")
-  require(isinstance(c.lognormal_sigma, (int, float)) and math.isfinite(c.lognormal_sigma)
-          and 0 < c.lognormal_sigma <= MAX_LOGNORMAL_SIGMA, "lognormal_sigma",
-          c.lognormal_sigma, f"must be > 0, finite and at most {MAX_LOGNORMAL_SIGMA:g} (the "
-          "seed's 2; above ~10 one client already holds nearly all of a digit)")
   require(isinstance(c.inexactness, bool), "inexactness", c.inexactness, "must be True or False")
   for field, what in (("num_lanes", "backend default"), ("eval_batch_size", "backend default"),
                       ("num_devices", "all devices"), ("train_subset", "all")):
@@ -289,6 +326,10 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            f"use one of {rounds.SAMPLINGS}")
   require(c.weighting in rounds.WEIGHTINGS, "weighting", c.weighting,
            f"use one of {rounds.WEIGHTINGS}")
+
+
+def _check_sweep_fields(c: ml_collections.ConfigDict) -> None:
+  """The sweep's own fields (checked for runs too: a typo never waits for mode=sweep)."""
   s = c.sweep
   require(s.adaptive_mu_init is None or (s.adaptive_mu_init >= 0
                                            and math.isfinite(s.adaptive_mu_init)),
@@ -321,10 +362,6 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   require(_is_int(s.concurrent_programs) and s.concurrent_programs >= 0,
            "sweep.concurrent_programs", s.concurrent_programs,
            "must be an integer >= 0 (0 = backend default)")
-  _check_grid(c)
-  check_mode_fields(c)  # after the values' own checks: a bad value is named as such first
-  _keep_hparams_run(c)
-  return _fill_defaults(c)
 
 
 def _check_grid(c: ml_collections.ConfigDict) -> None:
