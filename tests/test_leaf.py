@@ -420,3 +420,28 @@ def test_sent140_runs_from_its_config_and_needs_its_embeddings(tmp_path):
   assert other.returncode == 2 and ("config.embeddings='glove.txt': applies to data='sent140' "
                                     "only") in other.stderr
   assert not (tmp_path / "bad").exists()
+
+
+def test_table1_counts_each_federation_given_and_says_how_to_get_the_others(tmp_path):
+  from helpers import write_idx_dir
+  names, train, test = _femnist_folder(tmp_path / "femnist")
+  roles, roles_test = _shakespeare_folder(tmp_path / "shakespeare")
+  write_idx_dir(tmp_path / "idx", num_train=2000, num_test=300)  # not the published MNIST
+  out = tmp_path / "table1.md"
+  result = subprocess.run(
+      [sys.executable, "-m", "fedprox_jax.run.table1", f"--mnist_dir={tmp_path / 'idx'}",
+       f"--femnist_dir={tmp_path / 'femnist'}", f"--shakespeare_dir={tmp_path / 'shakespeare'}",
+       f"--out={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = {line.split(" | ")[0].strip("| "): line for line in out.read_text().splitlines()[2:]}
+  assert out.read_text() == result.stdout
+  sizes = np.array([len(train[n]["y"]) + len(test[n]["y"]) for n in sorted(names)])
+  assert rows["FEMNIST"].startswith(f"| FEMNIST | {len(names)} | {sizes.sum()} | "
+                                    f"{sizes.mean():,.0f} ({sizes.std():,.0f}) | 200 | 18,345 |")
+  shakespeare = sum(len(roles[r]["y"]) + len(roles_test[r]["y"]) for r in roles)
+  assert rows["Shakespeare"].startswith(f"| Shakespeare | {len(roles)} | {shakespeare} |")
+  assert "not given: pass --sent140_dir=DIR" in rows["Sent140"]
+  assert rows["MNIST"].startswith("| MNIST | not read: ") and "Traceback" not in result.stderr
+  bad = subprocess.run([sys.executable, "-m", "fedprox_jax.run.table1", "--femnist=x"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+  assert bad.returncode == 2 and "'--femnist=x' is not a flag" in bad.stderr
