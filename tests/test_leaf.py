@@ -372,7 +372,9 @@ def test_sent140_tweets_are_their_first_25_words_frozen_vectors(tmp_path):
   from_json = leaf.federation_of(users, sent140.encoder(users, str(tmp_path / "embs.json")), 2)
   assert from_json.stats["data_sha256"] == fed.stats["data_sha256"]
   # Bad inputs: one line each.
+  os.mkfifo(tmp_path / "fifo.txt")  # never waited on
   for path, says in ((tmp_path / "none.txt", "cannot read the embeddings"),
+                     (tmp_path / "fifo.txt", "it is not a regular file"),
                      (tmp_path / "train" / "all_data_niid_03_keep_30_train_8.json",
                       "not LEAF's embs.json nor a GloVe .txt")):
     with pytest.raises(DataError, match=says) as e:

@@ -18,10 +18,13 @@ line), read as UTF-8.
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 
 import numpy as np
 
+from fedprox_jax import files
 from fedprox_jax.data import leaf
 from fedprox_jax.data.federation import Federation
 from fedprox_jax.errors import ConfigError, DataError
@@ -43,18 +46,30 @@ def _text(record, where: str) -> str:
   return record[4]
 
 
+MAX_EMBEDDINGS_BYTES = 8 << 30  # LEAF's embs.json of GloVe 6B 300d is ~1.5 GB
+
+
+def _open_regular(path: str):
+  """``path`` opened as UTF-8 text if it is a regular file: a FIFO is never waited on (opened
+  non-blocking, then refused) and a device is never read without end."""
+  fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+  if not stat.S_ISREG(os.fstat(fd).st_mode):
+    os.close(fd)
+    raise ValueError("it is not a regular file (a FIFO, a device or a directory)")
+  return os.fdopen(fd, encoding="utf-8")
+
+
 def read_embeddings(path: str, words: set) -> dict:
   """{word: its float32 vector} of the embeddings file ``path``, for ``words`` only."""
   vectors = {}
   try:
     if path.endswith(".json"):
-      with open(path, encoding="utf-8") as f:
-        content = json.load(f)
+      content = json.loads(files.read_regular(path, MAX_EMBEDDINGS_BYTES, "embeddings file"))
       for word, vector in zip(content["vocab"], content["emba"]):
         if word in words:
           vectors[word] = vector
     else:
-      with open(path, encoding="utf-8") as f:
+      with _open_regular(path) as f:
         for line in f:
           word, _, rest = line.rstrip("\n").partition(" ")
           if word in words:
@@ -63,7 +78,7 @@ def read_embeddings(path: str, words: set) -> dict:
   except OSError as e:
     raise DataError(f"cannot read the embeddings {path!r} ({e.strerror or e}): pass "
                     "--config.embeddings=PATH, LEAF's embs.json or glove.6B.300d.txt") from None
-  except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+  except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as e:
     raise DataError(f"the embeddings {path!r} are not LEAF's embs.json nor a GloVe .txt "
                     f"({type(e).__name__}: {e})") from None
   sizes = {v.shape for v in vectors.values()}
